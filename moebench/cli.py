@@ -1,0 +1,201 @@
+"""The `moebench` command line: parse, call one library function, render. No logic here.
+
+Expected failures (a `UserError`) end with one sentence on stderr and exit code 2; set
+MOEBENCH_DEBUG=1 for the traceback. Human output is rich tables; `--json` prints one document.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+app = typer.Typer(no_args_is_help=False, add_completion=False, pretty_exceptions_enable=False,
+                  help="Compare MoE expert-offloading and prefetching strategies on identical workloads.")
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def handle_errors(fn: Any) -> Any:
+    """Map a UserError to one sentence and its exit code; Ctrl-C to 130 (results kept)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from moebench.errors import UserError
+
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            if os.environ.get("MOEBENCH_DEBUG"):
+                raise
+            msg = str(exc).strip()
+            _console(stderr=True).print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+            raise typer.Exit(getattr(exc, "exit_code", 2)) from None
+        except KeyboardInterrupt as exc:
+            where = str(exc)
+            _console(stderr=True).print("interrupted" + (f"; finished work kept in {where}" if where else ""))
+            raise typer.Exit(130) from None
+    return wrapper
+
+
+@app.callback(invoke_without_command=True)
+def _main(ctx: typer.Context) -> None:
+    import logging
+
+    logging.basicConfig(level=os.environ.get("MOEBENCH_LOG", "WARNING"),
+                        format="%(levelname)s %(name)s: %(message)s")
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+
+
+def split_overrides(strategy: str, sets: list[str]) -> tuple[dict, dict]:
+    """Route each `--set KEY=VALUE` to the workload or the strategy, by field name."""
+    from moebench.config import field_names, parse_overrides
+    from moebench.errors import UserError, did_you_mean
+    from moebench.strategy import strategy_params_fields
+    from moebench.workloads import Workload
+
+    wl_fields = field_names(Workload)
+    st_fields = strategy_params_fields(strategy)
+    wl, st = {}, {}
+    for k, v in parse_overrides(sets).items():
+        if k in st_fields:
+            st[k] = v
+        elif k in wl_fields:
+            wl[k] = v
+        else:
+            raise UserError(f"--set {k}: no workload field or '{strategy}' parameter of that name"
+                            f"{did_you_mean(k, wl_fields | st_fields)}.")
+    return wl, st
+
+
+@app.command()
+@handle_errors
+def run(
+    strategy: Annotated[str, typer.Option(help="strategy name (see `moebench strategies`)")] = "sync",
+    model: Annotated[str, typer.Option(help="preset name or local checkpoint folder")] = "default",
+    workload: Annotated[str, typer.Option(help="built-in workload name or YAML file")] = "smoke",
+    cache_budget: Annotated[str, typer.Option(help="device expert cache: 8GB, 0.25 (of all experts), 16/layer, all")] = "0.25",
+    clock: Annotated[str, typer.Option(help="auto | cuda | sim")] = "auto",
+    profile: Annotated[str, typer.Option(help="hardware profile for the simulated clock (name or YAML)")] = "a6000-pcie4",
+    out: Annotated[Path, typer.Option(help="parent folder of the new result folder")] = Path("results"),
+    seed: Annotated[int, typer.Option(help="seed for random init, workloads and bootstrap")] = 0,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a workload or strategy field: KEY=VALUE")] = None,
+    record_trace: Annotated[bool, typer.Option("--record-trace", help="write the routing trace (trace.jsonl)")] = False,
+    accuracy: Annotated[bool, typer.Option("--accuracy", help="also measure accuracy and fidelity against the lossless reference")] = False,
+    no_calibrate: Annotated[bool, typer.Option("--no-calibrate", help="a missing calibration artifact is an error")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print result.json alone on stdout")] = False,
+) -> None:
+    """Run one strategy on one model and workload; write a result folder."""
+    from moebench.config import RunConfig
+    from moebench.errors import UserError
+    from moebench.runner import run as do_run
+
+    if clock not in ("auto", "cuda", "sim"):
+        raise UserError(f"--clock must be auto, cuda or sim, not '{clock}'.")
+    wl_over, st_over = split_overrides(strategy, set_ or [])
+    cfg = RunConfig(model=model, strategy=strategy, strategy_params=st_over, workload=workload,
+                    workload_overrides=wl_over, cache_budget=cache_budget, clock=clock,
+                    profile=profile, seed=seed, out=str(out), record_trace=record_trace,
+                    accuracy=accuracy, calibrate=not no_calibrate)
+    from moebench.render import progress_bar, render_result
+
+    with progress_bar(disable=json_out) as bar:
+        d, result = do_run(cfg, progress=bar.advance, on_prepared=bar.start)
+    if json_out:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        render_result(_console(), result, d)
+
+
+@app.command()
+@handle_errors
+def strategies(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the registered strategies (built-ins and plugins)."""
+    from moebench.strategy import REGISTRY
+
+    rows = []
+    for name in REGISTRY.names():
+        cls = REGISTRY.get(name)
+        from moebench.strategy import params_dataclass_defaults
+        rows.append({"name": name, "version": cls.version, "lossless": cls.lossless,
+                     "needs": list(cls.needs), "params": params_dataclass_defaults(cls),
+                     "source": cls.source})
+    if json_out:
+        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+        return
+    from rich.table import Table
+
+    t = Table(title="strategies")
+    for c in ("name", "lossless", "needs", "params", "published source"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(r["name"], "yes" if r["lossless"] else "no", ", ".join(r["needs"]) or "-",
+                  ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-", r["source"])
+    _console().print(t)
+
+
+@app.command()
+@handle_errors
+def models(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List model presets: HF id, architecture, local folder, availability."""
+    from moebench.models import presets as P
+
+    default = P.default_model_name()
+    rows = []
+    for p in P.PRESETS.values():
+        local = P.local_path(p)
+        rows.append({"name": p.name, "hf_id": p.hf_id, "arch": p.arch,
+                     "local_path": str(local) if local else None, "available": P.is_available(p),
+                     "default": p.name == default, "tiny": p.tiny, "description": p.description})
+    if json_out:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    t = Table(title="model presets")
+    for c in ("name", "hf id", "arch", "available", "local path", "description"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(r["name"] + (" (default)" if r["default"] else ""), r["hf_id"] or "-", r["arch"],
+                  "yes" if r["available"] else "no", r["local_path"] or "-", r["description"])
+    _console().print(t)
+
+
+@app.command()
+@handle_errors
+def env(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show versions, the GPU, driver, PCIe link (NVML) and which clock `auto` picks."""
+    from moebench.environment import environment
+
+    e = environment()
+    e["clock_auto"] = "cuda-events" if e["cuda_available"] else "simulated"
+    if json_out:
+        sys.stdout.write(json.dumps(e, indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    t = Table(title="environment", show_header=False)
+    for k, v in e.items():
+        if k == "gpu":
+            for gk, gv in v.items():
+                t.add_row(f"gpu.{gk}", str(gv))
+        else:
+            t.add_row(k, str(v))
+    _console().print(t)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""The device expert cache: a fixed pool of slots, a byte budget it never exceeds.
+
+`ExpertCache` is the bookkeeping (which `(layer, expert)` lives in which slot, which copy is in
+flight, what is locked by the layer being computed). It is tensor-free, so the same object
+drives a live run (with a `mover` that really copies weights into device slot tensors) and a
+trace replay (no mover). The pool is allocated once, `n_slots * expert_bytes`, so peak expert
+memory is the budget by construction; `resident_bytes` is checked against it on every insert.
+
+`SlotScheduler.prepare(...)` is the per-layer protocol of the engine:
+1. for each expert the layer executes: hit (resident, copy complete), late (copy in flight),
+   or miss (not resident -> demand fetch);
+2. demand fetches are issued before the strategy's prefetches, so a prefetch for a later layer
+   never delays the copy this layer is waiting for;
+3. compute waits for every ticket it needs (the stall).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from moebench.errors import UserError
+
+ExpertKey = tuple[int, int]
+
+
+@dataclass
+class LayerOutcome:
+    """What happened to one layer's experts (counted per step, per layer)."""
+
+    slots: dict[int, int] = field(default_factory=dict)   # expert id -> slot
+    hits: int = 0
+    late: int = 0          # prefetched but not resident when needed (counted as misses)
+    misses: int = 0        # demand fetches (late ones excluded)
+    stall_s: float = 0.0
+    demand_bytes: int = 0
+    prefetch_bytes: int = 0
+    dropped_prefetches: int = 0
+
+
+class ExpertCache:
+    def __init__(self, n_slots: int, expert_bytes: int, mover: Any = None):
+        if n_slots <= 0:
+            raise UserError("the cache budget holds no expert at all.")
+        self.n_slots = n_slots
+        self.expert_bytes = expert_bytes
+        self.budget_bytes = n_slots * expert_bytes
+        self.mover = mover
+        self.slot_of: dict[ExpertKey, int] = {}
+        self.key_of: dict[int, ExpertKey] = {}
+        self.ticket: dict[ExpertKey, Any] = {}
+        self.prefetched: set[ExpertKey] = set()   # resident by prefetch, not yet used
+        self.free = list(range(n_slots - 1, -1, -1))
+        self.peak_resident = 0
+
+    # -- queries -----------------------------------------------------------------------------
+    def is_resident(self, key: ExpertKey) -> bool:
+        return key in self.slot_of
+
+    @property
+    def resident_bytes(self) -> int:
+        return len(self.slot_of) * self.expert_bytes
+
+    def resident(self) -> list[ExpertKey]:
+        return list(self.slot_of)
+
+    # -- mutation ----------------------------------------------------------------------------
+    def insert(self, key: ExpertKey, locked: set[ExpertKey],
+               victim: Callable[[int, list[ExpertKey]], ExpertKey],
+               on_evict: Callable[[ExpertKey], None]) -> int | None:
+        """A slot for `key`, evicting the strategy's victim if none is free; None if every
+        resident expert is locked."""
+        if not self.free:
+            candidates = [k for k in self.slot_of if k not in locked]
+            if not candidates:
+                return None
+            v = victim(key[0], candidates)
+            if v not in self.slot_of or v in locked:
+                raise RuntimeError(f"strategy chose an invalid victim {v}")
+            self.evict(v)
+            on_evict(v)
+        slot = self.free.pop()
+        self.slot_of[key] = slot
+        self.key_of[slot] = key
+        self.peak_resident = max(self.peak_resident, len(self.slot_of))
+        assert self.resident_bytes <= self.budget_bytes
+        return slot
+
+    def evict(self, key: ExpertKey) -> None:
+        slot = self.slot_of.pop(key)
+        del self.key_of[slot]
+        self.ticket.pop(key, None)
+        self.prefetched.discard(key)
+        self.free.append(slot)
+
+    def clear(self) -> None:
+        for key in list(self.slot_of):
+            self.evict(key)
+
+
+class SlotScheduler:
+    """Runs the per-layer residency protocol against a timeline and a strategy."""
+
+    def __init__(self, cache: ExpertCache, timeline: Any, strategy: Any):
+        self.cache = cache
+        self.timeline = timeline
+        self.strategy = strategy
+        self.prefetch_issued = 0
+        self.prefetch_used = 0
+        self.wasted_bytes = 0
+
+    def _copy(self, key: ExpertKey, slot: int) -> Any:
+        mover = self.cache.mover
+        do = (lambda: mover.load(key, slot)) if mover is not None else None
+        t = self.timeline.copy(self.cache.expert_bytes, do)
+        self.cache.ticket[key] = t
+        return t
+
+    def _insert(self, key: ExpertKey, locked: set[ExpertKey]) -> int | None:
+        def on_evict(k: ExpertKey) -> None:
+            if k in self.cache.prefetched:
+                self.wasted_bytes += self.cache.expert_bytes
+            self.strategy.on_evict(k)
+
+        slot = self.cache.insert(key, locked, self.strategy.victim, on_evict)
+        if slot is not None:
+            self.strategy.on_insert(key)
+        return slot
+
+    def prefetch(self, requests: Sequence[Any], locked: set[ExpertKey]) -> tuple[int, int]:
+        """Issue copies for predicted experts not yet resident. (bytes, dropped)."""
+        nbytes = dropped = 0
+        for req in requests:
+            for e in req.experts:
+                key = (req.layer, int(e))
+                if self.cache.is_resident(key):
+                    continue
+                slot = self._insert(key, locked | {key})
+                if slot is None:
+                    dropped += 1
+                    continue
+                self._copy(key, slot)
+                self.cache.prefetched.add(key)
+                self.prefetch_issued += 1
+                nbytes += self.cache.expert_bytes
+                locked = locked | {key}
+        return nbytes, dropped
+
+    def prepare(self, layer: int, experts: Sequence[int], prefetches: Sequence[Any] = (),
+                pre_locked: set[ExpertKey] | None = None) -> LayerOutcome:
+        out = LayerOutcome()
+        keys = [(layer, int(e)) for e in experts]
+        if len(keys) > self.cache.n_slots:
+            raise UserError(
+                f"the cache budget holds {self.cache.n_slots} experts, but layer {layer} needs "
+                f"{len(keys)} at once (prefill touches many experts); raise --cache-budget.")
+        locked = set(keys) | (pre_locked or set())
+        waits = []
+        for key in keys:
+            if self.cache.is_resident(key):
+                t = self.cache.ticket.get(key)
+                if key in self.cache.prefetched:
+                    self.prefetch_used += 1
+                    self.cache.prefetched.discard(key)
+                if t is None or self.timeline.ready(t):
+                    out.hits += 1
+                    self.strategy.on_access(key, True)
+                else:
+                    out.late += 1
+                    waits.append(t)
+                    self.strategy.on_access(key, False)
+            else:
+                slot = self._insert(key, locked)
+                if slot is None:  # cannot happen: len(keys) <= n_slots and only keys are locked
+                    raise RuntimeError("no slot for a demanded expert")
+                waits.append(self._copy(key, slot))
+                out.misses += 1
+                out.demand_bytes += self.cache.expert_bytes
+                self.strategy.on_access(key, False)
+        out.prefetch_bytes, out.dropped_prefetches = self.prefetch(prefetches, locked)
+        for t in waits:
+            out.stall_s += self.timeline.wait(t)
+        for key in keys:
+            self.cache.ticket.pop(key, None)
+            out.slots[key[1]] = self.cache.slot_of[key]
+        return out
+
+    def release(self, layer: int, experts: Sequence[int]) -> None:
+        """Drop a layer's experts after use (strategies that keep nothing across layers)."""
+        for e in experts:
+            key = (layer, int(e))
+            if self.cache.is_resident(key):
+                self.cache.evict(key)
+                self.strategy.on_evict(key)

@@ -1,0 +1,97 @@
+"""Where experts live: a host store (pinned on CUDA) and the device slot pools they are copied to.
+
+Legend: E experts per layer, S cache slots, H hidden, I expert width.
+
+`HostExpertStore` keeps, per MoE layer, each fused expert tensor as `[E, ...]` in host memory,
+contiguous, so expert `e`'s rows are one contiguous block: a fetch is one non-blocking copy per
+tensor, straight from pinned memory (never the pageable path, which does not overlap compute).
+Evictions need no device->host copy: the host always keeps every expert.
+
+`DevicePools` holds one `[S, ...]` tensor per expert tensor name on the device, allocated once
+for the whole budget. Compute reads experts only from here, never from the store, on CPU too.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+class HostExpertStore:
+    def __init__(self, layers: list[dict[str, torch.Tensor]], *, pin: bool):
+        # layers[moe_index][name] -> [E, ...] on the host
+        self.layers: list[dict[str, torch.Tensor]] = []
+        for tensors in layers:
+            out = {}
+            for name, t in tensors.items():
+                t = t.detach().to("cpu").contiguous()
+                out[name] = t.pin_memory() if pin else t
+            self.layers.append(out)
+        self.pinned = pin
+        first = self.layers[0]
+        self.num_experts = next(iter(first.values())).shape[0]
+        self.expert_bytes = sum(t[0].numel() * t.element_size() for t in first.values())
+        self.tensor_specs = {n: (tuple(t.shape[1:]), t.dtype) for n, t in first.items()}
+
+    @classmethod
+    def empty(cls, moe_layers: int, specs: dict[str, tuple[tuple[int, ...], torch.dtype]],
+              num_experts: int, *, pin: bool) -> HostExpertStore:
+        """A store to be filled one expert at a time (lazy checkpoint loading)."""
+        layers = [{n: torch.empty((num_experts, *shape), dtype=dt) for n, (shape, dt) in specs.items()}
+                  for _ in range(moe_layers)]
+        return cls(layers, pin=pin)
+
+    def write(self, layer: int, expert: int, name: str, value: torch.Tensor) -> None:
+        self.layers[layer][name][expert].copy_(value)
+
+    def expert(self, layer: int, expert: int) -> dict[str, torch.Tensor]:
+        return {n: t[expert] for n, t in self.layers[layer].items()}
+
+    @property
+    def total_bytes(self) -> int:
+        return self.expert_bytes * self.num_experts * len(self.layers)
+
+
+class DevicePools:
+    """The slot tensors on the device; also the `mover` the cache calls to fill a slot."""
+
+    def __init__(self, store: HostExpertStore, n_slots: int, device: torch.device):
+        self.store = store
+        self.device = device
+        self.non_blocking = device.type == "cuda"
+        self.pools: dict[str, torch.Tensor] = {
+            name: torch.zeros((n_slots, *shape), dtype=dt, device=device)   # [S, ...]
+            for name, (shape, dt) in store.tensor_specs.items()
+        }
+        self.loads = 0
+
+    def load(self, key: tuple[int, int], slot: int) -> None:
+        layer, expert = key
+        src = self.store.layers[layer]
+        for name, pool in self.pools.items():
+            pool[slot].copy_(src[name][expert], non_blocking=self.non_blocking)
+        self.loads += 1
+
+    @property
+    def allocated_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.pools.values())
+
+
+class SlotExperts:
+    """A stand-in for a fused experts module whose weights are the slot pools.
+
+    transformers' experts implementations read `self.gate_up_proj[...]`, `self.num_experts`, etc.
+    Handing them this object with slot ids in place of expert ids runs the model's own kernels on
+    the cache slots, so results are bit-identical to the unmodified model (per-expert matmuls do
+    not depend on which other experts share the tensor)."""
+
+    def __init__(self, module: Any, pools: dict[str, torch.Tensor]):
+        object.__setattr__(self, "_module", module)
+        object.__setattr__(self, "_pools", pools)
+        object.__setattr__(self, "num_experts", next(iter(pools.values())).shape[0])
+
+    def __getattr__(self, name: str) -> Any:
+        pools = object.__getattribute__(self, "_pools")
+        if name in pools:
+            return pools[name]
+        return getattr(object.__getattribute__(self, "_module"), name)

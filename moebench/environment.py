@@ -1,0 +1,59 @@
+"""What machine produced a result: versions, GPU, driver, PCIe link, NVML clocks (when present)."""
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from moebench import __version__
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def gpu_info() -> dict[str, Any]:
+    """NVML facts when a driver is present; `{"available": False}` otherwise (never raises)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"available": False}
+    info: dict[str, Any] = {"available": True, "name": torch.cuda.get_device_name(0),
+                            "capability": list(torch.cuda.get_device_capability(0)),
+                            "memory_bytes": torch.cuda.get_device_properties(0).total_memory,
+                            "cuda": torch.version.cuda}
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        info["driver"] = pynvml.nvmlSystemGetDriverVersion()
+        info["pcie_gen"] = pynvml.nvmlDeviceGetCurrPcieLinkGeneration(h)
+        info["pcie_width"] = pynvml.nvmlDeviceGetCurrPcieLinkWidth(h)
+        info["pcie_gen_max"] = pynvml.nvmlDeviceGetMaxPcieLinkGeneration(h)
+        info["sm_clock_mhz"] = pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)
+        info["mem_clock_mhz"] = pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM)
+        pynvml.nvmlShutdown()
+    except Exception as exc:  # NVML is optional: any failure just means fewer facts
+        info["nvml_error"] = type(exc).__name__
+    return info
+
+
+def environment() -> dict[str, Any]:
+    import torch
+    import transformers
+
+    return {
+        "moebench": __version__, "git_commit": git_commit(), "python": platform.python_version(),
+        "platform": platform.platform(), "processor": platform.machine(),
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "cuda_available": torch.cuda.is_available(), "threads": torch.get_num_threads(),
+        "gpu": gpu_info(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }

@@ -1,0 +1,563 @@
+"""The CI regression gate: is the candidate run worse than the baseline, beyond noise?
+
+``moebench gate BASELINE CANDIDATE [--fail-on RULE ...]`` ends with one of four exit codes:
+
+    0  pass          every metric is within its threshold (or better)
+    1  regression    some metric is significantly AND practically worse
+    2  usage         a malformed rule, an unreadable file (``GateUsageError``)
+    3  inconclusive  too few samples, a possible-but-unproven regression, or results that cannot
+                     be compared (different workload hash, model, clock, budget or strategy)
+
+A rule names a metric, the bad direction and a threshold: ``tpot_ms:+5%`` fails when TPOT grows
+by more than 5%, ``hit_rate:-0.02`` when the hit rate drops by more than 0.02 (absolute),
+``h2d_bytes_per_token:+1%`` when the copy traffic grows by more than 1%. Without rules the gate
+uses ``DEFAULT_RULES`` (``tpot_ms:+3%``, ``hit_rate:-0.01``, ``h2d_bytes_per_token:+1%``).
+
+How each metric is judged
+- Latencies with raw samples (``tpot_ms``, ``ttft_ms``, ``e2e_ms`` per request, ``step_ms``
+  per decode step) on the *measured* clock: the candidate/baseline ratio of medians with a
+  bootstrap CI and a p-value (paired by prompt and repetition when both runs have the same pairs,
+  see ``moebench.stats``). A regression needs p < α **and** the whole CI of the change beyond the
+  threshold; a CI inside the threshold passes ("within noise"); anything between is
+  inconclusive, because a gate that guesses "significant" on thin evidence trains people to
+  ignore it.
+- The same latencies on the *simulated* clock are deterministic (same seed, same workload, same
+  numbers), so their medians are compared exactly, whatever the sample count.
+- Scalar metrics (``hit_rate``, ``h2d_bytes_per_token`` or any other number in
+  ``result["metrics"]``) are compared directly against the threshold.
+
+Everything but ``load_result_dir`` is pure; printing and exit codes belong to the CLI.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moebench.errors import UserError, did_you_mean
+from moebench.stats import MIN_SAMPLES, RatioEstimate, paired_ratio, unpaired_ratio
+
+
+class GateUsageError(UserError, ValueError):
+    """A malformed rule or an unreadable input: exit code 2, one clear sentence."""
+
+    exit_code = 2
+
+
+class ExitCode(IntEnum):
+    PASS = 0
+    REGRESSION = 1
+    USAGE = 2
+    INCONCLUSIVE = 3
+
+
+PASS, REGRESSION, INCONCLUSIVE = "pass", "regression", "inconclusive"
+_EXIT = {PASS: ExitCode.PASS, REGRESSION: ExitCode.REGRESSION,
+         INCONCLUSIVE: ExitCode.INCONCLUSIVE}
+
+SCHEMA_VERSION = 1
+
+# metric -> (sample kind, sample field, fields that identify a pair)
+_SAMPLE_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "tpot_ms": ("request", "tpot_ms", ("prompt_id", "repetition")),
+    "ttft_ms": ("request", "ttft_ms", ("prompt_id", "repetition")),
+    "e2e_ms": ("request", "e2e_ms", ("prompt_id", "repetition")),
+    "step_ms": ("step", "latency_ms", ("prompt_id", "repetition", "position")),
+}
+
+# Results that differ in any of these measure different things; the gate will not compare them.
+_IDENTITY = (("workload", "sha256"), ("model", "name"), ("clock", "label"),
+             ("budget", "bytes"), ("strategy", "name"))
+
+
+# ------------------------------------------------------------------------------------------
+# rules
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    """Fail when ``metric`` moves in the bad direction by more than ``threshold``.
+
+    ``direction`` is the *good* direction (``"lower"``: an increase is bad, as for latency);
+    ``threshold`` is a fraction of the baseline when ``relative`` (0.05 for 5%), else in the
+    metric's own units.
+    """
+
+    metric: str
+    threshold: float
+    relative: bool
+    direction: str
+
+    def __str__(self) -> str:
+        sign = "+" if self.direction == "lower" else "-"
+        if self.relative:
+            return f"{self.metric}:{sign}{self.threshold * 100:g}%"
+        return f"{self.metric}:{sign}{self.threshold:g}"
+
+
+DEFAULT_RULES: tuple[Rule, ...] = (
+    Rule("tpot_ms", 0.03, True, "lower"),
+    Rule("hit_rate", 0.01, False, "higher"),
+    Rule("h2d_bytes_per_token", 0.01, True, "lower"),
+)
+
+
+_RULE_RE = re.compile(
+    r"^(?P<metric>[A-Za-z_][A-Za-z0-9_.]*)\s*:\s*(?P<sign>[+-])\s*"
+    r"(?P<value>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<pct>%?)$"
+)
+
+
+def parse_rule(text: str) -> Rule:
+    """``"tpot_ms:+5%"`` -> ``Rule("tpot_ms", 0.05, True, "lower")``; the sign is the bad direction.
+
+    ``+`` means an increase is bad (lower is better), ``-`` a decrease; a trailing ``%`` makes the
+    threshold relative to the baseline, otherwise it is in the metric's units.
+    """
+    m = _RULE_RE.match(text.strip()) if isinstance(text, str) else None
+    if m is None:
+        raise GateUsageError(
+            f"Malformed --fail-on rule {text!r}: expected METRIC:+N% or METRIC:-N "
+            "(the sign is the bad direction), e.g. tpot_ms:+5% or hit_rate:-0.02.")
+    relative = m["pct"] == "%"
+    value = float(m["value"])
+    return Rule(m["metric"], value / 100 if relative else value, relative,
+                "lower" if m["sign"] == "+" else "higher")
+
+
+# ------------------------------------------------------------------------------------------
+# verdicts
+# ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MetricVerdict:
+    """One metric's decision. ``change`` (and ``ci95``) are relative (0.05 = +5%) when
+    ``relative``, else in the metric's units; ``baseline``/``candidate`` are the compared values
+    (medians for sampled latencies)."""
+
+    metric: str
+    status: str
+    baseline: float | None
+    candidate: float | None
+    change: float | None
+    ci95: tuple[float, float] | None
+    p_value: float | None
+    threshold: float
+    reason: str
+    relative: bool = True
+
+
+@dataclass(frozen=True)
+class GateReport:
+    """The aggregate: any regression -> regression; else any inconclusive -> inconclusive."""
+
+    status: str
+    exit_code: int
+    verdicts: list[MetricVerdict]
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {
+            "status": self.status,
+            "exit_code": int(self.exit_code),
+            "reason": self.reason,
+            "verdicts": [
+                {**asdict(v), "ci95": None if v.ci95 is None else list(v.ci95)}
+                for v in self.verdicts
+            ],
+        }
+
+
+def _report(verdicts: list[MetricVerdict], reason: str | None = None,
+            status: str | None = None) -> GateReport:
+    if status is None:
+        statuses = {v.status for v in verdicts}
+        status = (REGRESSION if REGRESSION in statuses
+                  else INCONCLUSIVE if INCONCLUSIVE in statuses else PASS)
+    if reason is None:
+        if status == PASS:
+            reason = f"pass: {len(verdicts)} metric(s) within their thresholds"
+        else:
+            reason = f"{status}: " + "; ".join(
+                f"{v.metric}: {v.reason}" for v in verdicts if v.status == status)
+    return GateReport(status, int(_EXIT[status]), list(verdicts), reason)
+
+
+def _fmt(change: float, relative: bool) -> str:
+    return f"{change * 100:+.2f}%" if relative else f"{change:+.4g}"
+
+
+def _bad_sign(rule: Rule) -> float:
+    """+1 when an increase is bad (lower is better), -1 when a decrease is bad."""
+    return 1.0 if rule.direction == "lower" else -1.0
+
+
+def _exact_verdict(rule: Rule, base: float, cand: float, note: str) -> MetricVerdict:
+    """Deterministic values: compare the change itself with the threshold, no statistics."""
+    sign = _bad_sign(rule)
+
+    def verdict(status: str, change: float | None, reason: str) -> MetricVerdict:
+        return MetricVerdict(rule.metric, status, base, cand, change, None, None,
+                             rule.threshold, reason, rule.relative)
+
+    if rule.relative and base == 0:
+        if cand == base:
+            return verdict(PASS, 0.0, f"unchanged ({note})")
+        worse = sign * (cand - base) > 0
+        return verdict(REGRESSION if worse else PASS, None,
+                       f"baseline is 0, candidate is {cand:g}: "
+                       f"{'worse' if worse else 'better'} by an unbounded ratio ({note})")
+    change = (cand - base) / abs(base) if rule.relative else cand - base
+    bad = sign * change
+    shown = f"{_fmt(change, rule.relative)} vs threshold {_fmt(sign * rule.threshold, rule.relative)}"
+    # Float rounding must not turn a change of exactly the threshold into a regression.
+    if bad > rule.threshold * (1 + 1e-9) + 1e-12:
+        return verdict(REGRESSION, change, f"{shown} ({note})")
+    if change == 0:
+        return verdict(PASS, change, f"unchanged ({note})")
+    what = "improvement" if bad < 0 else "within threshold"
+    return verdict(PASS, change, f"{what}: {shown} ({note})")
+
+
+def _interval_verdict(rule: Rule, base: float, cand: float, change: float,
+                      ci: tuple[float, float], p: float, alpha: float,
+                      method: str) -> MetricVerdict:
+    """Noisy values: significance (p < alpha) and practical effect (CI beyond threshold)."""
+    sign = _bad_sign(rule)
+    bad_lo, bad_hi = sorted((sign * ci[0], sign * ci[1]))
+    t = rule.threshold
+    significant = p < alpha
+    shown = (f"{_fmt(change, rule.relative)} (95% CI {_fmt(ci[0], rule.relative)} .. "
+             f"{_fmt(ci[1], rule.relative)}, p={p:.3g}, {method})")
+    if significant and bad_lo > t:
+        status, why = REGRESSION, f"beyond the {_fmt(sign * t, rule.relative)} threshold"
+    elif bad_hi <= t and significant and bad_hi < 0:
+        status, why = PASS, "improvement"
+    elif bad_hi <= t and bad_lo >= -t:
+        status = PASS
+        why = ("within noise" if not significant
+               else "within noise: significant, but smaller than the threshold")
+    elif bad_hi <= t:
+        status, why = PASS, "within noise: no regression beyond the threshold"
+    elif significant and sign * change > 0:
+        status, why = INCONCLUSIVE, "possible regression: significant, but the CI straddles the threshold"
+    else:
+        status, why = INCONCLUSIVE, "not significant, but the CI reaches beyond the threshold (more samples needed)"
+    return MetricVerdict(rule.metric, status, base, cand, change, ci, p, t,
+                         f"{why}: {shown}", rule.relative)
+
+
+# ------------------------------------------------------------------------------------------
+# per-metric judgement
+# ------------------------------------------------------------------------------------------
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _sample_pairs(samples: Sequence[dict], kind: str, field: str,
+                  key_fields: tuple[str, ...]) -> list[tuple[tuple, float]]:
+    out = []
+    for s in samples:
+        if s.get("kind") == kind and _is_number(s.get(field)):
+            out.append((tuple(s.get(k) for k in key_fields), float(s[field])))
+    return out
+
+
+def _inconclusive(rule: Rule, reason: str, base: float | None = None,
+                  cand: float | None = None) -> MetricVerdict:
+    return MetricVerdict(rule.metric, INCONCLUSIVE, base, cand, None, None, None,
+                         rule.threshold, reason, rule.relative)
+
+
+def _judge_sampled(rule: Rule, base: dict, cand: dict, *, alpha: float, seed: int,
+                   simulated: bool) -> MetricVerdict:
+    kind, field, key_fields = _SAMPLE_METRICS[rule.metric]
+    b = _sample_pairs(base.get("samples") or [], kind, field, key_fields)
+    c = _sample_pairs(cand.get("samples") or [], kind, field, key_fields)
+
+    if simulated:
+        bv, cv = _central(b, base, rule.metric), _central(c, cand, rule.metric)
+        if bv is None or cv is None:
+            side = "baseline" if bv is None else "candidate"
+            return _inconclusive(rule, f"no {rule.metric} samples or summary in the {side}")
+        return _exact_verdict(rule, bv, cv, "simulated clock: deterministic, compared exactly")
+
+    bvals = np.array([v for _, v in b])
+    cvals = np.array([v for _, v in c])
+    bmed = float(np.median(bvals)) if bvals.size else None
+    cmed = float(np.median(cvals)) if cvals.size else None
+    if min(bvals.size, cvals.size) < MIN_SAMPLES:
+        return _inconclusive(
+            rule, f"too few samples (baseline n={bvals.size}, candidate n={cvals.size}; "
+                  f"need at least {MIN_SAMPLES})", bmed, cmed)
+
+    bkeys, ckeys = [k for k, _ in b], [k for k, _ in c]
+    paired = (len(set(bkeys)) == len(bkeys) and len(set(ckeys)) == len(ckeys)
+              and set(bkeys) == set(ckeys))
+    try:
+        est: RatioEstimate
+        if paired:
+            cmap = dict(c)
+            order = sorted(bkeys, key=repr)
+            bmap = dict(b)
+            est = paired_ratio([bmap[k] for k in order], [cmap[k] for k in order], seed=seed)
+        else:
+            est = unpaired_ratio(bvals, cvals, seed=seed)
+    except ValueError as exc:
+        return _inconclusive(rule, f"cannot compare: {exc}", bmed, cmed)
+    if est.ratio is None or est.ci95 is None or est.p_value is None:
+        return _inconclusive(rule, f"no interval or p-value ({est.method})", bmed, cmed)
+
+    # An absolute threshold (ms) is judged in ms: scale the relative change by the baseline median.
+    scale = 1.0 if rule.relative else bmed
+    change = (est.ratio - 1.0) * scale
+    ci = ((est.ci95[0] - 1.0) * scale, (est.ci95[1] - 1.0) * scale)
+    return _interval_verdict(rule, bmed, cmed, change, ci, est.p_value, alpha, est.method)
+
+
+def _central(pairs: list[tuple[tuple, float]], loaded: dict, metric: str) -> float | None:
+    """Median of the raw samples, else the median stored in result.json."""
+    if pairs:
+        return float(np.median([v for _, v in pairs]))
+    summary = loaded["result"].get("metrics", {}).get(metric)
+    if isinstance(summary, dict) and _is_number(summary.get("median")):
+        return float(summary["median"])
+    return None
+
+
+def _scalar(loaded: dict, metric: str) -> float | None:
+    value = loaded["result"].get("metrics", {}).get(metric)
+    if _is_number(value):
+        return float(value)
+    return None
+
+
+def _known_metrics(*loaded: dict) -> set[str]:
+    names = set(_SAMPLE_METRICS)
+    for ld in loaded:
+        for k, v in ld["result"].get("metrics", {}).items():
+            if _is_number(v) or isinstance(v, dict):
+                names.add(k)
+    return names
+
+
+def _judge(rule: Rule, base: dict, cand: dict, *, alpha: float, seed: int) -> MetricVerdict:
+    simulated = (base["result"].get("clock", {}).get("kind") == "simulated"
+                 and cand["result"].get("clock", {}).get("kind") == "simulated")
+    if rule.metric in _SAMPLE_METRICS:
+        return _judge_sampled(rule, base, cand, alpha=alpha, seed=seed, simulated=simulated)
+    if rule.metric not in _known_metrics(base, cand):
+        raise GateUsageError(f"Unknown metric {rule.metric!r} in rule {rule}"
+                             f"{did_you_mean(rule.metric, _known_metrics(base, cand))}.")
+    bv, cv = _scalar(base, rule.metric), _scalar(cand, rule.metric)
+    if bv is None or cv is None:
+        # A summary dict without raw samples can be compared only where it is deterministic.
+        bm, cm = _central([], base, rule.metric), _central([], cand, rule.metric)
+        if simulated and bm is not None and cm is not None:
+            return _exact_verdict(rule, bm, cm, "simulated clock: deterministic, compared exactly")
+        side = "baseline" if bv is None else "candidate"
+        return _inconclusive(rule, f"{rule.metric} is not a number in the {side}")
+    return _exact_verdict(rule, bv, cv, "scalar, compared directly")
+
+
+# ------------------------------------------------------------------------------------------
+# decisions
+# ------------------------------------------------------------------------------------------
+def _field(result: dict, section: str, key: str) -> Any:
+    part = result.get(section)
+    return part.get(key) if isinstance(part, dict) else None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 20 else text[:14] + "…'"
+
+
+def comparability_problems(baseline: dict, candidate: dict) -> list[str]:
+    """Why two result.json dicts cannot be compared (empty when they can)."""
+    problems = []
+    for section, key in _IDENTITY:
+        bv, cv = _field(baseline, section, key), _field(candidate, section, key)
+        if bv is None or cv is None:
+            side = "baseline" if bv is None else "candidate"
+            problems.append(f"mismatch: {section}.{key} is missing from the {side}")
+        elif bv != cv:
+            problems.append(f"mismatch: {section}.{key} differs ({_short(bv)} vs {_short(cv)})")
+    for side, res in (("baseline", baseline), ("candidate", candidate)):
+        if res.get("status") == "incomplete":
+            problems.append(f"the {side} run is incomplete")
+    return problems
+
+
+def _check_loaded(loaded: Any, side: str) -> dict:
+    if not isinstance(loaded, dict) or not isinstance(loaded.get("result"), dict):
+        raise GateUsageError(f"The {side} is not a loaded result (expected a dict with 'result').")
+    return loaded
+
+
+def _rules(rules: Sequence[Rule] | None) -> tuple[Rule, ...]:
+    return tuple(rules) if rules else DEFAULT_RULES
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0 < alpha < 1:
+        raise GateUsageError(f"alpha must lie strictly between 0 and 1, got {alpha}.")
+
+
+def decide(baseline: dict, candidate: dict, rules: Sequence[Rule] | None = None, *,
+           alpha: float = 0.05, seed: int = 0) -> GateReport:
+    """Gate one candidate result against one baseline result.
+
+    Both are ``{"result": <result.json>, "samples": [<samples.jsonl rows>]}``. Incomparable or
+    incomplete results are inconclusive before any metric is looked at.
+    """
+    _check_alpha(alpha)
+    base, cand = _check_loaded(baseline, "baseline"), _check_loaded(candidate, "candidate")
+    problems = comparability_problems(base["result"], cand["result"])
+    if problems:
+        return _report([], reason="; ".join(problems), status=INCONCLUSIVE)
+    verdicts = [_judge(r, base, cand, alpha=alpha, seed=seed) for r in _rules(rules)]
+    return _report(verdicts)
+
+
+def _by_strategy(results: Sequence[dict], side: str) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for loaded in results:
+        name = _field(_check_loaded(loaded, side)["result"], "strategy", "name")
+        if name is None:
+            raise GateUsageError(f"A {side} result has no strategy.name.")
+        if name in out:
+            raise GateUsageError(f"The {side} holds strategy {name!r} twice; gate one run per strategy.")
+        out[name] = loaded
+    return out
+
+
+def decide_many(baseline_results: Sequence[dict], candidate_results: Sequence[dict],
+                rules: Sequence[Rule] | None = None, *, alpha: float = 0.05,
+                seed: int = 0) -> GateReport:
+    """Gate every baseline strategy against the candidate's run of the same strategy.
+
+    Verdicts are named ``<strategy>/<metric>``. A baseline strategy the candidate lacks is
+    inconclusive; strategies only the candidate has are not gated (there is nothing to compare).
+    """
+    _check_alpha(alpha)
+    base, cand = _by_strategy(baseline_results, "baseline"), _by_strategy(candidate_results,
+                                                                           "candidate")
+    if not base:
+        raise GateUsageError("The baseline holds no results to gate against.")
+    threshold = 0.0
+    verdicts: list[MetricVerdict] = []
+    for name in sorted(base):
+        if name not in cand:
+            verdicts.append(MetricVerdict(name, INCONCLUSIVE, None, None, None, None, None,
+                                          threshold, f"strategy {name!r} missing from the candidate"))
+            continue
+        sub = decide(base[name], cand[name], rules, alpha=alpha, seed=seed)
+        if not sub.verdicts:
+            verdicts.append(MetricVerdict(name, sub.status, None, None, None, None, None,
+                                          threshold, sub.reason))
+        verdicts.extend(replace(v, metric=f"{name}/{v.metric}") for v in sub.verdicts)
+    return _report(verdicts)
+
+
+def results_of(loaded: dict) -> list[dict]:
+    """The per-strategy loaded results inside a loaded input: one result, or a report's list.
+
+    A report entry may be ``{"result": ..., "samples": [...]}`` or a bare result.json dict
+    (optionally carrying its ``samples``).
+    """
+    if isinstance(loaded, dict) and isinstance(loaded.get("report"), dict):
+        entries = loaded["report"].get("results")
+        if not isinstance(entries, list):
+            raise GateUsageError("The report has no 'results' list to gate.")
+        out = []
+        for e in entries:
+            if not isinstance(e, dict):
+                raise GateUsageError("A report entry is not a JSON object.")
+            out.append(e if isinstance(e.get("result"), dict)
+                       else {"result": e, "samples": e.get("samples") or []})
+        return out
+    return [_check_loaded(loaded, "input")]
+
+
+def gate(baseline: dict, candidate: dict, rules: Sequence[Rule] | None = None, *,
+         alpha: float = 0.05, seed: int = 0) -> GateReport:
+    """Dispatch: two results -> ``decide``; a report on either side -> ``decide_many``."""
+    if "report" in baseline or "report" in candidate:
+        return decide_many(results_of(baseline), results_of(candidate), rules,
+                           alpha=alpha, seed=seed)
+    return decide(baseline, candidate, rules, alpha=alpha, seed=seed)
+
+
+# ------------------------------------------------------------------------------------------
+# the one impure function
+# ------------------------------------------------------------------------------------------
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise GateUsageError(f"{path} does not exist.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GateUsageError(f"{path} cannot be read ({exc.__class__.__name__}).") from None
+    except json.JSONDecodeError as exc:
+        raise GateUsageError(f"{path} is not valid JSON (line {exc.lineno}).") from None
+
+
+def _check_schema(doc: Any, path: Path) -> None:
+    if not isinstance(doc, dict):
+        raise GateUsageError(f"{path} does not hold a JSON object.")
+    version = doc.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise GateUsageError(f"{path} has schema_version {version!r}; this moebench reads "
+                             f"version {SCHEMA_VERSION}.")
+
+
+def load_result_dir(path: str | Path) -> dict:
+    """Load a run folder as ``{"result": ..., "samples": [...]}``.
+
+    A folder holding ``report.json`` instead (a comparison report), or a path to a report.json,
+    loads as ``{"report": ...}``. Missing files, bad JSON and unknown schema versions raise
+    ``GateUsageError``.
+    """
+    path = Path(path)
+    if path.is_file() and path.name == "report.json":
+        report_path = path
+    elif path.is_dir() and not (path / "result.json").exists() and (path / "report.json").exists():
+        report_path = path / "report.json"
+    else:
+        report_path = None
+    if report_path is not None:
+        report = _read_json(report_path)
+        _check_schema(report, report_path)
+        return {"report": report}
+
+    folder = path.parent if path.is_file() else path
+    if not folder.is_dir():
+        raise GateUsageError(f"{path} is not a result folder (no such directory).")
+    result_path = folder / "result.json"
+    result = _read_json(result_path)
+    _check_schema(result, result_path)
+    samples_path = folder / "samples.jsonl"
+    if not samples_path.exists():
+        raise GateUsageError(f"{samples_path} does not exist.")
+    samples = []
+    try:
+        lines = samples_path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GateUsageError(f"{samples_path} cannot be read ({exc.__class__.__name__}).") from None
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise GateUsageError(f"{samples_path} line {i} is not valid JSON.") from None
+        if not isinstance(row, dict):
+            raise GateUsageError(f"{samples_path} line {i} is not a JSON object.")
+        samples.append(row)
+    return {"result": result, "samples": samples}

@@ -1,0 +1,143 @@
+"""Load a model offline: a tiny preset (seeded random init), the embedded trained default, a
+real preset from a local folder or the local HF cache, or any local checkpoint folder.
+
+The hub is never contacted: `HF_HUB_OFFLINE=1` is set before transformers is imported.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moebench.errors import UserError
+from moebench.models import presets as P
+from moebench.models.shapes import ModelShape, shape_from_config
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    arch: str
+    hf_id: str | None
+    path: Path | None
+    model: Any
+    tokenizer: Any
+    shape: ModelShape
+    snapshot: str          # sha256 over config (+ weight index / seed): keys calibration artifacts
+
+
+def resolve_config(name_or_path: str) -> tuple[dict, str, P.Preset | None, Path | None]:
+    """(config dict, display name, preset or None, local folder or None) without loading weights."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() or "/" in name_or_path or name_or_path.startswith("."):
+        if not (path / "config.json").exists():
+            raise UserError(f"model folder {path} has no config.json.")
+        return _read_json(path / "config.json"), path.name, None, path
+    preset = P.get_preset(name_or_path)
+    if preset.tiny:
+        return dict(preset.config), preset.name, preset, None
+    local = P.local_path(preset)
+    if local is not None:
+        return _read_json(local / "config.json"), preset.name, preset, local
+    return dict(preset.config), preset.name, preset, None
+
+
+def model_shape(name_or_path: str, dtype: str | None = None) -> ModelShape:
+    cfg, name, _, _ = resolve_config(name_or_path)
+    if not cfg:
+        raise UserError(f"model '{name}' has no config on disk.")
+    return shape_from_config(cfg, name=name, dtype=dtype)
+
+
+def _read_json(p: Path) -> dict:
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read {p}: {exc}.") from None
+
+
+def _snapshot(cfg: dict, extra: str) -> str:
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
+    h.update(extra.encode())
+    return h.hexdigest()
+
+
+def load_tokenizer(folder: Path | None) -> Any:
+    """The model folder's own tokenizer when it has one, else the bundled one."""
+    _offline()
+    from transformers import PreTrainedTokenizerFast
+
+    for d in ([folder] if folder else []) + [P.tokenizer_dir()]:
+        if d is not None and (d / "tokenizer.json").exists():
+            tok = PreTrainedTokenizerFast(tokenizer_file=str(d / "tokenizer.json"))
+            if tok.eos_token is None:
+                tok.eos_token = "<|endoftext|>"
+            if tok.pad_token is None:
+                tok.pad_token = tok.eos_token
+            return tok
+    raise UserError("no tokenizer found: the model folder has no tokenizer.json and the bundled "
+                    f"tokenizer is missing from {P.tokenizer_dir()}.")
+
+
+def _build_config(cfg: dict) -> Any:
+    _offline()
+    from transformers import AutoConfig
+
+    cfg = dict(cfg)
+    model_type = cfg.pop("model_type")
+    cfg.pop("quantization_config", None)
+    return AutoConfig.for_model(model_type, **cfg)
+
+
+def load_model(name_or_path: str, *, seed: int = 0, dtype: str | None = None) -> LoadedModel:
+    """Load weights on the host (CPU). The engine moves non-expert weights to the device and
+    experts into its host store; see `moebench.models.checkpoint` for lazy per-expert reads."""
+    _offline()
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cfg, name, preset, folder = resolve_config(name_or_path)
+    hf_id = preset.hf_id if preset else None
+    if preset is not None and not preset.tiny and folder is None:
+        places = "\n  ".join(str(p) for p in P.candidate_dirs(preset)) or "(none)"
+        raise UserError(f"model '{name}' ({hf_id}) is not on this machine; looked in: {places} "
+                        f"-- download it there or pass --model PATH.")
+    torch_dtype = getattr(torch, dtype) if dtype else None
+    if folder is None:  # tiny preset: seeded random init, float32
+        conf = _build_config(cfg)
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(conf, dtype=torch_dtype or torch.float32)
+        snapshot = _snapshot(cfg, f"random-init seed={seed}")
+    else:
+        kwargs = {"dtype": torch_dtype or (torch.float32 if preset and preset.embedded else "auto")}
+        try:
+            model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **kwargs)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot load the checkpoint in {folder}: {str(exc).splitlines()[0]}") from None
+        snapshot = _snapshot(cfg, _weights_index(folder))
+    model.eval()
+    if getattr(model.config, "model_type", "") == "qwen3_moe" and "norm_topk_prob" not in cfg:
+        pass  # transformers' default (False) is kept only when the checkpoint says nothing
+    model.generation_config.pad_token_id = model.generation_config.eos_token_id
+    tok = load_tokenizer(folder)
+    dt = str(next(model.parameters()).dtype).replace("torch.", "")
+    shape = shape_from_config(model.config.to_dict(), name=name, dtype=dt)
+    return LoadedModel(name, shape.arch, hf_id, folder, model, tok, shape, snapshot)
+
+
+def _weights_index(folder: Path) -> str:
+    parts = []
+    for p in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.index.json")):
+        st = p.stat()
+        parts.append(f"{p.name}:{st.st_size}")
+    return "|".join(parts)

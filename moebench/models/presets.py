@@ -1,0 +1,153 @@
+"""The preset table (gpt-fast's `ModelArgs.from_name`, for MoE checkpoints).
+
+Real presets name a Hugging Face id and carry the config figures the simulator needs, so
+`moebench replay --model qwen3-30b-a3b` works with no weights on disk; their weights load only
+from a local folder (`$MOEBENCH_MODELS/<preset>`, or the local HF cache). Tiny presets are
+built from their config with a seeded random init and need no download; they keep each
+architecture's routing rule and top-k. The embedded default is a small Qwen3-MoE that was
+actually trained (see `moebench/models/embedded/tiny-qwen3-trained/CARD.md`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from moebench.errors import UserError, did_you_mean
+
+EMBEDDED_DEFAULT = "tiny-qwen3-trained"
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    arch: str
+    hf_id: str | None
+    config: dict = field(default_factory=dict)
+    embedded: str | None = None     # folder under moebench/models/embedded
+    tiny: bool = False
+    description: str = ""
+
+
+_QWEN3_30B = dict(
+    model_type="qwen3_moe", hidden_size=2048, num_hidden_layers=48, num_attention_heads=32,
+    num_key_value_heads=4, head_dim=128, moe_intermediate_size=768, intermediate_size=6144,
+    num_experts=128, num_experts_per_tok=8, norm_topk_prob=True, vocab_size=151936,
+    decoder_sparse_step=1, mlp_only_layers=[], dtype="bfloat16",
+)
+_GPT_OSS_20B = dict(
+    model_type="gpt_oss", hidden_size=2880, num_hidden_layers=24, num_attention_heads=64,
+    num_key_value_heads=8, head_dim=64, intermediate_size=2880, num_local_experts=32,
+    num_experts_per_tok=4, vocab_size=201088, dtype="bfloat16",
+    quantization_config={"quant_method": "mxfp4"},
+)
+_GPT_OSS_120B = dict(_GPT_OSS_20B, num_hidden_layers=36, num_local_experts=128)
+_MIXTRAL = dict(
+    model_type="mixtral", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=8, head_dim=128, intermediate_size=14336, num_local_experts=8,
+    num_experts_per_tok=2, vocab_size=32000, dtype="bfloat16",
+)
+_OLMOE = dict(
+    model_type="olmoe", hidden_size=2048, num_hidden_layers=16, num_attention_heads=16,
+    num_key_value_heads=16, head_dim=128, intermediate_size=1024, num_experts=64,
+    num_experts_per_tok=8, norm_topk_prob=False, vocab_size=50304, dtype="bfloat16",
+)
+# Tiny presets: Qwen3-30B-A3B keeps top-8 and hidden/width ~ 2.67; GPT-OSS-20B keeps 32 experts,
+# top-4, width == hidden, biases, the clamped SwiGLU and the alternating sliding window.
+_TINY_QWEN3 = dict(
+    model_type="qwen3_moe", hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=16, moe_intermediate_size=24, intermediate_size=96,
+    num_experts=32, num_experts_per_tok=8, norm_topk_prob=True, vocab_size=4096,
+    decoder_sparse_step=1, mlp_only_layers=[], max_position_embeddings=1024,
+    tie_word_embeddings=True, dtype="float32",
+)
+_TINY_GPT_OSS = dict(
+    model_type="gpt_oss", hidden_size=64, num_hidden_layers=4, num_attention_heads=8,
+    num_key_value_heads=1, head_dim=8, intermediate_size=64, num_local_experts=32,
+    num_experts_per_tok=4, vocab_size=4096, sliding_window=32, max_position_embeddings=1024,
+    layer_types=["sliding_attention", "full_attention"] * 2, tie_word_embeddings=True,
+    dtype="float32", rope_parameters={"rope_type": "default", "rope_theta": 150000.0},
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    Preset("qwen3-30b-a3b", "qwen3_moe", "Qwen/Qwen3-30B-A3B", _QWEN3_30B,
+           description="Qwen3-30B-A3B, 48 x 128 experts, top-8, bf16"),
+    Preset("gpt-oss-20b", "gpt_oss", "openai/gpt-oss-20b", _GPT_OSS_20B,
+           description="GPT-OSS-20B, 24 x 32 experts, top-4, MXFP4 experts"),
+    Preset("gpt-oss-120b", "gpt_oss", "openai/gpt-oss-120b", _GPT_OSS_120B,
+           description="GPT-OSS-120B, 36 x 128 experts, top-4, MXFP4 experts"),
+    Preset("mixtral-8x7b", "mixtral", "mistralai/Mixtral-8x7B-v0.1", _MIXTRAL,
+           description="Mixtral-8x7B, 32 x 8 experts, top-2, bf16"),
+    Preset("olmoe-1b-7b", "olmoe", "allenai/OLMoE-1B-7B-0924", _OLMOE,
+           description="OLMoE-1B-7B, 16 x 64 experts, top-8, bf16"),
+    Preset("tiny-qwen3-moe", "qwen3_moe", None, _TINY_QWEN3, tiny=True,
+           description="random-init Qwen3-MoE, 4 x 32 experts, top-8 (tests)"),
+    Preset("tiny-gpt-oss", "gpt_oss", None, _TINY_GPT_OSS, tiny=True,
+           description="random-init GPT-OSS, 4 x 32 experts, top-4 (tests)"),
+    Preset(EMBEDDED_DEFAULT, "qwen3_moe", None, {}, embedded=EMBEDDED_DEFAULT,
+           description="trained Qwen3-MoE shipped in the package (the default)"),
+]}
+
+
+def embedded_dir(name: str) -> Path:
+    return Path(str(resources.files("moebench.models") / "embedded" / name))
+
+
+def tokenizer_dir() -> Path:
+    return embedded_dir("tokenizer")
+
+
+def default_model_name() -> str:
+    """The embedded trained model when it ships, else the random tiny Qwen3 preset."""
+    if (embedded_dir(EMBEDDED_DEFAULT) / "config.json").exists():
+        return EMBEDDED_DEFAULT
+    return "tiny-qwen3-moe"
+
+
+def get_preset(name: str) -> Preset:
+    if name in ("default", ""):
+        name = default_model_name()
+    if name not in PRESETS:
+        raise UserError(f"unknown model '{name}'{did_you_mean(name, PRESETS)}; "
+                        "or pass a local checkpoint folder.")
+    return PRESETS[name]
+
+
+def hf_cache_dirs() -> list[Path]:
+    roots = []
+    if os.environ.get("HF_HUB_CACHE"):
+        roots.append(Path(os.environ["HF_HUB_CACHE"]))
+    if os.environ.get("HF_HOME"):
+        roots.append(Path(os.environ["HF_HOME"]) / "hub")
+    roots.append(Path.home() / ".cache" / "huggingface" / "hub")
+    return roots
+
+
+def candidate_dirs(preset: Preset) -> list[Path]:
+    """Every place a real preset's weights are looked for, in order."""
+    places: list[Path] = []
+    if os.environ.get("MOEBENCH_MODELS"):
+        places.append(Path(os.environ["MOEBENCH_MODELS"]) / preset.name)
+    if preset.hf_id:
+        for root in hf_cache_dirs():
+            snap_root = root / ("models--" + preset.hf_id.replace("/", "--")) / "snapshots"
+            if snap_root.is_dir():
+                places.extend(sorted(p for p in snap_root.iterdir() if p.is_dir()))
+            else:
+                places.append(snap_root / "<revision>")
+    return places
+
+
+def local_path(preset: Preset) -> Path | None:
+    if preset.embedded:
+        d = embedded_dir(preset.embedded)
+        return d if (d / "config.json").exists() else None
+    for d in candidate_dirs(preset):
+        if (d / "config.json").exists():
+            return d
+    return None
+
+
+def is_available(preset: Preset) -> bool:
+    return preset.tiny or local_path(preset) is not None

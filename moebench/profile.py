@@ -1,0 +1,98 @@
+"""Hardware profiles: what the simulated clock charges for a copy and for a kernel.
+
+A profile is a YAML file of public (or `moebench calibrate profile`-measured) figures:
+
+    copy   = h2d_latency + bytes / h2d_bandwidth                       (the copy engine)
+    kernel = max(flops / peak, bytes / (mem_bandwidth * efficiency)) + launch_overhead
+
+Built-ins live in `moebench/profiles/*.yaml`; a user passes `--profile my.yaml`, or drops files
+in `$MOEBENCH_PROFILES` (a folder) to make them known by name.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from moebench.config import from_dict
+from moebench.errors import UserError, did_you_mean
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    name: str
+    h2d_bandwidth_gbps: float
+    h2d_latency_us: float
+    mem_bandwidth_gbps: float
+    peak_tflops: float
+    launch_overhead_us: float
+    pageable_h2d_bandwidth_gbps: float = 0.0
+    mem_efficiency: float = 0.85
+    device_memory_gb: float = 0.0
+    description: str = ""
+    source: str = "public"
+
+    def validate(self, where: str) -> None:
+        for key in ("h2d_bandwidth_gbps", "mem_bandwidth_gbps", "peak_tflops"):
+            if getattr(self, key) <= 0:
+                raise UserError(f"{where}.{key} must be positive.")
+        for key in ("h2d_latency_us", "launch_overhead_us"):
+            if getattr(self, key) < 0:
+                raise UserError(f"{where}.{key} must not be negative.")
+        if not 0 < self.mem_efficiency <= 1:
+            raise UserError(f"{where}.mem_efficiency must be in (0, 1].")
+
+    # Costs, in seconds -------------------------------------------------------------------------
+    def copy_seconds(self, nbytes: int) -> float:
+        return self.h2d_latency_us * 1e-6 + nbytes / (self.h2d_bandwidth_gbps * 1e9)
+
+    def kernel_seconds(self, *, flops: float, nbytes: float, kernels: int = 1) -> float:
+        compute = flops / (self.peak_tflops * 1e12)
+        memory = nbytes / (self.mem_bandwidth_gbps * 1e9 * self.mem_efficiency)
+        return max(compute, memory) + kernels * self.launch_overhead_us * 1e-6
+
+    def with_bandwidth(self, gbps: float) -> HardwareProfile:
+        """The same GPU on another link (for `--sweep bandwidth=`)."""
+        from dataclasses import replace
+        return replace(self, name=f"{self.name}@{gbps:g}GBps", h2d_bandwidth_gbps=float(gbps))
+
+
+def _builtin_dir() -> Path:
+    return Path(str(resources.files("moebench") / "profiles"))
+
+
+def _search_dirs() -> list[Path]:
+    dirs = [_builtin_dir()]
+    extra = os.environ.get("MOEBENCH_PROFILES")
+    if extra:
+        dirs.insert(0, Path(extra))
+    return dirs
+
+
+def available_profiles() -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for d in reversed(_search_dirs()):
+        if d.is_dir():
+            for p in sorted(d.glob("*.yaml")):
+                found[p.stem] = p
+    return found
+
+
+def load_profile(name_or_path: str) -> HardwareProfile:
+    """A profile by built-in name, by name in $MOEBENCH_PROFILES, or by YAML path."""
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        known = available_profiles()
+        if name_or_path not in known:
+            raise UserError(f"unknown hardware profile '{name_or_path}'{did_you_mean(name_or_path, known)}.")
+        path = known[name_or_path]
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"profile {path} is not valid YAML: {str(exc).splitlines()[0]}.") from None
+    if isinstance(data, dict) and "name" not in data:
+        data["name"] = path.stem
+    return from_dict(HardwareProfile, data, f"profile {path.name}")

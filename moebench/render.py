@@ -1,0 +1,93 @@
+"""Terminal rendering (rich): the progress bar of a run and the table at its end."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class _Bar:
+    def __init__(self, progress: Any):
+        self.progress = progress
+        self.task = None
+
+    def start(self, prep: Any) -> None:
+        if self.progress is None:
+            return
+        wl = prep.workload
+        total = len(prep.requests) * wl.max_new_tokens * wl.repetitions
+        self.task = self.progress.add_task(
+            f"{prep.cfg.strategy} on {prep.loaded.name} ({wl.name})", total=total)
+
+    def advance(self, n: int = 1) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.advance(self.task, n)
+
+
+@contextmanager
+def progress_bar(disable: bool = False) -> Iterator[_Bar]:
+    if disable:
+        yield _Bar(None)
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("tokens"), TimeElapsedColumn(), console=Console(stderr=True),
+                  transient=True) as p:
+        yield _Bar(p)
+
+
+def fmt_ms(s: dict | None) -> str:
+    if not s or s.get("median") is None:
+        return "-"
+    ci = s.get("ci95")
+    txt = f"{s['median']:.4g}"
+    if ci:
+        txt += f" [{ci[0]:.4g}, {ci[1]:.4g}]"
+    return txt
+
+
+def fmt_bytes(b: float | None) -> str:
+    if b is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(b) < 1000 or unit == "TB":
+            return f"{b:.3g} {unit}"
+        b /= 1000
+    return str(b)
+
+
+def render_result(console: Any, result: dict, d: Path | None) -> None:
+    from rich.table import Table
+
+    m = result["metrics"]
+    clock = result["clock"]["label"]
+    t = Table(title=f"{result['strategy']['name']} on {result['model']['name']} — "
+                    f"{result['workload']['name']} — clock {clock}", show_header=False)
+    t.add_column("metric")
+    t.add_column("value")
+    t.add_row("TPOT ms (median [95% CI])", fmt_ms(m["tpot_ms"]))
+    t.add_row("TTFT ms (median [95% CI])", fmt_ms(m["ttft_ms"]))
+    t.add_row("copy-bound floor ms/token", f"{m['floor_ms_per_token']:.4g}" if m.get("floor_ms_per_token") is not None else "-")
+    hr = m.get("hit_rate")
+    t.add_row("hit rate", "-" if hr is None else f"{hr:.3f}")
+    t.add_row("H2D bytes / token", fmt_bytes(m["h2d_bytes_per_token"]))
+    t.add_row("stall ms / token", f"{m['stall_ms_per_token']:.4g}")
+    t.add_row("transfer share", f"{m['transfer_share']:.3f}")
+    t.add_row("budget", f"{result['budget']['spec']} = {result['budget']['experts']} experts "
+                        f"({fmt_bytes(result['budget']['bytes'])})")
+    t.add_row("decode tokens", str(m["decode_tokens"]))
+    pred = m.get("prediction")
+    if pred:
+        for src, d_ in pred.get("predictors", {}).items():
+            t.add_row(f"prediction {src}: recall@k", f"{d_['recall_at_k']:.3f}")
+    acc = result.get("accuracy")
+    if acc:
+        for k, v in acc.get("summary", {}).items():
+            t.add_row(f"accuracy {k}", str(v))
+    if result.get("status") != "complete":
+        t.add_row("status", result.get("status", "?"))
+    console.print(t)
+    if d is not None:
+        console.print(f"result folder: {d}")

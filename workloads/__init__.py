@@ -1,0 +1,1 @@
+"""Built-in workload definitions (YAML). `moebench run --workload NAME` finds them here."""
