@@ -197,5 +197,10 @@ def main() -> None:
     app()
 
 
+from moebench.commands import register_all  # noqa: E402  (sub-commands of other modules)
+
+register_all(app)
+
+
 if __name__ == "__main__":
     main()

@@ -169,6 +169,10 @@ BUILTINS = {
     "sync": "strategies.sync:SyncStrategy",
     "lru": "strategies.lru:LRUStrategy",
     "all-resident": "strategies.all_resident:AllResidentStrategy",
+    "speculative": "strategies.speculative:SpeculativeStrategy",
+    "pre-attention": "strategies.pre_attention:PreAttentionStrategy",
+    "next-gate": "strategies.next_gate:NextGateStrategy",
+    "oracle": "strategies.oracle:OracleStrategy",
 }
 
 

@@ -136,7 +136,9 @@ class OffloadEngine:
             store_layers.append({n: p.data for n, p in params.items()})
             self._originals.append(params)
         pin = self.device.type == "cuda"
-        self.store = HostExpertStore(store_layers, pin=pin)
+        prebuilt = getattr(self.loaded, "expert_store", None)
+        # A checkpoint loaded lazily arrives with its store already filled, one expert at a time.
+        self.store = prebuilt if prebuilt is not None else HostExpertStore(store_layers, pin=pin)
         for v in views:
             for n in self.adapter.expert_param_names:
                 setattr(v.experts, n, torch.nn.Parameter(torch.empty(0), requires_grad=False))
