@@ -122,10 +122,17 @@ def strategies(json_out: Annotated[bool, typer.Option("--json")] = False) -> Non
     """List the registered strategies (built-ins and plugins)."""
     from moebench.strategy import REGISTRY
 
+    from moebench.errors import UserError
+    from moebench.strategy import params_dataclass_defaults
+
     rows = []
     for name in REGISTRY.names():
-        cls = REGISTRY.get(name)
-        from moebench.strategy import params_dataclass_defaults
+        try:
+            cls = REGISTRY.get(name)
+        except UserError as exc:  # a broken plugin is listed, not fatal
+            rows.append({"name": name, "version": None, "lossless": None, "needs": [], "params": {},
+                         "source": f"unavailable: {exc}"})
+            continue
         rows.append({"name": name, "version": cls.version, "lossless": cls.lossless,
                      "needs": list(cls.needs), "params": params_dataclass_defaults(cls),
                      "source": cls.source})
@@ -138,7 +145,7 @@ def strategies(json_out: Annotated[bool, typer.Option("--json")] = False) -> Non
     for c in ("name", "lossless", "needs", "params", "published source"):
         t.add_column(c)
     for r in rows:
-        t.add_row(r["name"], "yes" if r["lossless"] else "no", ", ".join(r["needs"]) or "-",
+        t.add_row(r["name"], {True: "yes", False: "no"}.get(r["lossless"], "?"), ", ".join(r["needs"]) or "-",
                   ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-", r["source"])
     _console().print(t)
 

@@ -4,8 +4,9 @@ A workload is YAML (built-ins in `workloads/*.yaml`, or any path):
 
     name: gsm8k
     task: generate          # generate (answer extracted) | choice (log-likelihood) | perplexity
-    prompts:                # inline items: {id, text, answer?, choices?}
+    prompts:                # inline items: {id, text, answer?, choices?, label?}
       - {id: p0, text: "..."}
+      - {id: q1, text: "2 + 2 =", choices: [" 3", " 4"], label: 1}   # task: choice
     dataset_path: FILE      # or items from a JSONL file ({question, answer} or text_field)
     dataset_format: gsm8k   # gsm8k | jsonl
     text_field: text
@@ -19,6 +20,13 @@ A workload is YAML (built-ins in `workloads/*.yaml`, or any path):
     repetitions: 1          # passes over the items in one run (the cache stays warm)
     warmup_steps: 2         # untimed decode steps before measuring
     seed: 0
+
+Everything is checked when the workload is loaded, before any model is: unknown keys (with a
+did-you-mean), wrong types, impossible settings, and `dataset_path` / `few_shot_path` that are
+not readable files each end in one sentence naming the field (a `UserError`, exit code 2).
+Rows of a dataset are checked as they are read (the 1-based line number is named).
+Task `choice` needs every item to carry `choices` (two or more) and `label` (the index of the
+right one; or `answer` equal to one of the choices). Scoring `gsm8k` needs numeric answers.
 
 `--set KEY=VALUE` overrides any of these fields by name. The token ids of every prompt, with the
 generation settings, give `workload_sha256`; `compare` refuses results whose hashes differ.
@@ -85,6 +93,24 @@ class Workload:
                                     f"{did_you_mean(k, ['id', 'text', 'answer', 'choices', 'label'])}.")
                 if "text" not in p:
                     raise UserError(f"{where}.prompts[{i}] has no 'text'.")
+                if self.task == "choice":
+                    _choice_label(p.get("choices"), p.get("label"), p.get("answer"),
+                                  f"{where}.prompts[{i}]")
+            elif self.task == "choice":
+                raise UserError(f"{where}.prompts[{i}] needs 'choices' and 'label' (task choice).")
+        if self.scoring != "none" and self.task != "generate":
+            raise UserError(f"{where}.scoring '{self.scoring}' applies to task generate only "
+                            f"(task {self.task} is scored by its own rule); remove it.")
+        if self.n_shot and not self.few_shot_path:
+            raise UserError(f"{where}.n_shot is {self.n_shot} but no few_shot_path names the "
+                            "examples; set few_shot_path or n_shot: 0.")
+        if self.few_shot_path and self.dataset_format != "gsm8k":
+            raise UserError(f"{where}.few_shot_path is used by dataset_format gsm8k only, not "
+                            f"'{self.dataset_format}'.")
+        if self.max_prompt_tokens < 1:
+            raise UserError(f"{where}.max_prompt_tokens must be at least 1.")
+        if self.generator:
+            _check_generator(self.generator, f"{where}.generator")
 
 
 @dataclass(frozen=True)
@@ -114,6 +140,11 @@ def available_workloads() -> dict[str, Path]:
 
 
 def load_workload(name_or_path: str, overrides: dict[str, Any] | None = None) -> Workload:
+    """A built-in workload by name, or a YAML file; `overrides` are `--set` fields (strings).
+
+    The data files it names are checked here too (readable files), so a typo in a path fails
+    in a second, before any model loads.
+    """
     path = Path(name_or_path)
     if not (path.suffix in (".yaml", ".yml") or path.exists()):
         known = available_workloads()
@@ -124,18 +155,79 @@ def load_workload(name_or_path: str, overrides: dict[str, Any] | None = None) ->
     if not path.exists():
         raise UserError(f"workload file {path} does not exist.")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "syntax error"
-        raise UserError(f"workload {path} is not valid YAML: {first}.") from None
+        raise UserError(f"workload {path} is not valid YAML{_yaml_where(exc)}.") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read workload file {path}: {getattr(exc, 'strerror', None) or exc}.") from None
     if not isinstance(data, dict):
-        raise UserError(f"workload {path} must be a mapping of fields.")
+        raise UserError(f"workload {path} must be a mapping of fields, not "
+                        f"{'an empty file' if data is None else type(data).__name__}.")
     data.setdefault("name", path.stem)
     data["source_file"] = str(path)
     wl = from_dict(Workload, data, f"workload {path.name}")
     if overrides:
         wl = apply_overrides(wl, overrides)
+    check_paths(wl)
     return wl
+
+
+def _yaml_where(exc: Exception) -> str:
+    """' at line L, column C: problem' from a PyYAML error (its str() spans several lines)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    what = f": {' '.join(str(problem).split())}" if problem else ""
+    return where + what
+
+
+def check_paths(wl: Workload) -> None:
+    """`dataset_path` and `few_shot_path` must name readable files (one sentence otherwise)."""
+    for key in ("dataset_path", "few_shot_path"):
+        raw = getattr(wl, key)
+        if not raw:
+            continue
+        p = _resolve(raw, wl)
+        where = f"workload {wl.name}: {key} '{raw}'"
+        if not p.exists():
+            tried = f" (also looked next to {wl.source_file})" if wl.source_file and not Path(raw).is_absolute() else ""
+            raise UserError(f"{where} does not exist{tried}.")
+        if p.is_dir():
+            raise UserError(f"{where} is a folder, not a file.")
+        try:
+            with open(p, "rb") as f:
+                f.read(1)
+        except OSError as exc:
+            raise UserError(f"{where} cannot be read: {exc.strerror or exc}.") from None
+
+
+def _choice_label(choices: Any, label: Any, answer: Any, where: str) -> int:
+    """The index of the right choice of a multiple-choice item, or a UserError."""
+    if not isinstance(choices, (list, tuple)) or len(choices) < 2:
+        raise UserError(f"{where} needs 'choices': a list of two or more strings (task choice).")
+    if not all(isinstance(c, str) and c for c in choices):
+        raise UserError(f"{where}.choices must all be non-empty strings.")
+    if label is None and answer is not None and str(answer) in choices:
+        label = list(choices).index(str(answer))
+    if isinstance(label, bool) or not isinstance(label, int):
+        raise UserError(f"{where} needs 'label', the index of the right choice (an integer), "
+                        "or an 'answer' equal to one of the choices.")
+    if not 0 <= label < len(choices):
+        raise UserError(f"{where}.label {label} is out of range for {len(choices)} choices.")
+    return label
+
+
+def _check_generator(gen: dict, where: str) -> None:
+    unknown = set(gen) - {"kind", "n", "length"}
+    if unknown:
+        k = sorted(map(str, unknown))[0]
+        raise UserError(f"{where}: unknown key '{k}'{did_you_mean(k, ['kind', 'n', 'length'])}.")
+    if gen.get("kind", "random-tokens") != "random-tokens":
+        raise UserError(f"{where}.kind must be random-tokens, not {gen.get('kind')!r}.")
+    for key in ("n", "length"):
+        v = gen.get(key, 1)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UserError(f"{where}.{key} must be a positive integer, not {v!r}.")
 
 
 def apply_overrides(wl: Workload, overrides: dict[str, Any]) -> Workload:
@@ -165,48 +257,75 @@ def _resolve(path: str, wl: Workload) -> Path:
 
 
 def build_items(wl: Workload) -> list[Item]:
-    from moebench.accuracy import DatasetError, build_gsm8k_prompt, load_jsonl, select_shots
-
+    """Inline prompts, then dataset rows, capped at `limit` (rows past it are not parsed)."""
     items: list[Item] = []
     for i, p in enumerate(wl.prompts):
         if isinstance(p, str):
             items.append(Item(id=f"p{i}", text=p))
-        else:
-            items.append(Item(id=str(p.get("id", f"p{i}")), text=str(p["text"]),
-                              answer=None if p.get("answer") is None else str(p["answer"]),
-                              choices=tuple(p.get("choices") or ()), label=p.get("label")))
+            continue
+        answer = None if p.get("answer") is None else str(p["answer"])
+        label = (_choice_label(p.get("choices"), p.get("label"), answer, f"prompts[{i}]")
+                 if wl.task == "choice" else p.get("label"))
+        items.append(Item(id=str(p.get("id", f"p{i}")), text=str(p["text"]), answer=answer,
+                          choices=tuple(p.get("choices") or ()), label=label))
     if wl.dataset_path:
-        path = _resolve(wl.dataset_path, wl)
-        try:
-            if wl.dataset_format == "text":
-                rows = [{"text": path.read_text()}]
-            else:
-                rows = load_jsonl(path)
-        except OSError as exc:
-            raise UserError(f"cannot read dataset {path}: {exc.strerror or exc}.") from None
-        except DatasetError:
-            raise
-        shots: list[dict] = []
-        if wl.n_shot and wl.few_shot_path:
-            shots = select_shots(load_jsonl(_resolve(wl.few_shot_path, wl)), wl.n_shot, wl.seed)
-        for j, row in enumerate(rows):
-            if wl.dataset_format == "gsm8k":
-                if "question" not in row or "answer" not in row:
-                    raise UserError(f"dataset {path} line {j + 1} lacks 'question' or 'answer'.")
-                from moebench.accuracy import extract_reference_answer
-                items.append(Item(id=f"{path.stem}-{j}", text=build_gsm8k_prompt(row["question"], shots),
-                                  answer=extract_reference_answer(row["answer"])))
-            elif wl.dataset_format == "text":
-                items.append(Item(id=f"{path.stem}-{j}", text=row["text"]))
-            else:
-                if wl.text_field not in row:
-                    raise UserError(f"dataset {path} line {j + 1} has no field '{wl.text_field}'.")
-                ans = row.get(wl.answer_field)
-                items.append(Item(id=f"{path.stem}-{j}", text=str(row[wl.text_field]),
-                                  answer=None if ans is None else str(ans),
-                                  choices=tuple(row.get("choices") or ()), label=row.get("label")))
+        room = None if wl.limit is None else max(0, wl.limit - len(items))
+        items += _dataset_items(wl, room)
     if wl.limit is not None:
         items = items[: wl.limit]
+    if wl.scoring == "gsm8k":
+        from moebench.accuracy import normalize_number
+
+        for it in items:
+            if it.answer is not None and normalize_number(it.answer) is None:
+                raise UserError(f"workload {wl.name}: item '{it.id}' has answer {it.answer!r}, "
+                                "which is not a number (scoring gsm8k).")
+    return items
+
+
+def _dataset_items(wl: Workload, room: int | None) -> list[Item]:
+    from moebench.accuracy import (build_gsm8k_prompt, extract_reference_answer, load_jsonl,
+                                   select_shots)
+
+    path = _resolve(wl.dataset_path, wl)
+    try:
+        rows = [{"text": path.read_text(encoding="utf-8")}] if wl.dataset_format == "text" else load_jsonl(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read dataset {path}: {getattr(exc, 'strerror', None) or exc}.") from None
+    if room is not None:
+        rows = rows[:room]
+    shots: list[dict] = []
+    if wl.n_shot and wl.few_shot_path:
+        shot_path = _resolve(wl.few_shot_path, wl)
+        train = load_jsonl(shot_path)
+        try:
+            shots = select_shots(train, wl.n_shot, wl.seed)
+            build_gsm8k_prompt("", shots)
+        except ValueError as exc:
+            raise UserError(f"few-shot file {shot_path}: {exc}.") from None
+    items: list[Item] = []
+    for j, row in enumerate(rows):
+        where = f"dataset {path} line {j + 1}"
+        iid = f"{path.stem}-{j}"
+        if wl.dataset_format == "gsm8k":
+            if not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
+                raise UserError(f"{where} lacks a 'question' or 'answer' string.")
+            try:
+                gold = extract_reference_answer(row["answer"])
+            except ValueError as exc:
+                raise UserError(f"{where}: {exc}.") from None
+            items.append(Item(id=iid, text=build_gsm8k_prompt(row["question"], shots), answer=gold))
+        elif wl.dataset_format == "text":
+            items.append(Item(id=iid, text=row["text"]))
+        else:
+            if wl.text_field not in row:
+                raise UserError(f"{where} has no field '{wl.text_field}'.")
+            ans = row.get(wl.answer_field)
+            ans = None if ans is None else str(ans)
+            label = (_choice_label(row.get("choices"), row.get("label"), ans, where)
+                     if wl.task == "choice" else row.get("label"))
+            items.append(Item(id=iid, text=str(row[wl.text_field]), answer=ans,
+                              choices=tuple(row.get("choices") or ()), label=label))
     return items
 
 
@@ -215,8 +334,7 @@ def build_requests(wl: Workload, tokenizer: Any, vocab_size: int) -> list[Reques
     reqs: list[Request] = []
     gen = wl.generator or {}
     if gen:
-        if gen.get("kind", "random-tokens") != "random-tokens":
-            raise UserError(f"workload {wl.name}: unknown generator kind '{gen.get('kind')}'.")
+        _check_generator(gen, f"workload {wl.name}.generator")
         rng = random.Random(wl.seed)
         n, length = int(gen.get("n", 4)), int(gen.get("length", 32))
         for i in range(n):
@@ -250,4 +368,10 @@ def workload_sha256(wl: Workload, requests: list[Request]) -> str:
     for r in requests:
         h.update(r.id.encode())
         h.update(json.dumps(list(r.input_ids)).encode())
+        it = r.item
+        if it.answer is not None or it.choices:
+            # What an item is scored against is part of its identity; prompts without answers
+            # (smoke, chat, perplexity) hash exactly as before.
+            h.update(json.dumps({"answer": it.answer, "choices": list(it.choices),
+                                 "label": it.label, "scoring": wl.scoring}).encode())
     return h.hexdigest()

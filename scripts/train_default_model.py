@@ -176,8 +176,8 @@ def train(model, split: TokenSplit, args) -> dict[str, float]:
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        aux = float(out.aux_loss)
-        ce_acc += float(out.loss) - model.config.router_aux_loss_coef * aux
+        aux = float(out.aux_loss.detach())
+        ce_acc += float(out.loss.detach()) - model.config.router_aux_loss_coef * aux
         aux_acc += aux
         n_acc += 1
         if (step + 1) % args.log_every == 0 or step + 1 == args.steps:
@@ -198,7 +198,9 @@ def save(model, out_dir: Path) -> int:
     model.save_pretrained(str(out_dir), safe_serialization=True)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copyfile(TOKENIZER_DIR / name, out_dir / name)
-    size = (out_dir / "model.safetensors").stat().st_size
+    weights = out_dir / "model.safetensors"
+    weights.chmod(0o644)  # safetensors writes 0600; the file ships in the package
+    size = weights.stat().st_size
     if size > MAX_WEIGHTS_BYTES:
         raise SystemExit(f"model.safetensors is {size / 1e6:.1f} MB > 25 MiB budget")
     return size
@@ -342,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         per = "  ".join(f"{s} {math.exp(ev[s]):.1f}" for s in sources)
         print(f"held-out {name:11s}: loss {ev['all']:.4f}  ppl {math.exp(ev['all']):.2f}  ({per})", flush=True)
 
-    command = "RAYON_NUM_THREADS=1 .venv/bin/python scripts/train_tokenizer.py\n" + (
+    command = ".venv/bin/python scripts/train_tokenizer.py\n" + (
         ".venv/bin/python scripts/train_default_model.py " + " ".join(sys.argv[1:] if argv is None else argv)
     ).rstrip() + "\n.venv/bin/python scripts/routing_report.py"
     write_card(out_dir, {

@@ -279,12 +279,15 @@ class OffloadEngine:
         if st.phase == "decode":
             self._record_prediction(moe_index, true, experts)
         self._predicted.pop(moe_index, None)
-        # Map expert ids to slot ids and run the model's own kernel over the slot pools.
+        # Map expert ids to slot ids and run the model's own kernel over the slot pools,
+        # narrowed (a view, no copy) to the slot range this call touches: grouped kernels cost
+        # grows with the number of groups, and an all-resident layer is then exactly E wide.
+        lo, hi = min(out.slots.values()), max(out.slots.values())
         lut = torch.full((self.shape.num_experts,), -1, dtype=top_k_index.dtype)
         for e, slot in out.slots.items():
-            lut[e] = slot
+            lut[e] = slot - lo
         slot_index = lut.to(chosen.ids.device)[chosen.ids]             # [T, k]
-        proxy = SlotExperts(module, self.pools.pools)
+        proxy = SlotExperts(module, {n: p[lo:hi + 1] for n, p in self.pools.pools.items()})
         y = self._impl(proxy, u, slot_index, chosen.weights)
         if self.sim:
             tokens_per_expert = max(1, (ev.n_tokens * self.shape.top_k) // max(1, len(experts)))

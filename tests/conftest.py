@@ -1,0 +1,31 @@
+"""Shared fixtures. Tests run on CPU with tiny presets; one torch thread keeps 2-core CI steady."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _artifact_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calibration artifacts go to a per-session temporary cache, never the user's."""
+    if "MOEBENCH_CACHE" not in os.environ:
+        monkeypatch.setenv("MOEBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "moebench-cache"))
+
+
+def gpu_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+requires_gpu = pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA GPU")
