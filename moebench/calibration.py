@@ -1,14 +1,330 @@
-"""Artifacts a strategy needs before it can run (trained predictors, default vectors, a trace).
+"""Artifacts a strategy needs before it can run: default vectors, the early-layer estimator,
+pre-attention predictors, and the oracle's recorded routing.
 
-`artifacts_for(prep, strategy)` returns `(artifacts, trace)` for the engine: nothing for
-strategies that need nothing.
+`artifacts_for(prep, strategy) -> (artifacts, trace)` is what the runner calls before attaching
+the engine. For each entry of `strategy.needs` it looks the artifact up in the cache
+(`moebench.artifacts`, keyed by model snapshot + calibration workload hash + params + strategy
+version); when it is missing it calibrates (and logs a warning, and leaves a note in the result)
+unless the run said `--no-calibrate`, in which case a missing artifact is a `UserError` (exit 2).
+
+Calibration data: the calibration workload (strategy parameter `calibration`, else the run
+workload's `calibration` field, default `smoke`) is tokenised like any workload, each prompt is
+continued greedily for the workload's `max_new_tokens` by the *unmodified* model (no engine
+attached), and one teacher-forced forward over prompt + continuation is observed with hooks:
+per MoE layer `h = norm1(x)`, `s` (the residual entering `norm2`), `u = norm2(s)`, and the
+router's logits, weights and ids, at every position. Expert outputs for the default vectors are
+computed by the model's own experts module, one expert per row with weight 1 (unweighted).
+
+The oracle's "trace" is a recording pass of the same workload with `sync` (lossless, so the
+routing is exactly the one the oracle will see), cached as a `routing-trace` artifact keyed by
+the run workload's hash and the device type.
 """
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Any
+
+from moebench import artifacts as A
+from moebench.errors import UserError
+
+log = logging.getLogger("moebench")
+
+
+@dataclass
+class CalibrationSet:
+    workload: Any
+    requests: list
+    sha: str
+
+
+def calibration_set(loaded: Any, name: str, overrides: dict | None = None) -> CalibrationSet:
+    from moebench.workloads import build_requests, load_workload, workload_sha256
+
+    wl = load_workload(name, overrides)
+    reqs = build_requests(wl, loaded.tokenizer, loaded.model.config.vocab_size)
+    return CalibrationSet(wl, reqs, workload_sha256(wl, reqs))
+
+
+# ----------------------------------------------------------------------------------------------
+# artifact keys (what changes the result is in the key; nothing else is)
+# ----------------------------------------------------------------------------------------------
+def _train_params(p: Any) -> dict:
+    return {"epochs": p.epochs, "lr": p.lr, "holdout": p.holdout, "seed": 0}
+
+
+def dv_key(loaded: Any, cal: CalibrationSet, strategy: Any) -> A.ArtifactKey:
+    p = strategy.params
+    params = {"method": p.dv_method, **({"beta": p.dv_beta} if p.dv_method == "ema" else {})}
+    return A.ArtifactKey("default-vectors", loaded.name, loaded.snapshot, cal.workload.name, cal.sha,
+                         params, strategy.version)
+
+
+def estimator_key(loaded: Any, cal: CalibrationSet, strategy: Any) -> A.ArtifactKey:
+    p = strategy.params
+    params = {"dv": dv_key(loaded, cal, strategy).digest(), "shape": p.estimator,
+              "layers": estimator_targets(strategy, loaded.shape.moe_layers), **_train_params(p)}
+    return A.ArtifactKey("spec-estimator", loaded.name, loaded.snapshot, cal.workload.name, cal.sha,
+                         params, strategy.version)
+
+
+def pre_attention_key(loaded: Any, cal: CalibrationSet, strategy: Any) -> A.ArtifactKey:
+    p = strategy.params
+    params = {"rank": pre_attention_rank(strategy, loaded.shape), **_train_params(p)}
+    return A.ArtifactKey("pre-attention", loaded.name, loaded.snapshot, cal.workload.name, cal.sha,
+                         params, strategy.version)
+
+
+def estimator_targets(strategy: Any, moe_layers: int) -> list[int]:
+    """MoE layers whose speculation uses the learned estimator: 1..estimator_layers."""
+    return list(range(1, min(strategy.params.estimator_layers, moe_layers - 1) + 1))
+
+
+def pre_attention_rank(strategy: Any, shape: Any) -> int:
+    return strategy.params.rank or shape.num_experts
+
+
+# ----------------------------------------------------------------------------------------------
+# observing the unmodified model
+# ----------------------------------------------------------------------------------------------
+def _host_model(loaded: Any) -> Any:
+    """The model wholly on the host (after a GPU run its non-expert weights are on the device)."""
+    model = loaded.model
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        model.to("cpu")
+    return model
+
+
+def sequences(loaded: Any, cal: CalibrationSet) -> list[Any]:
+    """Prompt + greedy continuation (max_new_tokens) per calibration prompt: [1, T] each."""
+    import torch
+
+    model = _host_model(loaded)
+    n = cal.workload.max_new_tokens
+    out = []
+    with torch.no_grad():
+        for r in cal.requests:
+            ids = torch.tensor([list(r.input_ids)])
+            out.append(model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False))
+    return out
+
+
+def capture(loaded: Any, ids: Any) -> list[dict[str, Any]]:
+    """One forward over ids [1, T]; per MoE layer {h, s, u, logits, weights, ids} ([T, ...])."""
+    import torch
+
+    from moebench.models.adapters import adapter_for
+
+    model = _host_model(loaded)
+    adapter = adapter_for(model)
+    caps: list[dict[str, Any]] = [{} for _ in adapter.moe]
+    hooks = []
+
+    def flat(x: Any) -> Any:
+        return x.detach().reshape(-1, x.shape[-1]).clone()
+
+    for v in adapter.moe:
+        c = caps[v.moe_index]
+        hooks.append(v.norm1.register_forward_hook(lambda m, a, o, c=c: c.__setitem__("h", flat(o))))
+        hooks.append(v.norm2.register_forward_pre_hook(lambda m, a, c=c: c.__setitem__("s", flat(a[0]))))
+        hooks.append(v.norm2.register_forward_hook(lambda m, a, o, c=c: c.__setitem__("u", flat(o))))
+
+        def on_router(m: Any, a: Any, o: Any, c: dict = c) -> None:
+            c["logits"], c["weights"], c["ids"] = flat(o[0]), flat(o[1]), flat(o[2])
+        hooks.append(v.router.register_forward_hook(on_router))
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    return caps
+
+
+def expert_outputs(experts: Any, u: Any, ids: Any, chunk: int = 8192) -> Any:
+    """Unweighted E_e(u) for every (token, routed expert) pair: u [T, H], ids [T, k] -> [T*k, H]."""
+    import torch
+
+    k = ids.shape[1]
+    rows = u.repeat_interleave(k, dim=0)                              # [T*k, H]
+    flat = ids.reshape(-1, 1)                                         # [T*k, 1]
+    ones = torch.ones(flat.shape, dtype=u.dtype)
+    with torch.no_grad():
+        return torch.cat([experts(rows[i:i + chunk], flat[i:i + chunk], ones[i:i + chunk])
+                          for i in range(0, rows.shape[0], chunk)])
+
+
+# ----------------------------------------------------------------------------------------------
+# calibrations
+# ----------------------------------------------------------------------------------------------
+def calibrate_speculative(loaded: Any, cal: CalibrationSet, strategy: Any
+                          ) -> tuple[A.Artifact, A.Artifact | None]:
+    """Default-vector tables (and, with `estimator=linear`, the early-layer estimator)."""
+    import torch
+
+    from moebench import predictors as P
+    from moebench.models.adapters import adapter_for
+
+    p, shape = strategy.params, loaded.shape
+    adapter = adapter_for(_host_model(loaded))
+    targets = estimator_targets(strategy, shape.moe_layers) if p.estimator != "none" else []
+    acc = P.DefaultVectors(shape.moe_layers, shape.num_experts, shape.hidden, method=p.dv_method,
+                           beta=p.dv_beta)
+    kept: list[list[dict]] = []
+    n_tokens = 0
+    for seq in sequences(loaded, cal):
+        caps = capture(loaded, seq)
+        n_tokens += seq.shape[1]
+        for m, c in enumerate(caps):
+            acc.add_batch(m, expert_outputs(adapter.moe[m].experts, c["u"], c["ids"]), c["ids"].reshape(-1))
+        if targets:
+            kept.append([{k: caps[m][k] for k in ("s", "weights", "ids", "logits")}
+                         for m in range(max(targets) + 1)])
+    dv = acc.tables()                                                 # [L, E, H] float32
+    unseen = int((acc.count == 0).sum())
+    dv_art = A.save(dv_key(loaded, cal, strategy), {"dv": dv, "counts": acc.count},
+                    {"calibration_tokens": n_tokens, "unseen_experts": unseen,
+                     "method": p.dv_method, "beta": p.dv_beta if p.dv_method == "ema" else None})
+    if not targets:
+        return dv_art, None
+    tensors, report = {}, {}
+    cfg = P.TrainConfig(epochs=p.epochs, lr=p.lr, holdout=p.holdout)
+    for j in targets:
+        nxt = adapter.moe[j]
+        with torch.no_grad():
+            q = torch.cat([nxt.norm2(r[j - 1]["s"] + P.default_vector_estimate(
+                dv[j - 1], r[j - 1]["ids"], r[j - 1]["weights"]).to(r[j - 1]["s"].dtype)) for r in kept])
+        logits = torch.cat([r[j]["logits"] for r in kept])
+        ids = torch.cat([r[j]["ids"] for r in kept])
+        bias = getattr(nxt.router, "bias", None)
+        w, rep = P.train_router_copy(q, logits, ids, nxt.router.weight, bias, cfg=cfg)
+        tensors.update({f"layer{j}.{n}": t for n, t in w.items()})
+        report[str(j)] = rep
+    est_art = A.save(estimator_key(loaded, cal, strategy), tensors,
+                     {"calibration_tokens": n_tokens, "layers": targets, "heldout": report})
+    return dv_art, est_art
+
+
+def calibrate_pre_attention(loaded: Any, cal: CalibrationSet, strategy: Any) -> A.Artifact:
+    """Per-layer two-linear predictors on h = norm1(x), with held-out recall@k."""
+    import torch
+
+    from moebench import predictors as P
+    from moebench.models.adapters import adapter_for
+
+    p, shape = strategy.params, loaded.shape
+    adapter = adapter_for(_host_model(loaded))
+    per_layer: list[dict[str, list]] = [{"h": [], "logits": [], "ids": []} for _ in adapter.moe]
+    n_tokens = 0
+    for seq in sequences(loaded, cal):
+        n_tokens += seq.shape[1]
+        for m, c in enumerate(capture(loaded, seq)):
+            for k in ("h", "logits", "ids"):
+                per_layer[m][k].append(c[k])
+    rank = pre_attention_rank(strategy, shape)
+    cfg = P.TrainConfig(epochs=p.epochs, lr=p.lr, holdout=p.holdout)
+    tensors, report = {}, {}
+    for m, d in enumerate(per_layer):
+        h, logits, ids = (torch.cat(d[k]) for k in ("h", "logits", "ids"))
+        with torch.no_grad():
+            router_scores = adapter.route(m, h)[0]
+        view = adapter.moe[m]
+        pred, rep = P.train_two_linear(h, logits, ids, view.router.weight,
+                                       getattr(view.router, "bias", None), rank=rank, cfg=cfg,
+                                       router_scores=router_scores)
+        tensors.update(pred.tensors(f"layer{m}"))
+        report[str(m)] = rep
+    return A.save(pre_attention_key(loaded, cal, strategy), tensors,
+                  {"calibration_tokens": n_tokens, "rank": rank, "heldout": report})
+
+
+# ----------------------------------------------------------------------------------------------
+# the runner's entry point
+# ----------------------------------------------------------------------------------------------
+def _hint(kind: str, loaded: Any, cal_name: str) -> str:
+    sub = {"default-vectors": "default-vectors", "spec-estimator": "default-vectors",
+           "pre-attention": "pre-attention"}.get(kind)
+    if sub is None:
+        return ""
+    return f"moebench calibrate {sub} --model {loaded.name} --workload {cal_name}"
+
+
+def _obtain(prep: Any, key: A.ArtifactKey, build: Any, notes: list[str], what: str) -> A.Artifact:
+    memo = prep.memo
+    if key.digest() in memo:
+        return memo[key.digest()]
+    hint = _hint(key.kind, prep.loaded, key.workload)
+    art = A.load(key, hint=hint)
+    if art is None:
+        tpath, _ = key.paths()
+        if not prep.cfg.calibrate:
+            how = f" (`{hint}`)" if hint else ""
+            raise UserError(f"no {key.kind} artifact for model '{key.model}' on calibration workload "
+                            f"'{key.workload}' ({tpath} does not exist) and --no-calibrate forbids "
+                            f"building it; calibrate first{how} or drop --no-calibrate.")
+        msg = f"{key.kind} artifact missing: {what}; cached at {tpath}"
+        log.warning(msg)
+        notes.append(msg)
+        art = build()
+    memo[key.digest()] = art
+    return art
+
+
+def recorded_trace(prep: Any, strategy: Any, notes: list[str]) -> tuple[Any, A.Artifact]:
+    """The routing of this very workload, recorded by a `sync` pass (lossless)."""
+    from moebench.trace import RoutingTrace
+
+    shape = prep.loaded.shape
+    key = A.ArtifactKey("routing-trace", prep.loaded.name, prep.loaded.snapshot, prep.workload.name,
+                        prep.workload_sha, {"recorder": "sync", "device": prep.device.type,
+                                            "dtype": shape.dtype}, strategy.version)
+
+    def build() -> A.Artifact:
+        from moebench.runner import run_strategy
+
+        piece = run_strategy(prep, "sync", record_trace=True, artifacts={}, trace_source=None)
+        trace = RoutingTrace(piece.trace)
+        return A.save(key, trace.to_tensors(), {"positions": len(trace)})
+
+    art = _obtain(prep, key, build, notes, "recording the workload's routing with a sync pass")
+    memo_key = ("routing-trace", key.digest())
+    if memo_key not in prep.memo:
+        prep.memo[memo_key] = RoutingTrace.from_tensors(art.tensors)
+    return prep.memo[memo_key], art
 
 
 def artifacts_for(prep: Any, strategy: Any) -> tuple[dict, Any]:
-    if not strategy.needs:
+    """(artifacts for `StrategyContext.artifacts`, the trace for `StrategyContext.trace`)."""
+    needs = tuple(getattr(strategy, "needs", ()) or ())
+    if not needs:
         return {}, None
-    raise NotImplementedError(f"strategy {strategy.name} needs {strategy.needs}")
+    loaded = prep.loaded
+    notes: list[str] = []
+    out: dict[str, Any] = {"_notes": notes, "_provenance": []}
+    trace = None
+    cal = None
+    if any(n != "trace" for n in needs):
+        name = getattr(strategy.params, "calibration", "") or prep.workload.calibration
+        cal = calibration_set(loaded, name)
+    for need in needs:
+        if need == "default-vectors":
+            art = _obtain(prep, dv_key(loaded, cal, strategy),
+                          lambda: calibrate_speculative(loaded, cal, strategy)[0], notes,
+                          f"calibrating default vectors on workload '{cal.workload.name}'")
+            out["default-vectors"] = art.tensors["dv"]
+        elif need == "spec-estimator":
+            art = _obtain(prep, estimator_key(loaded, cal, strategy),
+                          lambda: calibrate_speculative(loaded, cal, strategy)[1], notes,
+                          f"training the early-layer estimator on workload '{cal.workload.name}'")
+            out["spec-estimator"] = art.tensors
+        elif need == "pre-attention":
+            art = _obtain(prep, pre_attention_key(loaded, cal, strategy),
+                          lambda: calibrate_pre_attention(loaded, cal, strategy), notes,
+                          f"training pre-attention predictors on workload '{cal.workload.name}'")
+            out["pre-attention"] = art.tensors
+        elif need == "trace":
+            trace, art = recorded_trace(prep, strategy, notes)
+        else:
+            raise UserError(f"strategy '{strategy.name}' needs '{need}', which moebench cannot provide.")
+        out["_provenance"].append({**art.key.describe(), "path": str(art.path)})
+    return out, trace

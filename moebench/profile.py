@@ -11,7 +11,7 @@ in `$MOEBENCH_PROFILES` (a folder) to make them known by name.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -34,12 +34,21 @@ class HardwareProfile:
     device_memory_gb: float = 0.0
     description: str = ""
     source: str = "public"
+    # Measured floors (`moebench calibrate profile`, batch-1 decode on one GPU and model; 0 = use
+    # the roofline alone). A cost is then max(roofline, floor): eager decode is launch-bound.
+    attention_us: float = 0.0     # one layer's norm + attention + residual + engine overhead
+    router_us: float = 0.0        # one layer's router
+    expert_us: float = 0.0        # one expert at one token (a top-k layer / k)
+    lm_head_us: float = 0.0       # final norm + LM head
+    calibrated_for: str = ""      # the model the floors were measured on
+    measured: dict = field(default_factory=dict)   # raw calibration data (curves, GPU, date)
 
     def validate(self, where: str) -> None:
         for key in ("h2d_bandwidth_gbps", "mem_bandwidth_gbps", "peak_tflops"):
             if getattr(self, key) <= 0:
                 raise UserError(f"{where}.{key} must be positive.")
-        for key in ("h2d_latency_us", "launch_overhead_us"):
+        for key in ("h2d_latency_us", "launch_overhead_us", "attention_us", "router_us",
+                    "expert_us", "lm_head_us"):
             if getattr(self, key) < 0:
                 raise UserError(f"{where}.{key} must not be negative.")
         if not 0 < self.mem_efficiency <= 1:

@@ -35,6 +35,7 @@ class Prepared:
     profile: Any
     clock: str          # "cuda" | "sim"
     device: Any
+    memo: dict = field(default_factory=dict)   # per-prep caches (calibration artifacts, recorded traces)
 
 
 @dataclass
@@ -84,7 +85,7 @@ def prepare(cfg: RunConfig, loaded: Any = None) -> Prepared:
     profile = load_profile(cfg.profile)
     device, clock = resolve_device_and_clock(cfg.clock, cfg.device)
     if loaded is None:
-        loaded = load_model(cfg.model, seed=cfg.seed)
+        loaded = load_model(cfg.model, seed=cfg.seed, device=device)
     reqs = build_requests(wl, loaded.tokenizer, loaded.model.config.vocab_size)
     return Prepared(cfg, wl, reqs, workload_sha256(wl, reqs), loaded, budget, profile, clock, device)
 
@@ -127,6 +128,10 @@ def run_strategy(prep: Prepared, name: str, params: dict | None = None, *, repet
                            profile=prep.profile, device=prep.device, artifacts=artifacts,
                            record_trace=record, trace_source=trace_source)
     piece = Piece(strategy=strategy.describe(), n_slots=n_slots)
+    if artifacts:   # what calibration did (notes) and which artifacts the strategy runs on
+        piece.notes.extend(artifacts.get("_notes", ()))
+        if artifacts.get("_provenance"):
+            piece.strategy["artifacts"] = artifacts["_provenance"]
     engine.attach()
     try:
         engine.prefill_warm()
@@ -167,6 +172,8 @@ def run_strategy(prep: Prepared, name: str, params: dict | None = None, *, repet
 def _reset_counters(engine: Any) -> None:
     s = engine.sched
     s.prefetch_issued = s.prefetch_used = s.wasted_bytes = 0
+    s.layer_counts.clear()
+    engine.layer_late = [0] * len(engine.layer_late)
 
 
 def _prediction(engine: Any) -> dict | None:
@@ -174,8 +181,24 @@ def _prediction(engine: Any) -> dict | None:
 
     if not engine.pred_stats and not engine.sched.prefetch_issued:
         return None
-    return prediction_metrics(engine.pred_stats, late=0, wasted_bytes=engine.sched.wasted_bytes,
+    pred = prediction_metrics(engine.pred_stats, late=sum(engine.layer_late),
+                              wasted_bytes=engine.sched.wasted_bytes,
                               issued=engine.sched.prefetch_issued, used=engine.sched.prefetch_used)
+    # Per target layer, every predictor together: late = prefetched but still copying when
+    # needed (decode steps); wasted = evicted or dropped before any use; unused_at_end = still
+    # resident, never used, when the run ended.
+    counts = engine.sched.layer_counts
+    pending: dict[int, int] = {}
+    for layer, _ in engine.cache.prefetched:
+        pending[layer] = pending.get(layer, 0) + 1
+    pred["per_layer"] = [
+        {"layer": m, "late_prefetches": engine.layer_late[m],
+         "prefetches_issued": counts.get(m, {}).get("issued", 0),
+         "prefetches_used": counts.get(m, {}).get("used", 0),
+         "wasted_bytes": counts.get(m, {}).get("wasted_bytes", 0),
+         "unused_at_end_bytes": pending.get(m, 0) * engine.cache.expert_bytes}
+        for m in range(len(engine.layer_late))]
+    return pred
 
 
 def _decode(engine: Any, model: Any, prompt: tuple[int, ...], n_new: int, device: Any, *,
@@ -277,9 +300,19 @@ def build_result(prep: Prepared, pieces: list[Piece], *, source: str = "run") ->
                                      "expert_pool_bytes": first.pool_bytes})
     clock_label = "cuda-events" if prep.clock == "cuda" else f"simulated:{prep.profile.name}"
     device = str(prep.device)
+    device_memory = None
     if prep.device.type == "cuda":
         import torch
         device = f"{prep.device} ({torch.cuda.get_device_name(prep.device)})"
+        device_memory = int(torch.cuda.get_device_properties(prep.device).total_memory)
+    all_experts = shape.total_experts * shape.expert_bytes
+    # Offload emulation: the slot pool is the budget, even on a GPU that could hold every expert.
+    emulated = device_memory is not None and all_experts < device_memory and first.n_slots < shape.total_experts
+    load_notes = list(getattr(prep.loaded, "notes", None) or [])
+    if emulated:
+        load_notes.append(f"offload emulated: every expert ({all_experts:,} bytes) would fit in "
+                          f"device memory ({device_memory:,} bytes); the budget is enforced by a "
+                          "fixed pool of expert slots")
     return {
         "schema_version": SCHEMA_VERSION,
         "moebench_version": __version__,
@@ -297,12 +330,13 @@ def build_result(prep: Prepared, pieces: list[Piece], *, source: str = "run") ->
         "clock": {"kind": "cuda-events" if prep.clock == "cuda" else "simulated",
                   "profile": None if prep.clock == "cuda" else prep.profile.name,
                   "device": device, "label": clock_label,
-                  "link_gbps_for_floor": link},
+                  "link_gbps_for_floor": link, "device_memory_bytes": device_memory},
         "budget": {"spec": prep.budget.text, "bytes": first.n_slots * shape.expert_bytes,
-                   "experts": first.n_slots},
+                   "experts": first.n_slots, "all_experts_bytes": all_experts,
+                   "device_memory_bytes": device_memory, "offload_emulated": emulated},
         "seed": prep.cfg.seed,
         "repetition": prep.cfg.repetition,
-        "notes": sorted({n for p in pieces for n in p.notes}) + [
+        "notes": sorted({n for p in pieces for n in p.notes}) + load_notes + [
             "true router runs in the model graph for every strategy (simulated clock charges it "
             "only to strategies that use it)",
             "prefill fetches the distinct experts its tokens route to, one copy per expert"],

@@ -2,16 +2,27 @@
 and each prediction made. Written by `--record-trace` as `trace.jsonl`, one JSON object a line:
 
     {"request": 0, "step": 3, "layer": 5, "experts": [..k ids..], "weights": [..k..],
-     "executed": [..k ids..], "predicted": {"<predictor>": [ids...]}}
+     "executed": [..k ids..], "used": [..distinct ids over all tokens..],
+     "predicted": {"<predictor>": [ids...]}, "strategy": "speculative"}
 
-`step` 0 is the prefill (its row describes the last prompt token); decode steps count from 1.
-`moebench trace export --format jsonl` writes the same rows; any tool's JSONL with at least
-`step`, `layer`, `experts` can be replayed.
+`step` 0 is the prefill (its `experts`/`weights`/`executed` describe the last prompt token,
+`used` every expert any prompt token ran); decode steps count from 1. `layer` is the MoE layer
+index. `predicted` holds, per predictor (named after the strategy, e.g. `speculative`,
+`next-gate+1`, `pre-attention`), the experts it asked to prefetch *for this layer during this
+step*. `moebench trace export --format jsonl` writes the same rows (documented in
+docs/strategies.md); any tool's JSONL with at least `step`, `layer`, `experts` can be read back.
+
+`RoutingTrace` is the pure, indexed view the oracle plans with: the sequence of
+(request, step, layer) positions in execution order, the experts each one uses, and for every
+expert key its sorted use positions, so `next_use(key, t)` is one bisect.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
+import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +30,8 @@ from moebench.errors import UserError
 from moebench.results import atomic_write
 
 REQUIRED = ("step", "layer", "experts")
+EXPORT_KEYS = ("request", "step", "layer", "experts", "weights", "executed", "used", "predicted")
+NEVER = math.inf
 
 
 def row_dict(row: Any) -> dict:
@@ -48,8 +61,97 @@ def read_trace(path: str | Path) -> list[dict]:
             d = json.loads(line)
         except json.JSONDecodeError:
             raise UserError(f"trace {p} line {i + 1} is not valid JSON.") from None
+        if not isinstance(d, dict):
+            raise UserError(f"trace {p} line {i + 1} is not a JSON object.")
         missing = [k for k in REQUIRED if k not in d]
         if missing:
             raise UserError(f"trace {p} line {i + 1} lacks {', '.join(missing)}.")
         rows.append(d)
     return rows
+
+
+def export_rows(rows: Iterable[dict], *, strategy: str | None = None) -> list[dict]:
+    """Rows in the export format: every key of EXPORT_KEYS present (`request` 0, `weights` [],
+    `executed` = `experts`, `used` = `executed`, `predicted` {} when the source lacks them),
+    plus `strategy` when known."""
+    out = []
+    for r in rows:
+        d = row_dict(r)
+        executed = d.get("executed", d["experts"])
+        e = {"request": int(d.get("request", 0)), "step": int(d["step"]), "layer": int(d["layer"]),
+             "experts": [int(x) for x in d["experts"]],
+             "weights": [float(x) for x in d.get("weights", [])],
+             "executed": [int(x) for x in executed],
+             "used": [int(x) for x in (d.get("used") or executed)],
+             "predicted": {str(k): [int(x) for x in v] for k, v in (d.get("predicted") or {}).items()}}
+        s = d.get("strategy", strategy)
+        if s is not None:
+            e["strategy"] = s
+        out.append(e)
+    return out
+
+
+def export_jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+
+
+class RoutingTrace:
+    """The routing of a whole workload, in execution order, indexed for look-ahead.
+
+    `positions[t] = (request, step, layer)`; `demand[t]` the experts position `t` executes
+    (every token of the step); `next_use((layer, e), t)` the first position `>= t` that uses
+    expert `e` of `layer`, or `inf`."""
+
+    def __init__(self, rows: Iterable[Any]):
+        self.positions: list[tuple[int, int, int]] = []
+        self.demand: list[tuple[int, ...]] = []
+        self.index: dict[tuple[int, int, int], int] = {}
+        self.uses: dict[tuple[int, int], list[int]] = {}
+        for r in rows:
+            d = row_dict(r)
+            pos = (int(d.get("request", 0)), int(d["step"]), int(d["layer"]))
+            used = d.get("used") or d.get("executed") or d["experts"]
+            ids = tuple(dict.fromkeys(int(e) for e in used))
+            t = len(self.positions)
+            if pos in self.index:
+                raise UserError(f"routing trace has position {pos} twice.")
+            self.index[pos] = t
+            self.positions.append(pos)
+            self.demand.append(ids)
+            for e in ids:
+                self.uses.setdefault((pos[2], e), []).append(t)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def position(self, request: int, step: int, layer: int) -> int | None:
+        return self.index.get((request, step, layer))
+
+    def next_use(self, key: tuple[int, int], t: float) -> float:
+        uses = self.uses.get(key)
+        if not uses:
+            return NEVER
+        i = bisect.bisect_left(uses, t)
+        return uses[i] if i < len(uses) else NEVER
+
+    def to_tensors(self) -> dict[str, Any]:
+        """Flat int64 tensors for the artifact cache (ragged demand as values + offsets)."""
+        import torch
+
+        flat = [e for d in self.demand for e in d]
+        offsets = [0]
+        for d in self.demand:
+            offsets.append(offsets[-1] + len(d))
+        return {"positions": torch.tensor(self.positions, dtype=torch.int64).reshape(-1, 3),
+                "offsets": torch.tensor(offsets, dtype=torch.int64),
+                "experts": torch.tensor(flat, dtype=torch.int64)}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, Any]) -> RoutingTrace:
+        pos = t["positions"].tolist()
+        off = t["offsets"].tolist()
+        flat = t["experts"].tolist()
+        if len(off) != len(pos) + 1 or (off and off[-1] != len(flat)):
+            raise UserError("routing-trace artifact is inconsistent (offsets do not match).")
+        return cls({"request": p[0], "step": p[1], "layer": p[2], "experts": flat[off[i]:off[i + 1]]}
+                   for i, p in enumerate(pos))

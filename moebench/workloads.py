@@ -72,6 +72,12 @@ class Workload:
     source_file: str | None = None
 
     def validate(self, where: str) -> None:
+        if not isinstance(self.prompts, list):
+            raise UserError(f"{where}.prompts must be a list of items, not a "
+                            f"{type(self.prompts).__name__}.")
+        if not isinstance(self.generator, dict):
+            raise UserError(f"{where}.generator must be a mapping, not a "
+                            f"{type(self.generator).__name__}.")
         if self.max_new_tokens < 2:
             raise UserError(f"{where}.max_new_tokens must be at least 2 (TPOT needs two tokens).")
         if self.limit is not None and self.limit <= 0:
@@ -257,7 +263,8 @@ def _resolve(path: str, wl: Workload) -> Path:
 
 
 def build_items(wl: Workload) -> list[Item]:
-    """Inline prompts, then dataset rows, capped at `limit` (rows past it are not parsed)."""
+    """Inline prompts, then dataset rows, capped at `limit`. The whole file is read and checked
+    (a broken line past the limit is still reported); only items within it are built."""
     items: list[Item] = []
     for i, p in enumerate(wl.prompts):
         if isinstance(p, str):

@@ -108,6 +108,12 @@ class SlotScheduler:
         self.prefetch_issued = 0
         self.prefetch_used = 0
         self.wasted_bytes = 0
+        # per MoE layer: prefetches issued, used, and bytes evicted or dropped before any use
+        self.layer_counts: dict[int, dict[str, int]] = {}
+
+    def _count(self, layer: int, name: str, n: int = 1) -> None:
+        d = self.layer_counts.setdefault(layer, {"issued": 0, "used": 0, "wasted_bytes": 0})
+        d[name] += n
 
     def _copy(self, key: ExpertKey, slot: int) -> Any:
         mover = self.cache.mover
@@ -120,6 +126,7 @@ class SlotScheduler:
         def on_evict(k: ExpertKey) -> None:
             if k in self.cache.prefetched:
                 self.wasted_bytes += self.cache.expert_bytes
+                self._count(k[0], "wasted_bytes", self.cache.expert_bytes)
             self.strategy.on_evict(k)
 
         slot = self.cache.insert(key, locked, self.strategy.victim, on_evict)
@@ -142,6 +149,7 @@ class SlotScheduler:
                 self._copy(key, slot)
                 self.cache.prefetched.add(key)
                 self.prefetch_issued += 1
+                self._count(req.layer, "issued")
                 nbytes += self.cache.expert_bytes
                 locked = locked | {key}
         return nbytes, dropped
@@ -161,6 +169,7 @@ class SlotScheduler:
                 t = self.cache.ticket.get(key)
                 if key in self.cache.prefetched:
                     self.prefetch_used += 1
+                    self._count(layer, "used")
                     self.cache.prefetched.discard(key)
                 if t is None or self.timeline.ready(t):
                     out.hits += 1
@@ -190,5 +199,8 @@ class SlotScheduler:
         for e in experts:
             key = (layer, int(e))
             if self.cache.is_resident(key):
+                if key in self.cache.prefetched:   # prefetched, dropped unused: wasted
+                    self.wasted_bytes += self.cache.expert_bytes
+                    self._count(layer, "wasted_bytes", self.cache.expert_bytes)
                 self.cache.evict(key)
                 self.strategy.on_evict(key)

@@ -16,6 +16,12 @@ EXPERT_KERNELS = 3
 LM_HEAD_KERNELS = 3
 
 
+def _floor(seconds: float, floor_us: float) -> float:
+    """A calibrated profile's measured floor (`attention_us`, ...; 0 = none) under the roofline:
+    eager batch-1 decode is bound by kernel launches and host work the roofline cannot see."""
+    return max(seconds, floor_us * 1e-6) if floor_us > 0 else seconds
+
+
 def attention_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int, context: int) -> float:
     """norm1 + attention of one layer for `tokens` new tokens over `context` cached ones."""
     weights = shape.attention_param_bytes()
@@ -24,18 +30,20 @@ def attention_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int, conte
     flops = 2.0 * tokens * weights / shape.bytes_per_param \
         + 4.0 * tokens * (context + tokens) * shape.q_heads * d
     act = tokens * h * shape.bytes_per_param * 6
-    return hw.kernel_seconds(flops=flops, nbytes=weights + kv + act, kernels=ATTENTION_KERNELS)
+    return _floor(hw.kernel_seconds(flops=flops, nbytes=weights + kv + act, kernels=ATTENTION_KERNELS),
+                  getattr(hw, "attention_us", 0.0))
 
 
 def router_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int) -> float:
     flops = 2.0 * tokens * shape.num_experts * shape.hidden
-    return hw.kernel_seconds(flops=flops, nbytes=shape.router_bytes(), kernels=ROUTER_KERNELS)
+    return _floor(hw.kernel_seconds(flops=flops, nbytes=shape.router_bytes(), kernels=ROUTER_KERNELS),
+                  getattr(hw, "router_us", 0.0))
 
 
 def expert_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int) -> float:
     """One expert over the `tokens` routed to it."""
-    return hw.kernel_seconds(flops=shape.expert_flops(tokens), nbytes=shape.expert_bytes,
-                             kernels=EXPERT_KERNELS)
+    return _floor(hw.kernel_seconds(flops=shape.expert_flops(tokens), nbytes=shape.expert_bytes,
+                                    kernels=EXPERT_KERNELS), getattr(hw, "expert_us", 0.0))
 
 
 def dense_mlp_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int) -> float:
@@ -46,4 +54,5 @@ def dense_mlp_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int) -> fl
 def lm_head_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int = 1) -> float:
     """Final norm + LM head for the last position (generation reads one row of logits)."""
     flops = 2.0 * shape.vocab * shape.hidden
-    return hw.kernel_seconds(flops=flops, nbytes=shape.lm_head_bytes(), kernels=LM_HEAD_KERNELS)
+    return _floor(hw.kernel_seconds(flops=flops, nbytes=shape.lm_head_bytes(), kernels=LM_HEAD_KERNELS),
+                  getattr(hw, "lm_head_us", 0.0))

@@ -20,6 +20,8 @@ to the unmodified model.
 The true router always runs (it is part of the model's graph); for strategies that do not use
 it (`uses_true_router = False`) the simulated clock does not charge it, and on CUDA it is one
 `E x H` GEMV per layer (microseconds) that stays in the timed path: said in the result.
+A predictor's own work (a speculated router, a pre-attention predictor) is charged on the
+simulated clock from the strategy's `prediction_cost(ev)`, once per prefetch request it returns.
 """
 from __future__ import annotations
 
@@ -92,6 +94,7 @@ class LayerTrace:
     weights: list[float]
     executed: list[int]
     predicted: dict[str, list[int]]
+    used: list[int] = field(default_factory=list)   # distinct experts run by any token of the step
 
 
 class OffloadEngine:
@@ -117,6 +120,7 @@ class OffloadEngine:
         self._s: dict[int, torch.Tensor] = {}
         self._predicted: dict[int, dict[str, set[int]]] = {}
         self.pred_stats: dict[int, dict[str, float]] = {}
+        self.layer_late = [0] * self.shape.moe_layers   # decode: prefetched, copy still in flight
         self.request = 0
         self.step_index = 0
         self.context = 0
@@ -143,7 +147,9 @@ class OffloadEngine:
             for n in self.adapter.expert_param_names:
                 setattr(v.experts, n, torch.nn.Parameter(torch.empty(0), requires_grad=False))
         model.to(self.device)
-        self.pools = DevicePools(self.store, self.n_slots, self.device)
+        make_pools = getattr(self.store, "make_pools", None)   # packed stores unpack on the device
+        self.pools = (make_pools(self.n_slots, self.device) if make_pools is not None
+                      else DevicePools(self.store, self.n_slots, self.device))
         self.cache = ExpertCache(self.n_slots, self.store.expert_bytes, mover=self.pools)
         self.sched = SlotScheduler(self.cache, self.timeline, self.strategy)
         ctx = StrategyContext(shape=self.shape, adapter=self.adapter, n_slots=self.n_slots,
@@ -218,6 +224,7 @@ class OffloadEngine:
                 return
             ev = self._event(moe_index)
             req = self.strategy.before_attention(ev, output)   # h = norm1(x_i)  [B, T, H]
+            self._charge_prediction(ev, req)
             self._issue_prefetch(req, set())
             if self.sim:
                 self.timeline.compute(costs.attention_seconds(self.shape, self.profile,
@@ -238,8 +245,7 @@ class OffloadEngine:
     def _issue_prefetch(self, requests: Any, locked: set) -> None:
         if not requests:
             return
-        for r in requests:
-            self._predicted.setdefault(r.layer, {}).setdefault(r.source, set()).update(int(e) for e in r.experts)
+        self._note_predictions(requests)
         nbytes, _ = self.sched.prefetch(requests, locked)
         if self._step is not None:
             self._step.h2d_bytes += nbytes
@@ -257,13 +263,23 @@ class OffloadEngine:
         ev = self._event(moe_index)
         s = self._s.get(moe_index)
         true = Routing(top_k_index, top_k_weights)
-        if self.sim and self.strategy.uses_true_router:
+        # A strategy may say per layer whether the true router is part of it (`uses_router(ev)`,
+        # e.g. speculative: only the on-demand layers); otherwise the class flag decides.
+        per_layer = getattr(self.strategy, "uses_router", None)
+        uses_router = per_layer(ev) if per_layer is not None else self.strategy.uses_true_router
+        if self.sim and uses_router:
             self.timeline.compute(costs.router_seconds(self.shape, self.profile, ev.n_tokens))
         chosen = self.strategy.choose(ev, true, s, u)
         experts = chosen.experts()
         prefetches = self.strategy.after_routing(ev, chosen, s, u)
-        for r in prefetches or ():
-            self._predicted.setdefault(r.layer, {}).setdefault(r.source, set()).update(int(e) for e in r.experts)
+        self._charge_prediction(ev, prefetches)
+        self._note_predictions(prefetches or ())
+        # Instrumentation reads routing ids on the host: do it before `prepare` queues the waits
+        # for this layer's copies, or on CUDA that D2H read would block the host until they land.
+        if self.record_trace:
+            self._record_trace(moe_index, true, chosen, experts)
+        if st.phase == "decode":
+            self._record_prediction(moe_index, true, experts)
         out = self.sched.prepare(moe_index, experts, prefetches or ())
         st.h2d_bytes += out.demand_bytes + out.prefetch_bytes
         st.demand_bytes += out.demand_bytes
@@ -274,10 +290,7 @@ class OffloadEngine:
             st.late += out.late
             st.layer_hits[moe_index] += out.hits
             st.layer_acts[moe_index] += len(experts)
-        if self.record_trace:
-            self._record_trace(moe_index, true, chosen)
-        if st.phase == "decode":
-            self._record_prediction(moe_index, true, experts)
+            self.layer_late[moe_index] += out.late
         self._predicted.pop(moe_index, None)
         # Map expert ids to slot ids and run the model's own kernel over the slot pools,
         # narrowed (a view, no copy) to the slot range this call touches: grouped kernels cost
@@ -286,15 +299,26 @@ class OffloadEngine:
         lut = torch.full((self.shape.num_experts,), -1, dtype=top_k_index.dtype)
         for e, slot in out.slots.items():
             lut[e] = slot - lo
-        slot_index = lut.to(chosen.ids.device)[chosen.ids]             # [T, k]
-        proxy = SlotExperts(module, {n: p[lo:hi + 1] for n, p in self.pools.pools.items()})
+        dev = chosen.ids.device
+        if dev.type == "cuda":   # a pageable H2D copy would block the host on the queued waits
+            lut = lut.pin_memory().to(dev, non_blocking=True)
+        slot_index = lut.to(dev)[chosen.ids]                           # [T, k]
+        view = getattr(self.pools, "compute_view", None)               # packed experts: unpack
+        if view is not None:
+            pools, slot_index = view(slot_index, sorted(s_ - lo for s_ in set(out.slots.values())),
+                                     lo, hi)
+        else:
+            pools = {n: p[lo:hi + 1] for n, p in self.pools.pools.items()}
+        proxy = SlotExperts(module, pools)
         y = self._impl(proxy, u, slot_index, chosen.weights)
         if self.sim:
             tokens_per_expert = max(1, (ev.n_tokens * self.shape.top_k) // max(1, len(experts)))
             self.timeline.compute(len(experts) * costs.expert_seconds(self.shape, self.profile,
                                                                       tokens_per_expert))
         if not self.strategy.keeps_experts:
-            self.sched.release(moe_index, experts)
+            # Drop everything of this layer, prefetched-but-unused experts included: nothing may
+            # survive to serve a later token (that would be a cross-token cache).
+            self.sched.release(moe_index, [e for (m, e) in self.cache.resident() if m == moe_index])
         return y
 
     # ------------------------------------------------------------------------------------------
@@ -322,17 +346,45 @@ class OffloadEngine:
             acc["gw_recall"] += sum(wi for e, wi in zip(ids, w) if int(e) in pred) / tot
             acc["predicted"] += len(pred)
 
-    def _record_trace(self, moe_index: int, true: Routing, chosen: Routing) -> None:
+    def _record_trace(self, moe_index: int, true: Routing, chosen: Routing,
+                      used: list[int] | None = None) -> None:
         preds = {k: sorted(v) for k, v in self._predicted.get(moe_index, {}).items()}
         self.trace.append(LayerTrace(
             request=self.request, step=self.step_index, layer=moe_index,
             experts=[int(e) for e in true.ids[-1].tolist()],
             weights=[float(x) for x in true.weights[-1].float().tolist()],
-            executed=[int(e) for e in chosen.ids[-1].tolist()], predicted=preds))
+            executed=[int(e) for e in chosen.ids[-1].tolist()], predicted=preds,
+            used=[int(e) for e in (used or [])]))
+
+    def _note_predictions(self, requests: Any) -> None:
+        """Remember what each predictor asked for, per target layer, to score it against the
+        true routing of that layer in this step. A strategy whose prefetches are not predictions
+        of this step (the oracle plans steps ahead from a recorded trace) sets
+        `scores_predictions = False`."""
+        if not getattr(self.strategy, "scores_predictions", True):
+            return
+        for r in requests:
+            self._predicted.setdefault(r.layer, {}).setdefault(r.source, set()).update(int(e) for e in r.experts)
+
+    def _charge_prediction(self, ev: LayerEvent, requests: Any) -> None:
+        """Charge a predictor's own compute on the simulated clock: each non-empty `Prefetch`
+        costs what the strategy's `prediction_cost(ev)` says, `(flops, bytes, kernels)`. On CUDA
+        the predictor's kernels really ran on the compute stream and are measured."""
+        cost = getattr(self.strategy, "prediction_cost", None)
+        if not (self.sim and cost and requests):
+            return
+        for r in requests:
+            if r.experts:
+                flops, nbytes, kernels = cost(ev)
+                self.timeline.compute(self.profile.kernel_seconds(flops=flops, nbytes=nbytes,
+                                                                  kernels=kernels))
 
     # ------------------------------------------------------------------------------------------
     def detach(self) -> None:
         """Restore the unmodified model (expert weights back in place, hooks removed)."""
+        sync = getattr(self.timeline, "synchronize", None)
+        if sync is not None:
+            sync()   # copies still in flight write into the pools: let them land before release
         for h in self._hooks:
             h.remove()
         self._hooks.clear()

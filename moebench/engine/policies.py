@@ -7,7 +7,7 @@ are not locked by the layer being computed.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 ExpertKey = tuple[int, int]
 
@@ -76,3 +76,25 @@ class LFUPolicy:
 
     def victim(self, layer: int, candidates: Sequence[ExpertKey]) -> ExpertKey:
         return min(candidates, key=lambda k: (self.count.get(k, 0), self.last.get(k, 0), k))
+
+
+class BeladyPolicy:
+    """Belady's MIN: evict the candidate whose next use lies furthest in the future (never used
+    again beats everything). Needs the future, so only the oracle can use it: `next_use(key)`
+    answers "at which position of the recorded trace is `key` needed next" (inf for never).
+    Ties go to the larger key so the choice is deterministic."""
+
+    def __init__(self, next_use: Callable[[ExpertKey], float]):
+        self.next_use = next_use
+
+    def on_access(self, key: ExpertKey) -> None:
+        pass
+
+    def on_insert(self, key: ExpertKey) -> None:
+        pass
+
+    def on_evict(self, key: ExpertKey) -> None:
+        pass
+
+    def victim(self, layer: int, candidates: Sequence[ExpertKey]) -> ExpertKey:
+        return max(candidates, key=lambda k: (self.next_use(k), k))

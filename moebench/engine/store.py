@@ -25,7 +25,7 @@ class HostExpertStore:
             out = {}
             for name, t in tensors.items():
                 t = t.detach().to("cpu").contiguous()
-                out[name] = t.pin_memory() if pin else t
+                out[name] = t.pin_memory() if pin and not t.is_pinned() else t
             self.layers.append(out)
         self.pinned = pin
         first = self.layers[0]
@@ -36,9 +36,10 @@ class HostExpertStore:
     @classmethod
     def empty(cls, moe_layers: int, specs: dict[str, tuple[tuple[int, ...], torch.dtype]],
               num_experts: int, *, pin: bool) -> HostExpertStore:
-        """A store to be filled one expert at a time (lazy checkpoint loading)."""
-        layers = [{n: torch.empty((num_experts, *shape), dtype=dt) for n, (shape, dt) in specs.items()}
-                  for _ in range(moe_layers)]
+        """A store to be filled one expert at a time (lazy checkpoint loading). Allocated pinned
+        when `pin`, so the experts never exist twice in host memory."""
+        layers = [{n: torch.empty((num_experts, *shape), dtype=dt, pin_memory=pin)
+                   for n, (shape, dt) in specs.items()} for _ in range(moe_layers)]
         return cls(layers, pin=pin)
 
     def write(self, layer: int, expert: int, name: str, value: torch.Tensor) -> None:

@@ -110,8 +110,7 @@ class CudaTimeline:
         return self.torch.cuda.Event(enable_timing=True)
 
     def step_begin(self) -> None:
-        self._waits.clear()
-        self._copies.clear()
+        self._waits.clear()           # copies still in flight from the last step stay listed
         self._start = self._event()
         self._start.record(self.torch.cuda.current_stream(self.device))
 
@@ -119,10 +118,16 @@ class CudaTimeline:
         end = self._event()
         end.record(self.torch.cuda.current_stream(self.device))
         end.synchronize()
-        self.copy_stream.synchronize()
+        # Never wait for the copy stream here: a prefetch for the next step must keep running
+        # across the step boundary, as it does on the simulated clock (waiting would finish it
+        # off the clock). Copies still in flight are counted in the step in which they complete.
         latency = self._start.elapsed_time(end) / 1e3
         stall = sum(a.elapsed_time(b) for a, b in self._waits) / 1e3
-        busy = sum(a.elapsed_time(b) for a, b in self._copies) / 1e3
+        done, pending = [], []
+        for pair in self._copies:
+            (done if pair[1].query() else pending).append(pair)
+        self._copies = pending
+        busy = sum(a.elapsed_time(b) for a, b in done) / 1e3
         return StepClock(latency, stall, busy, max(0.0, latency - stall))
 
     def compute(self, seconds: float) -> None:

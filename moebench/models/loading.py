@@ -99,9 +99,31 @@ def _build_config(cfg: dict) -> Any:
     return AutoConfig.for_model(model_type, **cfg)
 
 
-def load_model(name_or_path: str, *, seed: int = 0, dtype: str | None = None) -> LoadedModel:
+def want_lazy(folder: Path, cfg: dict, lazy: bool | None = None) -> bool:
+    """Load a checkpoint folder lazily (`moebench.models.checkpoint`)? `lazy` decides when given;
+    else `$MOEBENCH_LAZY_LOAD` (1/0), else: MXFP4 experts, or safetensors of at least
+    `$MOEBENCH_LAZY_BYTES` (default 2 GiB), are loaded lazily."""
+    if lazy is not None:
+        return lazy
+    env = os.environ.get("MOEBENCH_LAZY_LOAD", "auto").strip().lower()
+    if env in ("1", "true", "yes", "on"):
+        return True
+    if env in ("0", "false", "no", "off"):
+        return False
+    shards = list(folder.glob("*.safetensors"))
+    if not shards:
+        return False
+    if (cfg.get("quantization_config") or {}).get("quant_method") == "mxfp4":
+        return True
+    return sum(p.stat().st_size for p in shards) >= int(os.environ.get("MOEBENCH_LAZY_BYTES", 2**31))
+
+
+def load_model(name_or_path: str, *, seed: int = 0, dtype: str | None = None,
+               lazy: bool | None = None, device: Any = None) -> LoadedModel:
     """Load weights on the host (CPU). The engine moves non-expert weights to the device and
-    experts into its host store; see `moebench.models.checkpoint` for lazy per-expert reads."""
+    experts into its host store. Checkpoint folders that `want_lazy` go through
+    `moebench.models.checkpoint.load_lazy` instead: non-expert weights straight to `device`,
+    experts read one at a time into the store (`loaded.expert_store`)."""
     _offline()
     import torch
     from transformers import AutoModelForCausalLM
@@ -112,6 +134,12 @@ def load_model(name_or_path: str, *, seed: int = 0, dtype: str | None = None) ->
         places = "\n  ".join(str(p) for p in P.candidate_dirs(preset)) or "(none)"
         raise UserError(f"model '{name}' ({hf_id}) is not on this machine; looked in: {places} "
                         f"-- download it there or pass --model PATH.")
+    if folder is not None and want_lazy(folder, cfg, lazy):
+        from moebench.models.checkpoint import load_lazy
+
+        return load_lazy(folder, cfg=cfg, name=name, hf_id=hf_id, device=device,
+                         dtype=dtype or ("float32" if preset and preset.embedded else None),
+                         snapshot=_snapshot(cfg, _weights_index(folder)))
     torch_dtype = getattr(torch, dtype) if dtype else None
     if folder is None:  # tiny preset: seeded random init, float32
         conf = _build_config(cfg)

@@ -1,0 +1,247 @@
+"""`moebench compare`, `moebench gate` and `moebench baseline update`.
+
+    moebench compare --strategies sync,lru,oracle --model default --repetitions 3
+    moebench compare --sweep cache_budget=0.1,0.25,0.5,1.0 --clock sim
+    moebench compare results/a-sync results/b-lru            # folders written earlier
+    moebench gate reports/baselines/smoke reports/my-run --fail-on tpot_ms:+5%
+    moebench baseline check                                  # what CI runs: rerun the baseline, gate
+    moebench baseline update                                 # rewrite the CI baseline, deliberately
+
+`gate` and `baseline check` exit 0 pass, 1 regression, 2 usage or config error, 3 inconclusive or mismatched.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from moebench.cli import _console, handle_errors
+
+BASELINE_DIR = Path("reports/baselines/smoke")
+
+
+def _progress(disable: bool) -> Any:
+    from contextlib import nullcontext
+
+    if disable:
+        return nullcontext(None)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("runs"), TimeElapsedColumn(), console=Console(stderr=True),
+                    transient=True)
+
+
+def _run_plan(plan: Any, out: Path, name: str | None, quiet: bool) -> Path:
+    from moebench.compare import run_compare
+
+    with _progress(quiet) as bar:
+        task = None
+
+        def progress(what: str, done: int, total: int) -> None:
+            nonlocal task
+            if bar is None:
+                return
+            if task is None:
+                task = bar.add_task(what, total=total)
+            bar.update(task, completed=done, description=what)
+
+        return run_compare(plan, out, name=name, progress=progress)
+
+
+def _show_report(d: Path, json_out: bool) -> None:
+    doc = json.loads((d / "report.json").read_text())
+    if json_out:
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return
+    from rich.table import Table
+
+    from moebench.report.markdown import clock_sentence
+    from moebench.report.table import summary_cells
+
+    con = _console()
+    con.print(clock_sentence(doc).replace("**", ""), highlight=False)
+    for p in doc["points"]:
+        t = Table(title=f"{doc['model']['name']} — {doc['workload']['name']}"
+                        + (f" — {p['label']}" if p["label"] else ""))
+        for h in ("strategy", "TPOT ms [95% CI]", f"vs {doc['baseline']}", "p Holm", "verdict",
+                  "hit rate", "H2D / token", "stall", "eff. vs oracle"):
+            t.add_column(h)
+        for r in p["rows"]:
+            t.add_row(*summary_cells(r))
+        con.print(t)
+    for s in doc.get("skipped", []):
+        con.print(f"not run: {s['strategy']} ({s['reason']})", highlight=False)
+    con.print(f"report: {d / 'report.html'}")
+
+
+def compare(
+    results: Annotated[Optional[list[Path]], typer.Argument(help="result folders written earlier (instead of running)")] = None,
+    strategies: Annotated[Optional[str], typer.Option(help="comma-separated strategies (default: every registered one that loads)")] = None,
+    model: Annotated[str, typer.Option(help="preset name or local checkpoint folder")] = "default",
+    workload: Annotated[str, typer.Option(help="built-in workload name or YAML file")] = "smoke",
+    cache_budget: Annotated[str, typer.Option(help="device expert cache: 8GB, 0.25 (of all experts), 16/layer, all")] = "0.25",
+    clock: Annotated[str, typer.Option(help="auto | cuda | sim")] = "auto",
+    profile: Annotated[str, typer.Option(help="hardware profile for the simulated clock")] = "a6000-pcie4",
+    repetitions: Annotated[int, typer.Option(help="interleaved rounds; each runs every strategy once, cold")] = 1,
+    baseline: Annotated[Optional[str], typer.Option(help="strategy the others are compared with (default sync)")] = None,
+    sweep: Annotated[Optional[str], typer.Option(help="KEY=v1,v2,...: cache_budget, profile or bandwidth (GB/s)")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="workload field or strategy parameter: KEY=VALUE (lru.scope=global for one strategy)")] = None,
+    accuracy: Annotated[bool, typer.Option("--accuracy", help="measure accuracy against the lossless baseline")] = False,
+    seed: Annotated[int, typer.Option(help="seed for random init, the run order and bootstrap")] = 0,
+    alpha: Annotated[float, typer.Option(help="significance level for the verdicts")] = 0.05,
+    out: Annotated[Path, typer.Option(help="parent folder of the new report folder")] = Path("reports"),
+    name: Annotated[Optional[str], typer.Option(help="exact name of the report folder under --out (must be new)")] = None,
+    plan_from: Annotated[Optional[Path], typer.Option("--plan-from", help="rerun the comparison recorded in this report folder")] = None,
+    no_plots: Annotated[bool, typer.Option("--no-plots", help="skip the plots (faster; numbers unchanged)")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print report.json alone on stdout")] = False,
+) -> None:
+    """Run strategies side by side on one model and workload (or compare result folders); write a report."""
+    from moebench import compare as C
+    from moebench.config import RunConfig
+    from moebench.errors import UserError
+
+    if results:
+        if strategies or sweep or plan_from:
+            raise UserError("give result folders or --strategies/--sweep/--plan-from, not both.")
+        d = C.compare_existing(results, out, name=name, baseline=baseline, plots=not no_plots, alpha=alpha)
+        _show_report(d, json_out)
+        return
+    if plan_from is not None:
+        plan = C.plan_from_report(plan_from, plots=not no_plots)
+    else:
+        if clock not in ("auto", "cuda", "sim"):
+            raise UserError(f"--clock must be auto, cuda or sim, not '{clock}'.")
+        if not 0 < alpha < 1:
+            raise UserError(f"--alpha must lie strictly between 0 and 1, not {alpha}.")
+        names, skipped = C.resolve_strategies(strategies.split(",") if strategies else None)
+        if not names:
+            raise UserError("no strategy could be loaded: " + "; ".join(w for _, w in skipped))
+        wl_over, params = C.route_sets(names, set_ or [])
+        base = RunConfig(model=model, workload=workload, workload_overrides=wl_over,
+                         cache_budget=cache_budget, clock=clock, profile=profile, seed=seed)
+        plan = C.ComparePlan(base, names, C.choose_baseline(names, baseline),
+                             params={k: v for k, v in params.items() if v}, repetitions=repetitions,
+                             sweep=C.SweepSpec.parse(sweep) if sweep else None, accuracy=accuracy,
+                             plots=not no_plots, alpha=alpha, skipped=skipped)
+    d = _run_plan(plan, out, name, quiet=json_out)
+    _show_report(d, json_out)
+
+
+def gate(
+    baseline: Annotated[Path, typer.Argument(help="baseline result or report folder")],
+    candidate: Annotated[Path, typer.Argument(help="candidate result or report folder")],
+    fail_on: Annotated[Optional[list[str]], typer.Option("--fail-on", help="METRIC:+X% or METRIC:-X; the sign is the bad direction (default tpot_ms:+3%, hit_rate:-0.01, h2d_bytes_per_token:+1%)")] = None,
+    alpha: Annotated[float, typer.Option(help="significance level (measured clock)")] = 0.05,
+    seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
+    json_out: Annotated[bool, typer.Option("--json", help="print the verdicts as JSON")] = False,
+) -> None:
+    """Is the candidate worse than the baseline, beyond noise? Exit 0 pass, 1 regression, 2 usage, 3 inconclusive/mismatch."""
+    from moebench.compare import gate_paths
+    from moebench.gate import parse_rule
+
+    rules = [parse_rule(r) for r in fail_on or []]
+    report = gate_paths(baseline, candidate, rules or None, alpha=alpha, seed=seed)
+    if json_out:
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+    else:
+        _show_gate(report)
+    raise typer.Exit(int(report.exit_code))
+
+
+def _show_gate(report: Any) -> None:
+    from rich.table import Table
+
+    con = _console()
+    if report.verdicts:
+        t = Table(title="gate")
+        for c in ("metric", "verdict", "baseline", "candidate", "change"):
+            t.add_column(c)
+        for v in report.verdicts:
+            change = "–" if v.change is None else (f"{v.change * 100:+.2f}%" if v.relative else f"{v.change:+.4g}")
+            t.add_row(v.metric, v.status, "–" if v.baseline is None else f"{v.baseline:.4g}",
+                      "–" if v.candidate is None else f"{v.candidate:.4g}", change)
+        con.print(t)
+    style = {"pass": "bold green", "regression": "bold red"}.get(report.status, "bold yellow")
+    con.print(f"[{style}]{report.status.upper()}[/] (exit {int(report.exit_code)}): {report.reason}",
+              highlight=False, soft_wrap=True)
+
+
+baseline_app = typer.Typer(no_args_is_help=True, help="The committed CI baseline (reports/baselines/).")
+
+
+def _single_thread() -> None:
+    """The baseline's numbers must not depend on the machine: one intra-op thread gives the same
+    float reductions, hence the same routing, everywhere (and is faster on a shared 2-core box)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@baseline_app.command("update")
+@handle_errors
+def baseline_update(
+    dir_: Annotated[Path, typer.Option("--dir", help="baseline report folder to rewrite")] = BASELINE_DIR,
+    strategies: Annotated[Optional[str], typer.Option(help="comma-separated (default: every registered one that loads)")] = None,
+    model: Annotated[str, typer.Option(help="model preset (default: the embedded default)")] = "default",
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="workload field or strategy parameter: KEY=VALUE")] = None,
+) -> None:
+    """Run the smoke comparison on the simulated clock and replace the baseline with it."""
+    import os
+    import shutil
+    from dataclasses import replace
+
+    from moebench import compare as C
+    from moebench.errors import UserError
+
+    names, skipped = C.resolve_strategies(strategies.split(",") if strategies else None)
+    if not names:
+        raise UserError("no strategy could be loaded: " + "; ".join(w for _, w in skipped))
+    wl_over, params = C.route_sets(names, set_ or [])
+    plan = C.ComparePlan(replace(C.SMOKE, model=model, workload_overrides=wl_over), names,
+                         C.choose_baseline(names, None), params={k: v for k, v in params.items() if v},
+                         plots=False, skipped=skipped)
+    _single_thread()
+    dir_ = Path(dir_)
+    new = _run_plan(plan, dir_.parent, f".{dir_.name}.new-{os.getpid()}", quiet=False)
+    old = dir_.parent / f".{dir_.name}.old-{os.getpid()}"
+    if dir_.exists():
+        dir_.rename(old)
+    new.rename(dir_)
+    shutil.rmtree(old, ignore_errors=True)
+    _show_report(dir_, json_out=False)
+    _console().print(f"baseline rewritten: {dir_} (commit it to make it the CI baseline)")
+
+
+@baseline_app.command("check")
+@handle_errors
+def baseline_check(
+    dir_: Annotated[Path, typer.Option("--dir", help="baseline report folder")] = BASELINE_DIR,
+    out: Annotated[Path, typer.Option(help="parent folder of the candidate report")] = Path("reports"),
+    name: Annotated[Optional[str], typer.Option(help="exact name of the candidate report folder")] = None,
+    fail_on: Annotated[Optional[list[str]], typer.Option("--fail-on", help="METRIC:+X% or METRIC:-X (default rules when absent)")] = None,
+    alpha: Annotated[float, typer.Option(help="significance level (measured clock)")] = 0.05,
+    plots: Annotated[bool, typer.Option("--plots", help="draw the candidate's plots")] = False,
+) -> None:
+    """Rerun the comparison recorded in the baseline and gate it (what CI runs). Exit codes as `gate`."""
+    from moebench.compare import gate_paths, plan_from_report
+    from moebench.gate import parse_rule
+
+    rules = [parse_rule(r) for r in fail_on or []]
+    plan = plan_from_report(dir_, plots=plots)
+    _single_thread()
+    cand = _run_plan(plan, out, name, quiet=False)
+    _show_report(cand, json_out=False)
+    report = gate_paths(dir_, cand, rules or None, alpha=alpha)
+    _show_gate(report)
+    raise typer.Exit(int(report.exit_code))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(handle_errors(compare))
+    app.command("gate")(handle_errors(gate))
+    app.add_typer(baseline_app, name="baseline")

@@ -1,0 +1,479 @@
+"""Side by side: several strategies on one loaded model and one workload, interleaved.
+
+    plan = ComparePlan(base=RunConfig(model="default", workload="smoke", clock="sim"),
+                       strategies=("sync", "lru", "oracle"), baseline="sync", repetitions=3)
+    report_dir = run_compare(plan, Path("reports"))          # result folders + report.*
+    report_dir = compare_existing(["a/", "b/"], Path("reports"))   # folders written earlier
+
+What makes the comparison fair (MEASUREMENT.md, "Identical workloads"):
+- one `runner.prepare` for every strategy: one loaded model, one tokenised workload, one
+  `workload_sha256`. A sweep point changes only the budget or the hardware profile of that
+  preparation, never the model or the prompts;
+- every measured run starts cold (a fresh engine and cache), and runs are interleaved: each
+  repetition runs every (sweep point, strategy) once, in an order shuffled with a seed of its
+  own, so drift on a real GPU (clocks, other tenants) hits every strategy alike;
+- request samples pair by `(prompt_id, repetition)` across strategies; the report uses the pairs
+  for a paired CI of each strategy's ratio to the baseline.
+
+Results written earlier are compared only when their workload hash, model, budget and clock
+agree (`check_comparable`); anything else raises `MismatchError` (exit 2) naming the difference.
+The CI gate reads comparisons through `load_for_gate`, so `moebench gate` accepts a result folder
+or a whole report folder on either side.
+"""
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from moebench.config import RunConfig, field_names, parse_overrides
+from moebench.errors import MismatchError, UserError, did_you_mean
+
+SWEEP_KEYS = ("cache_budget", "profile", "bandwidth")
+
+# The comparison the CI gate runs (and `moebench baseline update` records): the default model and
+# workload on the simulated clock, so the numbers are deterministic on any CPU.
+SMOKE = RunConfig(model="default", workload="smoke", cache_budget="0.25", clock="sim",
+                  profile="a6000-pcie4", seed=0)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """`--sweep KEY=v1,v2,...`: one comparison per value, one curve per strategy."""
+
+    key: str
+    values: tuple[str, ...]
+
+    @staticmethod
+    def parse(text: str) -> SweepSpec:
+        key, sep, rest = str(text).partition("=")
+        key = key.strip()
+        values = tuple(v.strip() for v in rest.split(",") if v.strip())
+        if not sep or not values:
+            raise UserError(f"--sweep expects KEY=v1,v2,... (e.g. cache_budget=0.1,0.25), got '{text}'.")
+        if key not in SWEEP_KEYS:
+            raise UserError(f"--sweep {key}: cannot sweep that{did_you_mean(key, SWEEP_KEYS)}.")
+        if len(set(values)) != len(values):
+            raise UserError(f"--sweep {key} lists a value twice.")
+        return SweepSpec(key, values)
+
+
+@dataclass(frozen=True)
+class ComparePlan:
+    """Everything that determines a comparison; recorded in report.json, so it can be rerun."""
+
+    base: RunConfig
+    strategies: tuple[str, ...]
+    baseline: str
+    params: dict = field(default_factory=dict)          # strategy -> its parameters
+    repetitions: int = 1
+    sweep: SweepSpec | None = None
+    accuracy: bool = False
+    plots: bool = True
+    alpha: float = 0.05
+    skipped: tuple[tuple[str, str], ...] = ()            # (strategy, why) left out of the default set
+
+    def to_dict(self) -> dict:
+        b = self.base
+        return {"model": b.model, "workload": b.workload, "workload_overrides": dict(b.workload_overrides),
+                "cache_budget": b.cache_budget, "clock": b.clock, "profile": b.profile, "seed": b.seed,
+                "strategies": list(self.strategies), "params": self.params, "baseline": self.baseline,
+                "repetitions": self.repetitions, "accuracy": self.accuracy, "alpha": self.alpha,
+                "sweep": None if self.sweep is None else {"key": self.sweep.key,
+                                                          "values": list(self.sweep.values)}}
+
+    @staticmethod
+    def from_dict(d: dict, *, plots: bool = True) -> ComparePlan:
+        try:
+            base = RunConfig(model=d["model"], workload=d["workload"],
+                             workload_overrides=dict(d.get("workload_overrides") or {}),
+                             cache_budget=str(d["cache_budget"]), clock=d["clock"],
+                             profile=d["profile"], seed=int(d.get("seed", 0)))
+            sweep = d.get("sweep")
+            return ComparePlan(base, tuple(d["strategies"]), d["baseline"],
+                               params={k: dict(v) for k, v in (d.get("params") or {}).items()},
+                               repetitions=int(d.get("repetitions", 1)),
+                               sweep=SweepSpec(sweep["key"], tuple(sweep["values"])) if sweep else None,
+                               accuracy=bool(d.get("accuracy", False)), plots=plots,
+                               alpha=float(d.get("alpha", 0.05)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"the recorded comparison plan is incomplete or malformed ({exc!r}).") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# building a plan from what the user typed
+# ----------------------------------------------------------------------------------------------
+def resolve_strategies(names: Sequence[str] | None) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The strategies to run and those skipped. Named ones must load; by default every registered
+    strategy that loads is run and the others are reported as skipped, with the reason."""
+    from moebench.strategy import REGISTRY
+
+    if names:
+        seen = [n.strip() for n in names if n.strip()]
+        dup = sorted({n for n in seen if seen.count(n) > 1})
+        if dup:
+            raise UserError(f"--strategies lists '{dup[0]}' twice.")
+        for n in seen:
+            REGISTRY.get(n)
+        return tuple(seen), ()
+    ok, skipped = [], []
+    for n in REGISTRY.names():
+        try:
+            REGISTRY.get(n)
+            ok.append(n)
+        except UserError as exc:
+            skipped.append((n, str(exc)))
+    return tuple(ok), tuple(skipped)
+
+
+def route_sets(strategies: Sequence[str], sets: Sequence[str]) -> tuple[dict, dict[str, dict]]:
+    """`--set K=V` to the workload or to every strategy with a parameter K; `--set lru.scope=global`
+    targets one strategy."""
+    from moebench.strategy import strategy_params_fields
+    from moebench.workloads import Workload
+
+    wl_fields = field_names(Workload)
+    fields_of = {s: strategy_params_fields(s) for s in strategies}
+    wl: dict = {}
+    params: dict[str, dict] = {s: {} for s in strategies}
+    for key, value in parse_overrides(list(sets)).items():
+        prefix, dot, name = key.partition(".")
+        if dot and prefix in fields_of:
+            if name not in fields_of[prefix]:
+                raise UserError(f"--set {key}: '{prefix}' has no parameter '{name}'"
+                                f"{did_you_mean(name, fields_of[prefix])}.")
+            params[prefix][name] = value
+            continue
+        targets = [s for s in strategies if key in fields_of[s]]
+        if targets:
+            for s in targets:
+                params[s][key] = value
+        elif key in wl_fields:
+            wl[key] = value
+        else:
+            every = wl_fields.union(*fields_of.values())
+            raise UserError(f"--set {key}: no workload field or strategy parameter of that name"
+                            f"{did_you_mean(key, every)}.")
+    return wl, params
+
+
+def choose_baseline(strategies: Sequence[str], baseline: str | None) -> str:
+    if baseline is None:
+        return "sync" if "sync" in strategies else strategies[0]
+    if baseline not in strategies:
+        raise UserError(f"baseline '{baseline}' is not among the strategies being compared "
+                        f"({', '.join(strategies)}); add it to --strategies or pick another --baseline.")
+    return baseline
+
+
+def interleaved_schedule(n_points: int, strategies: Sequence[str], repetitions: int,
+                         seed: int) -> list[tuple[int, str, int]]:
+    """`(point, strategy, repetition)` in run order: every repetition runs every pair once, in an
+    order shuffled by `Random((seed, repetition))`, so no strategy always runs first or last."""
+    out = []
+    for rep in range(repetitions):
+        block = [(p, s, rep) for p in range(n_points) for s in strategies]
+        random.Random(f"moebench-compare:{seed}:{rep}").shuffle(block)
+        out.extend(block)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# running a comparison
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Point:
+    label: str           # "" without a sweep, else "KEY=VALUE"
+    value: str | None
+    prep: Any
+
+
+def _point_prep(prep: Any, key: str, value: str) -> Any:
+    """The same preparation (model, tokens) at another budget, profile or link bandwidth."""
+    from moebench.config import BudgetSpec
+    from moebench.profile import load_profile
+
+    if key == "cache_budget":
+        return replace(prep, budget=BudgetSpec.parse(value), cfg=replace(prep.cfg, cache_budget=value))
+    if prep.clock == "cuda":
+        raise UserError(f"--sweep {key} changes the simulated hardware, but this comparison runs on "
+                        "the CUDA clock; use --clock sim.")
+    if key == "profile":
+        return replace(prep, profile=load_profile(value), cfg=replace(prep.cfg, profile=value))
+    try:
+        gbps = float(value)
+    except ValueError:
+        gbps = -1.0
+    if gbps <= 0:
+        raise UserError(f"--sweep bandwidth={value}: a bandwidth is a positive number of GB/s.")
+    return replace(prep, profile=prep.profile.with_bandwidth(gbps))
+
+
+def _folder(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)
+
+
+def _report_dir(out: Path, name: str | None, model: str) -> Path:
+    from moebench.results import new_run_dir
+
+    if name is None:
+        return new_run_dir(out, "compare", model)
+    d = Path(out) / name
+    if d.exists():
+        raise UserError(f"{d} already exists; reports are never overwritten (choose another --name).")
+    d.mkdir(parents=True)
+    return d
+
+
+ProgressFn = Callable[[str, int, int], None]   # (what is running, runs done, runs in all)
+
+
+def run_compare(plan: ComparePlan, out: Path, *, name: str | None = None,
+                progress: ProgressFn | None = None, token_progress: Callable[[int], None] | None = None,
+                loaded: Any = None) -> Path:
+    """Run the plan, write one result folder per (point, strategy) and the report; return its folder.
+
+    A Ctrl-C keeps every finished run: the report is written from them, marked interrupted, and
+    `KeyboardInterrupt(<report folder>)` is raised for the CLI to say where.
+    """
+    from moebench import runner
+    from moebench.strategy import build_strategy
+
+    if plan.repetitions < 1:
+        raise UserError("--repetitions must be at least 1.")
+    prep0 = runner.prepare(plan.base, loaded=loaded)
+    if plan.sweep is None:
+        points = [Point("", None, prep0)]
+    else:
+        points = [Point(f"{plan.sweep.key}={v}", v, _point_prep(prep0, plan.sweep.key, v))
+                  for v in plan.sweep.values]
+    for pt in points:                       # every budget must fit before the first run starts
+        for s in plan.strategies:
+            runner.slots_for(pt.prep, build_strategy(s, plan.params.get(s)))
+
+    def prep_for(pt: Point, s: str) -> Any:
+        return replace(pt.prep, cfg=replace(pt.prep.cfg, strategy=s, strategy_params=plan.params.get(s, {})))
+
+    schedule = interleaved_schedule(len(points), plan.strategies, plan.repetitions, plan.base.seed)
+    pieces: dict[tuple[int, str], list] = {}
+    notes: list[str] = []
+    interrupted = False
+    try:
+        for i, (pi, s, rep) in enumerate(schedule):
+            if progress:
+                progress(f"{s}{' @ ' + points[pi].label if points[pi].label else ''} (repetition {rep})",
+                         i, len(schedule))
+            piece = runner.run_strategy(prep_for(points[pi], s), s, plan.params.get(s), repetition=rep,
+                                        keep_logits=plan.accuracy, progress=token_progress)
+            pieces.setdefault((pi, s), []).append(piece)
+            if not piece.complete:
+                interrupted = True
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    if interrupted:
+        notes.append("interrupted: only the runs that finished are reported")
+    if progress:
+        progress("writing the report", len(schedule), len(schedule))
+
+    d = _report_dir(out, name, prep0.loaded.name)
+    entries = []
+    attach = _accuracy_hook(plan, notes)
+    for pi, pt in enumerate(points):
+        ref = _reference(plan, pieces, pi)
+        if attach is not None and ref is None and any(k[0] == pi for k in pieces):
+            notes.append(f"no lossless strategy ran{' at ' + pt.label if pt.label else ''}: "
+                         "accuracy has no reference and was not measured")
+        for s in plan.strategies:
+            if (pi, s) not in pieces:
+                continue
+            prep, ps = prep_for(pt, s), pieces[(pi, s)]
+            result = runner.build_result(prep, ps)
+            if attach is not None and ref is not None:
+                attach(prep, result, ps[0], reference=ref)
+            rel = Path(_folder(pt.label)) / s if pt.label else Path(s)
+            runner.write_run(prep, result, ps, out_dir=d / rel)
+            entries.append({"dir": rel.as_posix(), "point": pt.label, "sweep_value": pt.value,
+                            "result": result, "samples": [x for p in ps for x in p.samples]})
+    _write(d, entries, plan, schedule=[(points[p].label, s, r) for p, s, r in schedule], notes=notes)
+    if interrupted:
+        raise KeyboardInterrupt(str(d))
+    return d
+
+
+def _reference(plan: ComparePlan, pieces: dict, pi: int) -> Any:
+    """The lossless reference run for accuracy: the baseline if lossless, else the first lossless one."""
+    order = [plan.baseline] + [s for s in plan.strategies if s != plan.baseline]
+    for s in order:
+        ps = pieces.get((pi, s))
+        if ps and ps[0].strategy.get("lossless"):
+            return ps[0]
+    return None
+
+
+def _accuracy_hook(plan: ComparePlan, notes: list[str]) -> Any:
+    if not plan.accuracy:
+        return None
+    try:
+        from moebench.accuracy_run import attach_accuracy
+    except ImportError:
+        notes.append("accuracy was requested, but this build has no accuracy runner "
+                     "(moebench.accuracy_run): accuracy was not measured")
+        return None
+    return attach_accuracy
+
+
+def _write(d: Path, entries: list[dict], plan: ComparePlan, *, schedule: list, notes: list[str]) -> None:
+    from moebench.report import build_report, write_report
+
+    doc = build_report(entries, baseline=plan.baseline, plan=plan.to_dict(),
+                       sweep=None if plan.sweep is None else plan.sweep.key, schedule=schedule,
+                       skipped=list(plan.skipped), notes=notes, alpha=plan.alpha, seed=plan.base.seed)
+    write_report(d, doc, entries, plots=plan.plots)
+
+
+# ----------------------------------------------------------------------------------------------
+# comparing result folders written earlier
+# ----------------------------------------------------------------------------------------------
+def load_results(paths: Sequence[str | Path]) -> list[dict]:
+    """Loaded result folders (`{"dir", "result", "samples"}`); a report folder gets a hint."""
+    from moebench.results import load_result
+
+    out = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir() and not (p / "result.json").exists() and (p / "report.json").exists():
+            raise UserError(f"{p} is a comparison report, not a result folder; pass the result "
+                            f"folders inside it (e.g. {p / 'sync'}).")
+        out.append(load_result(p))
+    return out
+
+
+def _budget_differs(a: dict, b: dict) -> bool:
+    # Same request ("0.25") or the same bytes: all-resident forces "all" but was asked for "0.25".
+    return a.get("spec") != b.get("spec") and a.get("bytes") != b.get("bytes")
+
+
+def check_comparable(loaded: Sequence[dict]) -> None:
+    """Raise `MismatchError` unless every result ran the same workload, model, budget and clock,
+    each with a different strategy."""
+    if not loaded:
+        raise UserError("nothing to compare: give at least one result folder.")
+    first = loaded[0]
+    r0 = first["result"]
+    problems = []
+    seen: dict[str, str] = {}
+    for ld in loaded:
+        r, where = ld["result"], ld.get("dir", "?")
+        name = r.get("strategy", {}).get("name")
+        if name in seen:
+            problems.append(f"{seen[name]} and {where} are both strategy '{name}'")
+        seen[name] = where
+        if ld is first:
+            continue
+        w0, w = r0.get("workload", {}), r.get("workload", {})
+        if w0.get("sha256") != w.get("sha256"):
+            problems.append(f"the workload hash differs: {first['dir']} ran '{w0.get('name')}' "
+                            f"{str(w0.get('sha256'))[:12]}…, {where} ran '{w.get('name')}' "
+                            f"{str(w.get('sha256'))[:12]}…")
+        m0, m = r0.get("model", {}), r.get("model", {})
+        if (m0.get("name"), m0.get("snapshot")) != (m.get("name"), m.get("snapshot")):
+            problems.append(f"the model differs: '{m0.get('name')}' in {first['dir']}, "
+                            f"'{m.get('name')}' in {where}"
+                            + (" (different snapshot)" if m0.get("name") == m.get("name") else ""))
+        c0, c = r0.get("clock", {}).get("label"), r.get("clock", {}).get("label")
+        if c0 != c:
+            problems.append(f"the clock differs: {c0} in {first['dir']}, {c} in {where} "
+                            "(measured and simulated times are never put in one table)")
+        if _budget_differs(r0.get("budget", {}), r.get("budget", {})):
+            problems.append(f"the cache budget differs: {r0['budget'].get('spec')} in {first['dir']}, "
+                            f"{r['budget'].get('spec')} in {where}")
+    if problems:
+        raise MismatchError("cannot compare these results: " + "; ".join(problems) + ".")
+
+
+def compare_existing(paths: Sequence[str | Path], out: Path, *, name: str | None = None,
+                     baseline: str | None = None, plots: bool = True, alpha: float = 0.05) -> Path:
+    """A report over result folders written earlier (they stay where they are)."""
+    import os
+
+    loaded = load_results(paths)
+    check_comparable(loaded)
+    names = [ld["result"]["strategy"]["name"] for ld in loaded]
+    base = choose_baseline(names, baseline)
+    d = _report_dir(out, name, loaded[0]["result"]["model"]["name"])
+    entries = [{"dir": Path(os.path.relpath(Path(ld["dir"]).resolve(), d.resolve())).as_posix(),
+                "point": "", "sweep_value": None, "result": ld["result"], "samples": ld["samples"]}
+               for ld in loaded]
+    from moebench.report import build_report, write_report
+
+    doc = build_report(entries, baseline=base, plan=None, sweep=None, schedule=[], skipped=[],
+                       notes=["compared from existing result folders"], alpha=alpha, seed=0)
+    write_report(d, doc, entries, plots=plots)
+    return d
+
+
+# ----------------------------------------------------------------------------------------------
+# what the gate reads
+# ----------------------------------------------------------------------------------------------
+def load_for_gate(path: str | Path) -> tuple[bool, list[dict]]:
+    """`(is_report, [loaded results])` for `moebench gate`: a result folder, or a report folder whose
+    result folders are read from disk (raw samples included). Results of a sweep are named
+    `<point>/<strategy>` so each point is gated against the same point."""
+    from moebench.gate import GateUsageError, load_result_dir
+
+    path = Path(path)
+    loaded = load_result_dir(path)
+    if "report" not in loaded:
+        return False, [loaded]
+    root = path if path.is_dir() else path.parent
+    entries = loaded["report"].get("results")
+    if not isinstance(entries, list) or not entries:
+        raise GateUsageError(f"{path} holds a report with no results to gate.")
+    out = []
+    for e in entries:
+        d = root / str(e.get("dir", ""))
+        ld = load_result_dir(d) if (d / "result.json").exists() else {"result": e["result"], "samples": []}
+        if e.get("point"):
+            r = dict(ld["result"])
+            r["strategy"] = {**r["strategy"], "name": f"{e['point']}/{r['strategy']['name']}"}
+            ld = {**ld, "result": r}
+        out.append(ld)
+    return True, out
+
+
+def gate_paths(baseline: str | Path, candidate: str | Path, rules: Sequence[Any] | None = None, *,
+               alpha: float = 0.05, seed: int = 0) -> Any:
+    """The gate's verdict (`moebench.gate.GateReport`) on two result or report folders."""
+    from moebench import gate
+
+    b_report, b = load_for_gate(baseline)
+    c_report, c = load_for_gate(candidate)
+    if not b_report and not c_report:
+        return gate.decide(b[0], c[0], rules, alpha=alpha, seed=seed)
+    return gate.decide_many(b, c, rules, alpha=alpha, seed=seed)
+
+
+def plan_from_report(path: str | Path, *, plots: bool = True) -> ComparePlan:
+    """The plan recorded in a report folder (`compare --plan-from`, the CI gate)."""
+    import json
+
+    p = Path(path)
+    rp = p if p.name == "report.json" else p / "report.json"
+    if not rp.exists():
+        raise UserError(f"{p} is not a comparison report (no report.json).")
+    try:
+        doc = json.loads(rp.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{rp} is not valid JSON (line {exc.lineno}).") from None
+    if not isinstance(doc.get("plan"), dict):
+        raise UserError(f"{rp} records no comparison plan (it compared existing folders).")
+    return ComparePlan.from_dict(doc["plan"], plots=plots)
+
+
+__all__ = ["SMOKE", "SWEEP_KEYS", "ComparePlan", "SweepSpec", "check_comparable", "choose_baseline",
+           "compare_existing", "gate_paths", "interleaved_schedule", "load_for_gate", "load_results",
+           "plan_from_report", "resolve_strategies", "route_sets", "run_compare"]

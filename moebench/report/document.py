@@ -1,0 +1,91 @@
+"""report.json: the comparison as one document (pure; `write.py` puts it on disk).
+
+    {
+      "schema_version": 1, "kind": "comparison", "moebench_version": "0.1.0",
+      "clock": {"kind": "simulated", "label": "simulated:a6000-pcie4", "labels": [...]},
+      "model": {...}, "workload": {...}, "baseline": "sync", "alpha": 0.05,
+      "plan": {...} | null,             # how to rerun it (`compare --plan-from`), null for folders
+      "sweep": "cache_budget" | null,
+      "points": [{"label": "", "sweep_value": null, "clock_label": "...", "rows": [<summary row>]}],
+      "schedule": [["", "lru", 0], ...],    # (point, strategy, repetition) in the order they ran
+      "skipped": [{"strategy": "oracle", "reason": "..."}],
+      "accuracy_measured": false,
+      "notes": [...],
+      "results": [{"dir": "lru", "point": "", "strategy": "lru", "result": {<result.json>}}]
+    }
+
+`results` holds every result.json (without its token outputs) so that `moebench gate` can read
+the report alone; the raw samples stay in each result folder (`dir`, relative to the report).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from moebench import SCHEMA_VERSION, __version__
+from moebench.errors import MismatchError
+from moebench.report.summary import summarize_point
+
+
+def _points(entries: Sequence[dict]) -> list[tuple[str, Any, list[dict]]]:
+    order: dict[str, tuple[Any, list[dict]]] = {}
+    for e in entries:
+        order.setdefault(e.get("point", ""), (e.get("sweep_value"), []))[1].append(e)
+    return [(label, value, group) for label, (value, group) in order.items()]
+
+
+def _clock(entries: Sequence[dict]) -> dict:
+    kinds = sorted({e["result"]["clock"]["kind"] for e in entries})
+    if len(kinds) > 1:
+        raise MismatchError("a report never mixes clocks, but these results come from "
+                            f"{' and '.join(kinds)} clocks.")
+    labels = list(dict.fromkeys(e["result"]["clock"]["label"] for e in entries))
+    return {"kind": kinds[0], "label": labels[0] if len(labels) == 1 else None, "labels": labels,
+            "measured": kinds[0] != "simulated"}
+
+
+def build_report(entries: Sequence[dict], *, baseline: str | None, plan: dict | None = None,
+                 sweep: str | None = None, schedule: Sequence = (), skipped: Sequence = (),
+                 notes: Sequence[str] = (), alpha: float = 0.05, seed: int = 0) -> dict:
+    """The report document from loaded results `{"dir", "point", "result", "samples"}`."""
+    if not entries:
+        raise MismatchError("nothing to report: no strategy finished a run.")
+    clock = _clock(entries)
+    first = entries[0]["result"]
+    points = []
+    for label, value, group in _points(entries):
+        rows = summarize_point(group, baseline=baseline, alpha=alpha, seed=seed)
+        points.append({"label": label, "sweep_value": value,
+                       "clock_label": group[0]["result"]["clock"]["label"], "rows": rows})
+    all_notes = list(notes)
+    if not clock["measured"]:
+        all_notes.append("simulated clock: every time is computed by the discrete-event simulator "
+                         "from a hardware profile, not measured; the same seed and workload give "
+                         "the same numbers, so p-values describe prompt-to-prompt variation, not "
+                         "measurement noise")
+    for e in entries:
+        for n in e["result"].get("notes", []):
+            if n not in all_notes:
+                all_notes.append(n)
+    accuracy = any(row["accuracy"] for p in points for row in p["rows"])
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "comparison",
+        "moebench_version": __version__,
+        "clock": clock,
+        "model": first["model"],
+        "workload": first["workload"],
+        "baseline": baseline,
+        "alpha": alpha,
+        "plan": plan,
+        "sweep": sweep,
+        "points": points,
+        "schedule": [list(s) for s in schedule],
+        "skipped": [{"strategy": s, "reason": why} for s, why in skipped],
+        "accuracy_measured": accuracy,
+        "notes": all_notes,
+        "results": [{"dir": e.get("dir"), "point": e.get("point", ""), "strategy":
+                     e["result"]["strategy"]["name"],
+                     "result": {k: v for k, v in e["result"].items() if k != "outputs"}}
+                    for e in entries],
+    }

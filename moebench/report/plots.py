@@ -1,0 +1,187 @@
+"""The report's plots, drawn with matplotlib's Agg canvas and returned as PNG bytes.
+
+No pyplot and no global backend switch: each plot builds a `Figure`, attaches a
+`FigureCanvasAgg` and saves to memory, so drawing a report never touches the caller's matplotlib
+state and works without a display. Every latency axis names its clock.
+
+- `step_latency`        — distribution of decode-step latency per strategy (box plot)
+- `latency_by_position` — median step latency against decode position, one line per strategy
+- `hit_rate_per_layer`  — hit rate of each MoE layer, one line per strategy
+- `bytes_per_token`     — host-to-device bytes per decoded token (on demand + prefetched)
+- `tpot_vs_sweep`       — median TPOT (with its CI) against the swept cache budget, bandwidth or
+                          profile, one curve per strategy
+"""
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+DPI = 100
+
+
+def _figure(w: float = 7.0, h: float = 3.6) -> tuple[Any, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(w, h), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def _integer_x(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _name(e: dict) -> str:
+    return e["result"]["strategy"]["name"]
+
+
+def _steps(e: dict) -> list[dict]:
+    return [s for s in e["samples"] if s.get("kind") == "step"]
+
+
+def step_latency(entries: Sequence[dict], clock: str) -> bytes | None:
+    data = [[s["latency_ms"] for s in _steps(e)] for e in entries]
+    if not any(data):
+        return None
+    fig, ax = _figure()
+    ax.boxplot(data, tick_labels=[_name(e) for e in entries], showmeans=True)
+    ax.set_ylabel(f"decode step latency, ms\n({clock})")
+    ax.set_title("Step latency per strategy")
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)
+
+
+def latency_by_position(entries: Sequence[dict], clock: str) -> bytes | None:
+    import numpy as np
+
+    fig, ax = _figure()
+    drawn = False
+    for e in entries:
+        by_pos: dict[int, list[float]] = defaultdict(list)
+        for s in _steps(e):
+            by_pos[int(s["position"])].append(s["latency_ms"])
+        if by_pos:
+            xs = sorted(by_pos)
+            ax.plot(xs, [float(np.median(by_pos[x])) for x in xs], marker="o", ms=3, label=_name(e))
+            drawn = True
+    if not drawn:
+        return None
+    _integer_x(ax)
+    ax.set_xlabel("decode position (tokens after the first)")
+    ax.set_ylabel(f"median step latency, ms\n({clock})")
+    ax.set_title("Latency against decode position")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def hit_rate_per_layer(entries: Sequence[dict]) -> bytes | None:
+    fig, ax = _figure()
+    drawn = False
+    for e in entries:
+        per = e["result"]["metrics"].get("hit_rate_per_layer") or []
+        pts = [(i, h) for i, h in enumerate(per) if h is not None]
+        if pts:
+            ax.plot([i for i, _ in pts], [h for _, h in pts], marker="o", ms=4, label=_name(e))
+            drawn = True
+    if not drawn:
+        return None
+    _integer_x(ax)
+    ax.set_xlabel("MoE layer")
+    ax.set_ylabel("hit rate")
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title("Expert cache hit rate per layer")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def bytes_per_token(entries: Sequence[dict]) -> bytes | None:
+    if not entries:
+        return None
+    fig, ax = _figure()
+    names = [_name(e) for e in entries]
+    m = [e["result"]["metrics"] for e in entries]
+    demand = [x.get("demand_bytes_per_token", x.get("h2d_bytes_per_token", 0.0)) / 1e3 for x in m]
+    pre = [x.get("prefetch_bytes_per_token", 0.0) / 1e3 for x in m]
+    ax.bar(names, demand, label="on demand")
+    ax.bar(names, pre, bottom=demand, label="prefetched")
+    ax.set_ylabel("host→device KB per decoded token")
+    ax.set_title("Copy traffic per token")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.tick_params(axis="x", labelrotation=20)
+    return _png(fig)
+
+
+def _sweep_x(point: dict, key: str, total_experts: int | None) -> float | str:
+    if key == "cache_budget":
+        budgets = [r["budget"]["experts"] for r in point["rows"] if r.get("budget")]
+        # all-resident forces every expert; the point's budget is what the others were given
+        common = min(budgets) if budgets else 0
+        return common / total_experts if total_experts else float(common)
+    if key == "bandwidth":
+        return float(point["sweep_value"])
+    return str(point["sweep_value"])
+
+
+def tpot_vs_sweep(doc: dict) -> bytes | None:
+    key = doc.get("sweep")
+    if not key or len(doc["points"]) < 2:
+        return None
+    model = doc.get("model") or {}
+    total = (model.get("moe_layers") or 0) * (model.get("num_experts") or 0) or None
+    xs = [_sweep_x(p, key, total) for p in doc["points"]]
+    categorical = any(isinstance(x, str) for x in xs)
+    pos = list(range(len(xs))) if categorical else xs
+    curves: dict[str, list[tuple[float, dict]]] = defaultdict(list)
+    for x, p in zip(pos, doc["points"]):
+        for r in p["rows"]:
+            if r["tpot_ms"].get("median") is not None:
+                curves[r["strategy"]].append((x, r["tpot_ms"]))
+    fig, ax = _figure(7.0, 4.0)
+    for name, pts in curves.items():
+        ys = [t["median"] for _, t in pts]
+        lo = [t["median"] - t["ci95"][0] if t.get("ci95") else 0.0 for _, t in pts]
+        hi = [t["ci95"][1] - t["median"] if t.get("ci95") else 0.0 for _, t in pts]
+        ax.errorbar([x for x, _ in pts], ys, yerr=[lo, hi], marker="o", ms=4, capsize=3, label=name)
+    label = {"cache_budget": "cache budget (fraction of all experts resident)",
+             "bandwidth": "host→device bandwidth, GB/s", "profile": "hardware profile"}[key]
+    ax.set_xlabel(label)
+    if categorical:
+        ax.set_xticks(pos, [str(x) for x in xs])
+    clock = doc["clock"]["label"] or "simulated, profile per point"
+    ax.set_ylabel(f"TPOT, ms (median, 95% CI)\n({clock})")
+    ax.set_title(f"TPOT against {key.replace('_', ' ')}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def all_plots(doc: dict, entries: Sequence[dict]) -> list[tuple[str, str, bytes]]:
+    """`(file stem, caption, png)` for every plot that has data. Per-strategy plots show the first
+    comparison point (the only one without a sweep)."""
+    first = doc["points"][0]
+    group = [e for e in entries if e.get("point", "") == first["label"]]
+    at = f" ({first['label']})" if first["label"] else ""
+    clock = first["clock_label"]
+    made = [
+        ("tpot_vs_sweep", "TPOT against the swept setting, one curve per strategy", tpot_vs_sweep(doc)),
+        ("step_latency", f"Decode-step latency per strategy{at}", step_latency(group, clock)),
+        ("latency_by_position", f"Median step latency against decode position{at}",
+         latency_by_position(group, clock)),
+        ("hit_rate_per_layer", f"Hit rate per MoE layer{at}", hit_rate_per_layer(group)),
+        ("bytes_per_token", f"Host-to-device bytes per decoded token{at}", bytes_per_token(group)),
+    ]
+    return [(stem, cap, png) for stem, cap, png in made if png is not None]

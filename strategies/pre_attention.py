@@ -1,0 +1,99 @@
+"""`pre-attention`: the pre-attention linear expert predictor (Zhu, Bohl, Oester, Alonso, ETH
+Zurich; arXiv 2511.10676).
+
+Legend: T tokens, H hidden, E experts per layer, k experts per token, r predictor width.
+
+In decode, at MoE layer `i`, right after `h = norm1_i(x_i)` (before layer `i`'s attention) the
+strategy predicts layer `i`'s own experts from `h` and starts copying them, so the copy overlaps
+that layer's attention; unlike cross-layer predictors it covers layer 0 too. The router then
+decides what runs (the true routing: lossless); a prediction miss waits for its demand fetch.
+Fetched experts stay in an LRU cache under the budget (`scope` layer or global, as `lru`).
+
+- `predictor=trained` (default): per layer "two linear functions", `scores = W2 (W1 h + b1) + b2`
+  (`W1 [r, H]`, `W2 [E, r]`, no non-linearity between them: the paper's wording), initialised
+  from a rank-`r` SVD of the layer's router and trained by `moebench calibrate pre-attention`
+  on hidden states and true routing of the calibration text with a ranking-aware loss
+  (listwise cross-entropy against the true router's softmax + a top-k margin hinge). The
+  predicted set is the top-k of the scores. Held-out recall@k is reported by `calibrate`.
+- `predictor=router`: the zero-training baseline, layer `i`'s own router (and routing rule)
+  applied to `h` instead of `norm2_i(s_i)`.
+
+Prefill is fetched on demand (the predictor runs in decode only). The predictor's own compute is
+charged on the simulated clock (two small GEMVs, or one router GEMV). `rank` 0 means `r = E`;
+`calibration`, `epochs`, `lr`, `holdout` choose the training data and fit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from moebench.engine.policies import LRUPolicy
+from moebench.errors import UserError
+from moebench.strategy import LayerEvent, Prefetch, Strategy, StrategyContext
+
+
+@dataclass(frozen=True)
+class PreAttentionParams:
+    predictor: Literal["trained", "router"] = "trained"
+    scope: Literal["layer", "global"] = "layer"
+    rank: int = 0
+    calibration: str = ""
+    epochs: int = 200
+    lr: float = 0.01
+    holdout: float = 0.2
+
+    def validate(self, where: str) -> None:
+        if self.rank < 0:
+            raise UserError(f"{where}.rank must not be negative (0 means the number of experts).")
+        if self.epochs < 0 or self.lr <= 0 or not 0.0 <= self.holdout < 1.0:
+            raise UserError(f"{where}: epochs >= 0, lr > 0 and holdout in [0, 1) are required.")
+
+
+class PreAttentionStrategy(Strategy):
+    name: ClassVar[str] = "pre-attention"
+    version: ClassVar[int] = 1
+    lossless: ClassVar[bool] = True
+    needs: ClassVar[tuple[str, ...]] = ("pre-attention",)
+    source: ClassVar[str] = "pre-attention linear expert predictor (arXiv 2511.10676)"
+    Params: ClassVar[type] = PreAttentionParams
+
+    def __init__(self, params: Any = None):
+        super().__init__(params)
+        self.needs = ("pre-attention",) if self.params.predictor == "trained" else ()
+        self.source_name = self.name if self.params.predictor == "trained" else f"{self.name}:router"
+
+    def setup(self, ctx: StrategyContext) -> None:
+        from moebench.predictors import TwoLinear
+
+        self.policy = LRUPolicy(scope=self.params.scope, n_slots=ctx.n_slots, moe_layers=ctx.moe_layers)
+        super().setup(ctx)
+        self.predictors: dict[int, Any] = {}
+        if self.params.predictor == "trained":
+            t = ctx.artifacts.get("pre-attention") or {}
+            for m in range(ctx.moe_layers):
+                try:
+                    pred = TwoLinear.from_tensors(t, f"layer{m}")
+                except KeyError:
+                    raise UserError(f"the pre-attention artifact has no predictor for MoE layer {m}.") from None
+                if pred.w1.shape[1] != ctx.shape.hidden or pred.w2.shape[0] != ctx.num_experts:
+                    raise UserError("the pre-attention artifact does not fit this model.")
+                self.predictors[m] = pred.to(ctx.device)
+
+    def before_attention(self, ev: LayerEvent, h: Any) -> list[Prefetch]:
+        if ev.phase != "decode":
+            return []
+        x = h.reshape(-1, h.shape[-1])                                         # [T, H]
+        if self.params.predictor == "trained":
+            ids = self.predictors[ev.layer](x).topk(self.ctx.top_k, dim=-1).indices   # [T, k]
+        else:
+            _, _, ids = self.ctx.adapter.route(ev.layer, x)
+        experts = tuple(dict.fromkeys(int(e) for e in ids.reshape(-1).tolist()))
+        return [Prefetch(ev.layer, experts, source=self.source_name)]
+
+    def prediction_cost(self, ev: LayerEvent) -> tuple[float, float, int]:
+        sh = self.ctx.shape
+        if self.params.predictor == "router":
+            return 2.0 * ev.n_tokens * sh.num_experts * sh.hidden, sh.router_bytes(), 3
+        p = next(iter(self.predictors.values()))
+        params = p.w1.numel() + p.w2.numel()
+        return 2.0 * ev.n_tokens * params, params * 4.0, 3
