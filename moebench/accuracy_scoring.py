@@ -167,8 +167,9 @@ def task_summary(prep: Any, reqs: list, ref: Any, cand: Any, cand_tokens: dict,
         for r in reqs:
             if r.item.answer is None:
                 continue
-            rp, rk = score_generation(ref.tokens[r.id], r.item.answer, prep.loaded.tokenizer, wl.scoring, eos)
-            cp, ck = score_generation(cand_tokens[r.id], r.item.answer, prep.loaded.tokenizer, wl.scoring, eos)
+            tok = prep.loaded.tokenizer
+            rp, rk = score_generation(ref.tokens[r.id], r.item.answer, tok, wl.scoring, eos)
+            cp, ck = score_generation(cand_tokens[r.id], r.item.answer, tok, wl.scoring, eos)
             rows[r.id].update(answer=r.item.answer, ref_pred=rp, cand_pred=cp, ref_correct=rk,
                               cand_correct=ck)
             ref_ok.append(rk)

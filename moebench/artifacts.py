@@ -154,13 +154,3 @@ def load(key: ArtifactKey, *, hint: str = "") -> Artifact | None:
         raise corrupt("its tensors differ from the ones listed in the sidecar")
     return Artifact(key, tensors, sidecar, tpath)
 
-
-def require_tensors(art: Artifact, shapes: dict[str, tuple[int, ...]], hint: str = "") -> None:
-    """A UserError unless every named tensor exists with the given shape (model mismatch)."""
-    for name, shape in shapes.items():
-        t = art.tensors.get(name)
-        if t is None or tuple(t.shape) != tuple(shape):
-            got = None if t is None else tuple(t.shape)
-            raise UserError(f"the {art.key.kind} artifact {art.path} does not fit this model "
-                            f"(tensor '{name}' is {got}, expected {tuple(shape)}). Delete it and "
-                            f"recalibrate{(' with `' + hint + '`') if hint else ''}.")

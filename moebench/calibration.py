@@ -87,41 +87,47 @@ def pre_attention_rank(strategy: Any, shape: Any) -> int:
 # ----------------------------------------------------------------------------------------------
 # observing the unmodified model
 # ----------------------------------------------------------------------------------------------
-def _host_model(loaded: Any) -> Any:
-    """The model wholly on the host (after a GPU run its non-expert weights are on the device)."""
+def model_device(loaded: Any) -> Any:
+    """Where the unmodified model runs: the device of its embedding. A model left split by a
+    GPU run (non-expert weights on the device, real expert tensors on the host) is moved wholly
+    to the host; a lazily loaded model (experts only in its host store, gathered per call by
+    `store_experts`) stays where it is."""
     model = loaded.model
-    if any(p.device.type != "cpu" for p in model.parameters()):
+    dev = model.get_input_embeddings().weight.device
+    if any(p.numel() > 0 and p.device != dev for p in model.parameters()):
         model.to("cpu")
-    return model
+        dev = model.get_input_embeddings().weight.device
+    return dev
 
 
 def sequences(loaded: Any, cal: CalibrationSet) -> list[Any]:
     """Prompt + greedy continuation (max_new_tokens) per calibration prompt: [1, T] each."""
     import torch
 
-    model = _host_model(loaded)
+    dev = model_device(loaded)
     n = cal.workload.max_new_tokens
     out = []
     with torch.no_grad():
         for r in cal.requests:
-            ids = torch.tensor([list(r.input_ids)])
-            out.append(model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False))
+            ids = torch.tensor([list(r.input_ids)], device=dev)
+            out.append(loaded.model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False))
     return out
 
 
 def capture(loaded: Any, ids: Any) -> list[dict[str, Any]]:
-    """One forward over ids [1, T]; per MoE layer {h, s, u, logits, weights, ids} ([T, ...])."""
+    """One forward over ids [1, T]; per MoE layer {h, s, u, logits, weights, ids} ([T, ...],
+    on the host)."""
     import torch
 
     from moebench.models.adapters import adapter_for
 
-    model = _host_model(loaded)
+    model = loaded.model
     adapter = adapter_for(model)
     caps: list[dict[str, Any]] = [{} for _ in adapter.moe]
     hooks = []
 
     def flat(x: Any) -> Any:
-        return x.detach().reshape(-1, x.shape[-1]).clone()
+        return x.detach().reshape(-1, x.shape[-1]).to("cpu", copy=True)
 
     for v in adapter.moe:
         c = caps[v.moe_index]
@@ -134,23 +140,23 @@ def capture(loaded: Any, ids: Any) -> list[dict[str, Any]]:
         hooks.append(v.router.register_forward_hook(on_router))
     try:
         with torch.no_grad():
-            model(input_ids=ids, use_cache=False)
+            model(input_ids=ids.to(model_device(loaded)), use_cache=False)
     finally:
         for h in hooks:
             h.remove()
     return caps
 
 
-def expert_outputs(experts: Any, u: Any, ids: Any, chunk: int = 8192) -> Any:
+def expert_outputs(experts: Any, u: Any, ids: Any, device: Any = "cpu", chunk: int = 8192) -> Any:
     """Unweighted E_e(u) for every (token, routed expert) pair: u [T, H], ids [T, k] -> [T*k, H]."""
     import torch
 
     k = ids.shape[1]
-    rows = u.repeat_interleave(k, dim=0)                              # [T*k, H]
-    flat = ids.reshape(-1, 1)                                         # [T*k, 1]
-    ones = torch.ones(flat.shape, dtype=u.dtype)
+    rows = u.repeat_interleave(k, dim=0).to(device)                   # [T*k, H]
+    flat = ids.reshape(-1, 1).to(device)                              # [T*k, 1]
+    ones = torch.ones(flat.shape, dtype=u.dtype, device=device)
     with torch.no_grad():
-        return torch.cat([experts(rows[i:i + chunk], flat[i:i + chunk], ones[i:i + chunk])
+        return torch.cat([experts(rows[i:i + chunk], flat[i:i + chunk], ones[i:i + chunk]).to("cpu")
                           for i in range(0, rows.shape[0], chunk)])
 
 
@@ -166,7 +172,8 @@ def calibrate_speculative(loaded: Any, cal: CalibrationSet, strategy: Any
     from moebench.models.adapters import adapter_for
 
     p, shape = strategy.params, loaded.shape
-    adapter = adapter_for(_host_model(loaded))
+    dev = model_device(loaded)
+    adapter = adapter_for(loaded.model)
     targets = estimator_targets(strategy, shape.moe_layers) if p.estimator != "none" else []
     acc = P.DefaultVectors(shape.moe_layers, shape.num_experts, shape.hidden, method=p.dv_method,
                            beta=p.dv_beta)
@@ -176,7 +183,8 @@ def calibrate_speculative(loaded: Any, cal: CalibrationSet, strategy: Any
         caps = capture(loaded, seq)
         n_tokens += seq.shape[1]
         for m, c in enumerate(caps):
-            acc.add_batch(m, expert_outputs(adapter.moe[m].experts, c["u"], c["ids"]), c["ids"].reshape(-1))
+            acc.add_batch(m, expert_outputs(adapter.moe[m].experts, c["u"], c["ids"], dev),
+                          c["ids"].reshape(-1))
         if targets:
             kept.append([{k: caps[m][k] for k in ("s", "weights", "ids", "logits")}
                          for m in range(max(targets) + 1)])
@@ -191,9 +199,10 @@ def calibrate_speculative(loaded: Any, cal: CalibrationSet, strategy: Any
     cfg = P.TrainConfig(epochs=p.epochs, lr=p.lr, holdout=p.holdout)
     for j in targets:
         nxt = adapter.moe[j]
-        with torch.no_grad():
-            q = torch.cat([nxt.norm2(r[j - 1]["s"] + P.default_vector_estimate(
-                dv[j - 1], r[j - 1]["ids"], r[j - 1]["weights"]).to(r[j - 1]["s"].dtype)) for r in kept])
+        with torch.no_grad():   # q = norm2_j(s_{j-1} + dv_{j-1}), dv from the true routing of j-1
+            q = torch.cat([nxt.norm2((r[j - 1]["s"] + P.default_vector_estimate(
+                dv[j - 1], r[j - 1]["ids"], r[j - 1]["weights"]).to(r[j - 1]["s"].dtype)).to(dev)).cpu()
+                for r in kept])
         logits = torch.cat([r[j]["logits"] for r in kept])
         ids = torch.cat([r[j]["ids"] for r in kept])
         bias = getattr(nxt.router, "bias", None)
@@ -213,7 +222,8 @@ def calibrate_pre_attention(loaded: Any, cal: CalibrationSet, strategy: Any) -> 
     from moebench.models.adapters import adapter_for
 
     p, shape = strategy.params, loaded.shape
-    adapter = adapter_for(_host_model(loaded))
+    dev = model_device(loaded)
+    adapter = adapter_for(loaded.model)
     per_layer: list[dict[str, list]] = [{"h": [], "logits": [], "ids": []} for _ in adapter.moe]
     n_tokens = 0
     for seq in sequences(loaded, cal):
@@ -227,7 +237,7 @@ def calibrate_pre_attention(loaded: Any, cal: CalibrationSet, strategy: Any) -> 
     for m, d in enumerate(per_layer):
         h, logits, ids = (torch.cat(d[k]) for k in ("h", "logits", "ids"))
         with torch.no_grad():
-            router_scores = adapter.route(m, h)[0]
+            router_scores = adapter.route(m, h.to(dev))[0].cpu()
         view = adapter.moe[m]
         pred, rep = P.train_two_linear(h, logits, ids, view.router.weight,
                                        getattr(view.router, "bias", None), rank=rank, cfg=cfg,
@@ -293,6 +303,15 @@ def recorded_trace(prep: Any, strategy: Any, notes: list[str]) -> tuple[Any, A.A
     return prep.memo[memo_key], art
 
 
+def _check(art: A.Artifact, name: str, shape: tuple[int, ...]) -> None:
+    """Refuse an artifact that does not fit the model *before* the engine touches the model."""
+    t = art.tensors.get(name)
+    if t is None or tuple(t.shape) != tuple(shape):
+        got = None if t is None else tuple(t.shape)
+        raise UserError(f"the {art.key.kind} artifact {art.path} does not fit this model (tensor "
+                        f"'{name}' is {got}, expected {tuple(shape)}); delete it and recalibrate.")
+
+
 def artifacts_for(prep: Any, strategy: Any) -> tuple[dict, Any]:
     """(artifacts for `StrategyContext.artifacts`, the trace for `StrategyContext.trace`)."""
     needs = tuple(getattr(strategy, "needs", ()) or ())
@@ -311,16 +330,24 @@ def artifacts_for(prep: Any, strategy: Any) -> tuple[dict, Any]:
             art = _obtain(prep, dv_key(loaded, cal, strategy),
                           lambda: calibrate_speculative(loaded, cal, strategy)[0], notes,
                           f"calibrating default vectors on workload '{cal.workload.name}'")
+            shape = loaded.shape
+            _check(art, "dv", (shape.moe_layers, shape.num_experts, shape.hidden))
             out["default-vectors"] = art.tensors["dv"]
         elif need == "spec-estimator":
             art = _obtain(prep, estimator_key(loaded, cal, strategy),
                           lambda: calibrate_speculative(loaded, cal, strategy)[1], notes,
                           f"training the early-layer estimator on workload '{cal.workload.name}'")
+            for j in estimator_targets(strategy, loaded.shape.moe_layers):
+                _check(art, f"layer{j}.weight", (loaded.shape.num_experts, loaded.shape.hidden))
             out["spec-estimator"] = art.tensors
         elif need == "pre-attention":
             art = _obtain(prep, pre_attention_key(loaded, cal, strategy),
                           lambda: calibrate_pre_attention(loaded, cal, strategy), notes,
                           f"training pre-attention predictors on workload '{cal.workload.name}'")
+            r, sh = pre_attention_rank(strategy, loaded.shape), loaded.shape
+            for m in range(sh.moe_layers):
+                _check(art, f"layer{m}.w1", (r, sh.hidden))
+                _check(art, f"layer{m}.w2", (sh.num_experts, r))
             out["pre-attention"] = art.tensors
         elif need == "trace":
             trace, art = recorded_trace(prep, strategy, notes)

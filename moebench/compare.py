@@ -15,10 +15,10 @@ What makes the comparison fair (MEASUREMENT.md, "Identical workloads"):
 - request samples pair by `(prompt_id, repetition)` across strategies; the report uses the pairs
   for a paired CI of each strategy's ratio to the baseline.
 
-Results written earlier are compared only when their workload hash, model, budget and clock
-agree (`check_comparable`); anything else raises `MismatchError` (exit 2) naming the difference.
-The CI gate reads comparisons through `load_for_gate`, so `moebench gate` accepts a result folder
-or a whole report folder on either side.
+Results written earlier (`compare_existing`, from `moebench.report.folders`) are compared only
+when their workload hash, model, budget and clock agree (`check_comparable`); anything else
+raises `MismatchError` (exit 2) naming the difference. The same module reads report folders back
+for the gate, so `moebench gate` accepts a result folder or a whole report folder on either side.
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from moebench.config import RunConfig, field_names, parse_overrides
-from moebench.errors import MismatchError, UserError, did_you_mean
+from moebench.errors import UserError, did_you_mean
+from moebench.report.folders import check_comparable, compare_existing, load_results, new_report_dir
 
 SWEEP_KEYS = ("cache_budget", "profile", "bandwidth")
 
@@ -216,18 +217,6 @@ def _folder(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)
 
 
-def _report_dir(out: Path, name: str | None, model: str) -> Path:
-    from moebench.results import new_run_dir
-
-    if name is None:
-        return new_run_dir(out, "compare", model)
-    d = Path(out) / name
-    if d.exists():
-        raise UserError(f"{d} already exists; reports are never overwritten (choose another --name).")
-    d.mkdir(parents=True)
-    return d
-
-
 ProgressFn = Callable[[str, int, int], None]   # (what is running, runs done, runs in all)
 
 
@@ -254,32 +243,19 @@ def run_compare(plan: ComparePlan, out: Path, *, name: str | None = None,
         for s in plan.strategies:
             runner.slots_for(pt.prep, build_strategy(s, plan.params.get(s)))
 
-    def prep_for(pt: Point, s: str) -> Any:
-        return replace(pt.prep, cfg=replace(pt.prep.cfg, strategy=s, strategy_params=plan.params.get(s, {})))
-
     schedule = interleaved_schedule(len(points), plan.strategies, plan.repetitions, plan.base.seed)
-    pieces: dict[tuple[int, str], list] = {}
+    pieces, failed, ran, interrupted = _execute(plan, points, schedule, progress, token_progress)
     notes: list[str] = []
-    interrupted = False
-    try:
-        for i, (pi, s, rep) in enumerate(schedule):
-            if progress:
-                progress(f"{s}{' @ ' + points[pi].label if points[pi].label else ''} (repetition {rep})",
-                         i, len(schedule))
-            piece = runner.run_strategy(prep_for(points[pi], s), s, plan.params.get(s), repetition=rep,
-                                        keep_logits=plan.accuracy, progress=token_progress)
-            pieces.setdefault((pi, s), []).append(piece)
-            if not piece.complete:
-                interrupted = True
-                break
-    except KeyboardInterrupt:
-        interrupted = True
+    if failed and not pieces and not interrupted:
+        raise UserError(next(iter(failed.values())))
+    skipped = list(plan.skipped) + [(f"{s} @ {points[pi].label}" if points[pi].label else s, why)
+                                    for (pi, s), why in failed.items()]
     if interrupted:
         notes.append("interrupted: only the runs that finished are reported")
     if progress:
         progress("writing the report", len(schedule), len(schedule))
 
-    d = _report_dir(out, name, prep0.loaded.name)
+    d = new_report_dir(out, name, prep0.loaded.name)
     entries = []
     attach = _accuracy_hook(plan, notes)
     for pi, pt in enumerate(points):
@@ -290,7 +266,7 @@ def run_compare(plan: ComparePlan, out: Path, *, name: str | None = None,
         for s in plan.strategies:
             if (pi, s) not in pieces:
                 continue
-            prep, ps = prep_for(pt, s), pieces[(pi, s)]
+            prep, ps = _prep_for(plan, pt, s), pieces[(pi, s)]
             result = runner.build_result(prep, ps)
             if attach is not None and ref is not None:
                 attach(prep, result, ps[0], reference=ref)
@@ -298,10 +274,53 @@ def run_compare(plan: ComparePlan, out: Path, *, name: str | None = None,
             runner.write_run(prep, result, ps, out_dir=d / rel)
             entries.append({"dir": rel.as_posix(), "point": pt.label, "sweep_value": pt.value,
                             "result": result, "samples": [x for p in ps for x in p.samples]})
-    _write(d, entries, plan, schedule=[(points[p].label, s, r) for p, s, r in schedule], notes=notes)
+    _write(d, entries, replace(plan, skipped=tuple(skipped)),
+           schedule=[(points[p].label, s, r) for p, s, r in ran if (p, s) in pieces], notes=notes)
     if interrupted:
         raise KeyboardInterrupt(str(d))
     return d
+
+
+def _prep_for(plan: ComparePlan, pt: Point, s: str) -> Any:
+    """The point's preparation with strategy `s` in its config (what config.json records)."""
+    return replace(pt.prep, cfg=replace(pt.prep.cfg, strategy=s, strategy_params=plan.params.get(s, {})))
+
+
+def _execute(plan: ComparePlan, points: list[Point], schedule: list, progress: ProgressFn | None,
+             token_progress: Any) -> tuple[dict, dict, list, bool]:
+    """Run the schedule: `(pieces, failed, ran, interrupted)`; pieces and failures are keyed by
+    (point index, strategy), `ran` lists the schedule entries that finished, in order.
+
+    A UserError in one run (say, a budget too small for a strategy's prefill at one sweep point)
+    drops that (point, strategy) and the others go on; Ctrl-C stops with what finished.
+    """
+    from moebench import runner
+
+    pieces: dict[tuple[int, str], list] = {}
+    failed: dict[tuple[int, str], str] = {}
+    ran: list[tuple[int, str, int]] = []
+    try:
+        for i, (pi, s, rep) in enumerate(schedule):
+            if progress:
+                at = f" @ {points[pi].label}" if points[pi].label else ""
+                progress(f"{s}{at} (repetition {rep})", i, len(schedule))
+            if (pi, s) in failed:
+                continue
+            try:
+                piece = runner.run_strategy(_prep_for(plan, points[pi], s), s, plan.params.get(s),
+                                            repetition=rep, keep_logits=plan.accuracy,
+                                            progress=token_progress)
+            except UserError as exc:
+                failed[(pi, s)] = str(exc)
+                pieces.pop((pi, s), None)
+                continue
+            pieces.setdefault((pi, s), []).append(piece)
+            ran.append((pi, s, rep))
+            if not piece.complete:
+                return pieces, failed, ran, True
+    except KeyboardInterrupt:
+        return pieces, failed, ran, True
+    return pieces, failed, ran, False
 
 
 def _reference(plan: ComparePlan, pieces: dict, pi: int) -> Any:
@@ -335,145 +354,16 @@ def _write(d: Path, entries: list[dict], plan: ComparePlan, *, schedule: list, n
     write_report(d, doc, entries, plots=plan.plots)
 
 
-# ----------------------------------------------------------------------------------------------
-# comparing result folders written earlier
-# ----------------------------------------------------------------------------------------------
-def load_results(paths: Sequence[str | Path]) -> list[dict]:
-    """Loaded result folders (`{"dir", "result", "samples"}`); a report folder gets a hint."""
-    from moebench.results import load_result
-
-    out = []
-    for p in paths:
-        p = Path(p)
-        if p.is_dir() and not (p / "result.json").exists() and (p / "report.json").exists():
-            raise UserError(f"{p} is a comparison report, not a result folder; pass the result "
-                            f"folders inside it (e.g. {p / 'sync'}).")
-        out.append(load_result(p))
-    return out
-
-
-def _budget_differs(a: dict, b: dict) -> bool:
-    # Same request ("0.25") or the same bytes: all-resident forces "all" but was asked for "0.25".
-    return a.get("spec") != b.get("spec") and a.get("bytes") != b.get("bytes")
-
-
-def check_comparable(loaded: Sequence[dict]) -> None:
-    """Raise `MismatchError` unless every result ran the same workload, model, budget and clock,
-    each with a different strategy."""
-    if not loaded:
-        raise UserError("nothing to compare: give at least one result folder.")
-    first = loaded[0]
-    r0 = first["result"]
-    problems = []
-    seen: dict[str, str] = {}
-    for ld in loaded:
-        r, where = ld["result"], ld.get("dir", "?")
-        name = r.get("strategy", {}).get("name")
-        if name in seen:
-            problems.append(f"{seen[name]} and {where} are both strategy '{name}'")
-        seen[name] = where
-        if ld is first:
-            continue
-        w0, w = r0.get("workload", {}), r.get("workload", {})
-        if w0.get("sha256") != w.get("sha256"):
-            problems.append(f"the workload hash differs: {first['dir']} ran '{w0.get('name')}' "
-                            f"{str(w0.get('sha256'))[:12]}…, {where} ran '{w.get('name')}' "
-                            f"{str(w.get('sha256'))[:12]}…")
-        m0, m = r0.get("model", {}), r.get("model", {})
-        if (m0.get("name"), m0.get("snapshot")) != (m.get("name"), m.get("snapshot")):
-            problems.append(f"the model differs: '{m0.get('name')}' in {first['dir']}, "
-                            f"'{m.get('name')}' in {where}"
-                            + (" (different snapshot)" if m0.get("name") == m.get("name") else ""))
-        c0, c = r0.get("clock", {}).get("label"), r.get("clock", {}).get("label")
-        if c0 != c:
-            problems.append(f"the clock differs: {c0} in {first['dir']}, {c} in {where} "
-                            "(measured and simulated times are never put in one table)")
-        if _budget_differs(r0.get("budget", {}), r.get("budget", {})):
-            problems.append(f"the cache budget differs: {r0['budget'].get('spec')} in {first['dir']}, "
-                            f"{r['budget'].get('spec')} in {where}")
-    if problems:
-        raise MismatchError("cannot compare these results: " + "; ".join(problems) + ".")
-
-
-def compare_existing(paths: Sequence[str | Path], out: Path, *, name: str | None = None,
-                     baseline: str | None = None, plots: bool = True, alpha: float = 0.05) -> Path:
-    """A report over result folders written earlier (they stay where they are)."""
-    import os
-
-    loaded = load_results(paths)
-    check_comparable(loaded)
-    names = [ld["result"]["strategy"]["name"] for ld in loaded]
-    base = choose_baseline(names, baseline)
-    d = _report_dir(out, name, loaded[0]["result"]["model"]["name"])
-    entries = [{"dir": Path(os.path.relpath(Path(ld["dir"]).resolve(), d.resolve())).as_posix(),
-                "point": "", "sweep_value": None, "result": ld["result"], "samples": ld["samples"]}
-               for ld in loaded]
-    from moebench.report import build_report, write_report
-
-    doc = build_report(entries, baseline=base, plan=None, sweep=None, schedule=[], skipped=[],
-                       notes=["compared from existing result folders"], alpha=alpha, seed=0)
-    write_report(d, doc, entries, plots=plots)
-    return d
-
-
-# ----------------------------------------------------------------------------------------------
-# what the gate reads
-# ----------------------------------------------------------------------------------------------
-def load_for_gate(path: str | Path) -> tuple[bool, list[dict]]:
-    """`(is_report, [loaded results])` for `moebench gate`: a result folder, or a report folder whose
-    result folders are read from disk (raw samples included). Results of a sweep are named
-    `<point>/<strategy>` so each point is gated against the same point."""
-    from moebench.gate import GateUsageError, load_result_dir
-
-    path = Path(path)
-    loaded = load_result_dir(path)
-    if "report" not in loaded:
-        return False, [loaded]
-    root = path if path.is_dir() else path.parent
-    entries = loaded["report"].get("results")
-    if not isinstance(entries, list) or not entries:
-        raise GateUsageError(f"{path} holds a report with no results to gate.")
-    out = []
-    for e in entries:
-        d = root / str(e.get("dir", ""))
-        ld = load_result_dir(d) if (d / "result.json").exists() else {"result": e["result"], "samples": []}
-        if e.get("point"):
-            r = dict(ld["result"])
-            r["strategy"] = {**r["strategy"], "name": f"{e['point']}/{r['strategy']['name']}"}
-            ld = {**ld, "result": r}
-        out.append(ld)
-    return True, out
-
-
-def gate_paths(baseline: str | Path, candidate: str | Path, rules: Sequence[Any] | None = None, *,
-               alpha: float = 0.05, seed: int = 0) -> Any:
-    """The gate's verdict (`moebench.gate.GateReport`) on two result or report folders."""
-    from moebench import gate
-
-    b_report, b = load_for_gate(baseline)
-    c_report, c = load_for_gate(candidate)
-    if not b_report and not c_report:
-        return gate.decide(b[0], c[0], rules, alpha=alpha, seed=seed)
-    return gate.decide_many(b, c, rules, alpha=alpha, seed=seed)
-
-
 def plan_from_report(path: str | Path, *, plots: bool = True) -> ComparePlan:
-    """The plan recorded in a report folder (`compare --plan-from`, the CI gate)."""
-    import json
+    """The plan recorded in a report folder (`compare --plan-from`, `baseline check`)."""
+    from moebench.report.folders import read_report
 
-    p = Path(path)
-    rp = p if p.name == "report.json" else p / "report.json"
-    if not rp.exists():
-        raise UserError(f"{p} is not a comparison report (no report.json).")
-    try:
-        doc = json.loads(rp.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{rp} is not valid JSON (line {exc.lineno}).") from None
+    doc = read_report(path)
     if not isinstance(doc.get("plan"), dict):
-        raise UserError(f"{rp} records no comparison plan (it compared existing folders).")
+        raise UserError(f"{path} records no comparison plan (it compared existing folders).")
     return ComparePlan.from_dict(doc["plan"], plots=plots)
 
 
 __all__ = ["SMOKE", "SWEEP_KEYS", "ComparePlan", "SweepSpec", "check_comparable", "choose_baseline",
-           "compare_existing", "gate_paths", "interleaved_schedule", "load_for_gate", "load_results",
-           "plan_from_report", "resolve_strategies", "route_sets", "run_compare"]
+           "compare_existing", "interleaved_schedule", "load_results", "plan_from_report",
+           "resolve_strategies", "route_sets", "run_compare"]

@@ -106,7 +106,7 @@ class TwoLinear:
     @classmethod
     def from_router(cls, weight: torch.Tensor, bias: torch.Tensor | None, rank: int) -> TwoLinear:
         """W2 W1 = the rank-`rank` truncated SVD of the router weight [E, H]."""
-        w = weight.detach().to(torch.float32)
+        w = weight.detach().to("cpu", torch.float32)
         u, s, vh = torch.linalg.svd(w, full_matrices=False)     # u [E, m], s [m], vh [m, H]
         r = min(rank, s.shape[0])
         root = s[:r].sqrt()
@@ -115,7 +115,7 @@ class TwoLinear:
         if r < rank:   # pad: extra directions start at zero
             w1 = torch.cat([w1, torch.zeros(rank - r, w.shape[1])])
             w2 = torch.cat([w2, torch.zeros(w.shape[0], rank - r)], dim=1)
-        b2 = torch.zeros(w.shape[0]) if bias is None else bias.detach().to(torch.float32).clone()
+        b2 = torch.zeros(w.shape[0]) if bias is None else bias.detach().to("cpu", torch.float32).clone()
         return cls(w1.contiguous(), torch.zeros(rank), w2.contiguous(), b2)
 
 
@@ -173,18 +173,33 @@ class TrainConfig:
     seed: int = 0
     margin: float = 1.0
     batch: int = 4096
+    val_fraction: float = 0.2   # of the training tokens, for early stopping (held-out untouched)
+    eval_every: int = 5
 
 
 def fit(params: list[torch.Tensor], score_fn: Any, x: torch.Tensor, logits: torch.Tensor,
-        ids: torch.Tensor, cfg: TrainConfig) -> None:
-    """Adam on `ranking_loss(score_fn(x), logits, ids)`, in place on `params` (deterministic on
-    CPU for a seed: the mini-batch order comes from a seeded generator)."""
+        ids: torch.Tensor, cfg: TrainConfig) -> dict:
+    """Adam on `ranking_loss(score_fn(x), logits, ids)`, in place on `params`, with early
+    stopping: a seeded `val_fraction` of the given tokens is set aside and the parameters with
+    the best validation recall@k (checked every `eval_every` epochs, the starting point
+    included, so training never ends worse than its initialisation on validation) are kept.
+    Deterministic on CPU for a seed."""
     with torch.inference_mode(False), torch.enable_grad():
+        x, logits, ids = x.clone(), logits.clone(), ids.clone()   # never inference tensors
+        fit_idx, val_idx = split(x.shape[0], cfg.val_fraction, cfg.seed + 2)
+        xv, idv = x[val_idx], ids[val_idx]
+        x, logits, ids = x[fit_idx], logits[fit_idx], ids[fit_idx]
         leaves = [p.requires_grad_(True) for p in params]
+
+        def val_recall() -> float:
+            with torch.no_grad():
+                return recall_at_k(score_fn(xv), idv) if xv.shape[0] else 0.0
+
+        best = (val_recall(), 0, [p.detach().clone() for p in leaves])
         opt = torch.optim.Adam(leaves, lr=cfg.lr)
         g = torch.Generator().manual_seed(cfg.seed + 1)
         n = x.shape[0]
-        for _ in range(cfg.epochs):
+        for epoch in range(1, cfg.epochs + 1):
             order = torch.randperm(n, generator=g) if n > cfg.batch else torch.arange(n)
             for i in range(0, n, cfg.batch):
                 b = order[i:i + cfg.batch]
@@ -192,8 +207,16 @@ def fit(params: list[torch.Tensor], score_fn: Any, x: torch.Tensor, logits: torc
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+            if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+                r = val_recall()
+                if r > best[0] + 1e-9:
+                    best = (r, epoch, [p.detach().clone() for p in leaves])
+        with torch.no_grad():
+            for p, b in zip(leaves, best[2]):
+                p.copy_(b)
         for p in leaves:
             p.requires_grad_(False)
+    return {"best_epoch": best[1], "val_recall_at_k": best[0], "n_val": int(val_idx.numel())}
 
 
 def train_two_linear(h: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor, router_w: torch.Tensor,
@@ -204,10 +227,10 @@ def train_two_linear(h: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor, r
     h, logits = h.to(torch.float32), logits.to(torch.float32)
     tr, ho = split(h.shape[0], cfg.holdout, cfg.seed)
     pred = TwoLinear.from_router(router_w, router_b, rank)
-    fit(pred.params(), pred, h[tr], logits[tr], ids[tr], cfg)
+    stop = fit(pred.params(), pred, h[tr], logits[tr], ids[tr], cfg)
     with torch.no_grad():
         s_ho = pred(h[ho])
-    return pred, {"n_train": int(tr.numel()), "n_heldout": int(ho.numel()),
+    return pred, {"n_train": int(tr.numel()), "n_heldout": int(ho.numel()), **stop,
                   "heldout_recall_at_k": recall_at_k(s_ho, ids[ho]),
                   "heldout_exact_set": exact_set(s_ho, ids[ho]),
                   "router_heldout_recall_at_k": recall_at_k(router_scores[ho].to(torch.float32), ids[ho]),
@@ -218,8 +241,8 @@ def train_router_copy(q: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor, 
                       router_b: torch.Tensor | None, *, cfg: TrainConfig) -> tuple[dict, dict]:
     """Fit the early-layer estimator: a copy of the router, fine-tuned on quasi states q [N, H]."""
     q, logits = q.to(torch.float32), logits.to(torch.float32)
-    w = router_w.detach().to(torch.float32).clone()
-    b = None if router_b is None else router_b.detach().to(torch.float32).clone()
+    w = router_w.detach().to("cpu", torch.float32).clone()
+    b = None if router_b is None else router_b.detach().to("cpu", torch.float32).clone()
     params = [w] + ([b] if b is not None else [])
 
     def score(x: torch.Tensor) -> torch.Tensor:
@@ -228,13 +251,13 @@ def train_router_copy(q: torch.Tensor, logits: torch.Tensor, ids: torch.Tensor, 
     tr, ho = split(q.shape[0], cfg.holdout, cfg.seed)
     with torch.no_grad():
         before = recall_at_k(score(q[ho]), ids[ho])
-    fit(params, score, q[tr], logits[tr], ids[tr], cfg)
+    stop = fit(params, score, q[tr], logits[tr], ids[tr], cfg)
     with torch.no_grad():
         after = recall_at_k(score(q[ho]), ids[ho])
     out = {"weight": w.detach()}
     if b is not None:
         out["bias"] = b.detach()
-    return out, {"n_train": int(tr.numel()), "n_heldout": int(ho.numel()),
+    return out, {"n_train": int(tr.numel()), "n_heldout": int(ho.numel()), **stop,
                  "heldout_recall_at_k": after, "router_heldout_recall_at_k": before}
 
 

@@ -34,8 +34,9 @@ class HardwareProfile:
     device_memory_gb: float = 0.0
     description: str = ""
     source: str = "public"
-    # Measured floors (`moebench calibrate profile`, batch-1 decode on one GPU and model; 0 = use
-    # the roofline alone). A cost is then max(roofline, floor): eager decode is launch-bound.
+    # Measured batch-1 times (`moebench calibrate profile`, one GPU and one model; 0 = use the
+    # roofline alone). A cost is then the measured time plus what the roofline adds beyond batch 1
+    # (more tokens, longer context): eager batch-1 decode is bound by launches and host work.
     attention_us: float = 0.0     # one layer's norm + attention + residual + engine overhead
     router_us: float = 0.0        # one layer's router
     expert_us: float = 0.0        # one expert at one token (a top-k layer / k)

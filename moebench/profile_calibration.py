@@ -312,3 +312,53 @@ def calibrate(prep: Any, *, name: str | None = None, progress: Any = None) -> di
         pageable=pageable, fit=fit, expert_copy_s=expert_copy, expert_bytes=shape.expert_bytes,
         launch_us=launch, mem_gbps=mem, tflops=tflops, parts=parts, decode=decode,
         attention_us=attn, created=created)
+
+
+# ----------------------------------------------------------------------------------------------
+# files
+# ----------------------------------------------------------------------------------------------
+CALIBRATION_WORKLOAD = """# written by moebench calibrate profile: random-token prompts, a short decode
+name: calibrate-profile
+description: random-token prompts for profile calibration
+generator: {kind: random-tokens, n: 2, length: 8}
+max_new_tokens: 9
+warmup_steps: 2
+seed: 1234
+"""
+
+
+def calibration_prep(loaded: Any, out_dir: Any, *, cache_budget: str = "0.25") -> Any:
+    """A CUDA-clock `Prepared` on the calibration workload (its YAML written to `out_dir`)."""
+    from pathlib import Path
+
+    from moebench.config import RunConfig
+    from moebench.runner import prepare
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    wl = out_dir / "calibrate-profile-workload.yaml"
+    wl.write_text(CALIBRATION_WORKLOAD)
+    cfg = RunConfig(model=loaded.name, strategy="sync", workload=str(wl), cache_budget=cache_budget,
+                    clock="cuda", profile="h200-pcie5")
+    return prepare(cfg, loaded=loaded)
+
+
+def write_profile(doc: dict, path: Any) -> Any:
+    """The profile YAML, atomically; `moebench ... --profile PATH` reads it."""
+    from pathlib import Path
+
+    import yaml
+
+    from moebench.results import atomic_write
+
+    path = Path(path)
+    atomic_write(path, f"# measured by `moebench calibrate profile`; use with --profile {path}\n"
+                 + yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def profile_from_doc(doc: dict) -> Any:
+    from moebench.config import from_dict
+    from moebench.profile import HardwareProfile
+
+    return from_dict(HardwareProfile, doc, "calibrated profile")

@@ -99,19 +99,17 @@ def _check(seq: GroupSeq, n_slots: int) -> None:
 def lru_global_hits(seq: GroupSeq, n_slots: int) -> np.ndarray:
     _check(seq, n_slots)
     kl, off = seq.keys.tolist(), seq.offsets.tolist()
-    hits = np.zeros(seq.n_groups, dtype=np.int64)
+    hits = [0] * seq.n_groups
     od: OrderedDict[int, None] = OrderedDict()
     move, pop = od.move_to_end, od.popitem
     for g in range(seq.n_groups):
         S = kl[off[g]:off[g + 1]]
-        h = 0
-        miss = []
-        for x in S:
-            if x in od:
-                move(x)
-                h += 1
-            else:
-                miss.append(x)
+        miss = [x for x in S if x not in od]
+        h = len(S) - len(miss)
+        if h:
+            for x in S:
+                if x in od:
+                    move(x)
         for x in miss:
             if len(od) >= n_slots:
                 pop(last=False)        # the front is never locked: the group's hits moved away
@@ -120,7 +118,7 @@ def lru_global_hits(seq: GroupSeq, n_slots: int) -> np.ndarray:
             for x in S:
                 move(x)
         hits[g] = h
-    return hits
+    return np.asarray(hits, dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,32 +131,54 @@ def _quotas(n_slots: int, L: int) -> list[int]:
 
 def lru_layer_hits(seq: GroupSeq, n_slots: int) -> np.ndarray:
     _check(seq, n_slots)
-    L, E = seq.moe_layers, seq.num_experts
+    L = seq.moe_layers
     q = _quotas(n_slots, L)
-    kl, off = seq.keys.tolist(), seq.offsets.tolist()
+    vector = (seq.dense is not None and bool(seq.regular.all()) and bool((seq.dense >= 0).all())
+              and seq.dense.shape[2] <= min(q))
+    hits, t_steady = _lru_layer_exact(seq, n_slots, q, stop_when_steady=vector)
+    if t_steady is not None:
+        for m in range(L):
+            X = np.ascontiguousarray(seq.dense[:, m, :])               # [T, k]
+            h = _stack_hits(X, _prev_step(X, seq.num_experts), seq.num_experts, q[m])   # [T]
+            hits[t_steady * L + m::L] = h[t_steady:]
+    return hits
+
+
+def _prev_step(X: np.ndarray, E: int) -> np.ndarray:
+    """[T, k] the step where each access's expert was last used before (-1: first use)."""
+    T, k = X.shape
+    flat = X.reshape(-1).astype(np.int16 if E < 2**15 else np.int64)
+    order = np.argsort(flat, kind="stable")           # radix sort for 16-bit ids
+    same = flat[order[1:]] == flat[order[:-1]]
+    prev_sorted = np.where(np.concatenate(([False], same)), np.concatenate(([0], order[:-1])) // k, -1)
+    prev = np.empty(T * k, dtype=np.int64)
+    prev[order] = prev_sorted
+    return prev.reshape(T, k)
+
+
+def _lru_layer_exact(seq: GroupSeq, n_slots: int, q: list[int], *, stop_when_steady: bool
+                     ) -> tuple[np.ndarray, int | None]:
+    """The policy itself, dict by dict. Returns (hits, the step where the cache became steady
+    -- full, every layer at its quota -- when asked to stop there, else None)."""
+    L = seq.moe_layers
+    off = seq.offsets
     hits = np.zeros(seq.n_groups, dtype=np.int64)
-    ods: list[OrderedDict[int, int]] = [OrderedDict() for _ in range(L)]
+    ods: list[OrderedDict[int, int]] = [OrderedDict() for _ in range(L)]   # key -> last use
     cnt = [0] * L
     over: set[int] = set()
     free = n_slots
-    ts = 0
-    T = seq.n_groups // L
-    k_max = seq.dense.shape[2] if seq.dense is not None else 0
-    fits = k_max <= min(q)
-    t = 0
-    while t < T:
-        steady = free == 0 and not over and all(c == qq for c, qq in zip(cnt, q))
-        if steady and fits and seq.regular[t]:
-            end = t
-            while end < T and seq.regular[end]:
-                end += 1
-            ts = _lru_layer_block(seq, t, end, q, ods, hits, ts)
-            t = end
-            continue
+    for t in range(seq.n_groups // L):
+        if stop_when_steady and free == 0 and not over and cnt == q:
+            return hits, t
+        base = int(off[t * L])                           # keys of this step only (lazy)
+        kl = seq.keys[base:int(off[(t + 1) * L])].tolist()
+        step_off = (off[t * L:(t + 1) * L + 1] - base).tolist()
         for g in range(t * L, (t + 1) * L):
             m = int(seq.layer[g])
             od = ods[m]
-            S = kl[off[g]:off[g + 1]]
+            i0 = step_off[g - t * L]
+            a = base + i0
+            S = kl[i0:step_off[g - t * L + 1]]
             h = 0
             miss = []
             for x in S:
@@ -188,64 +208,118 @@ def lru_layer_hits(seq: GroupSeq, n_slots: int) -> np.ndarray:
                 cnt[m] += 1
                 if cnt[m] > q[m]:
                     over.add(m)
-            for x in S:
+            for i, x in enumerate(S):                    # recency = loop order, stamped globally
                 od.move_to_end(x)
-                od[x] = ts
-                ts += 1
+                od[x] = a + i
             hits[g] = h
-        t += 1
-    return hits
+    return hits, None
 
 
-def _lru_layer_block(seq: GroupSeq, t0: int, t1: int, q: list[int], ods: list, hits: np.ndarray,
-                     ts: int) -> int:
-    """Steps [t0, t1) in the steady state: hit iff last use is among the layer's q_l latest."""
-    L, E = seq.moe_layers, seq.num_experts
-    last = np.full((L, E + 1), -1, dtype=np.int64)     # column E: padding, always -1
-    for m, od in enumerate(ods):
-        if od:
-            ids = np.fromiter(od.keys(), dtype=np.int64, count=len(od)) - m * E
-            last[m, ids] = np.fromiter(od.values(), dtype=np.int64, count=len(od))
-    X = seq.dense                                     # [T, L, k]
-    k = X.shape[2]
-    rows = np.arange(L)[:, None]                      # [L, 1]
-    qa = np.asarray(q)
-    kth = sorted({E - qq for qq in q})
-    pick = E - qa                                     # [L] index of the q_l-th largest
-    stamp = np.arange(L * k, dtype=np.int64).reshape(L, k)
-    for t in range(t0, t1):
-        ids = X[t].astype(np.int64)                   # [L, k]
-        pad = ids < 0
-        ids[pad] = E
-        prev = last[rows, ids]                        # [L, k]
-        thr = np.partition(last[:, :E], kth, axis=1)[np.arange(L), pick]   # [L]
-        h = (prev >= thr[:, None]) & (prev >= 0)
-        hits[t * L:(t + 1) * L] = h.sum(1)
-        last[rows, ids] = ts + stamp
-        last[:, E] = -1
-        ts += L * k
-    for m in range(L):                                # hand the state back to the exact sim
-        row = last[m, :E]
-        live = np.flatnonzero(row >= 0)
-        top = live[np.argsort(row[live])][-q[m]:]
-        ods[m] = OrderedDict((int(e) + m * E, int(row[e])) for e in top)
-    return ts
+def _popcount(x: np.ndarray) -> np.ndarray:
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x).astype(np.int64)
+    table = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+    return table[x.view(np.uint8).reshape(*x.shape, 8)].sum(-1)
+
+
+def _bitsets(X: np.ndarray, E: int) -> np.ndarray:
+    """Rows of expert ids [n, k] -> bitsets [n, W] uint64 (W = ceil(E / 64)); -1 is no expert."""
+    n = X.shape[0]
+    W = (E + 63) // 64
+    onehot = np.zeros((n, W * 64 + 1), dtype=bool)
+    onehot[np.arange(n)[:, None], np.where(X >= 0, X, W * 64)] = True
+    packed = np.packbits(onehot[:, :W * 64], axis=1, bitorder="little")     # [n, 8W] uint8
+    return np.ascontiguousarray(packed).view(np.uint64)
+
+
+def _stack_hits(X: np.ndarray, prev_step: np.ndarray, E: int, q: int) -> np.ndarray:
+    """Pure LRU of capacity `q` over one layer's steps `X [T, k]`, groups locked. An access hits
+    iff fewer than `q` distinct experts were used after its previous use: in the steps between
+    (`d(s, t)` = distinct experts of steps s..t-1, a popcount of bitsets OR-ed with a sparse
+    table) and after it in its own step. With `s*(t)` the first s where d(s, t) < q (found by a
+    vectorised binary search; d is monotone in s): previous use at step p >= s* hits, p < s* - 1
+    misses, p = s* - 1 is decided exactly. `prev_step [T, k]` is -1 for a first use.
+    Returns hits per step [T]."""
+    T, k = X.shape
+    M = _bitsets(X, E)                                                      # [T, W]
+    W = M.shape[1]
+    levels = [M]
+    while (1 << len(levels)) <= T:
+        s = 1 << (len(levels) - 1)
+        prev = levels[-1]
+        nxt = prev.copy()
+        nxt[:T - s] |= prev[s:]
+        levels.append(nxt)
+    table = np.stack(levels)                                               # [LV, T, W]
+    words = [np.ascontiguousarray(table[:, :, w]).reshape(-1) for w in range(W)]   # [LV * T]
+
+    def union(lo: np.ndarray, hi: np.ndarray) -> list[np.ndarray]:        # OR of steps lo..hi
+        n = np.maximum(hi - lo + 1, 1)
+        lv = np.frexp(n.astype(np.float64))[1] - 1                          # floor(log2 n)
+        a, b = lv * T + lo, lv * T + np.maximum(hi - (1 << lv) + 1, lo)
+        empty = hi < lo
+        return [np.where(empty, np.uint64(0), np.take(wd, a) | np.take(wd, b)) for wd in words]
+
+    def count(u: list[np.ndarray]) -> np.ndarray:
+        c = _popcount(u[0])
+        for x in u[1:]:
+            c += _popcount(x)
+        return c
+
+    t = np.arange(T)
+    lo, hi = np.zeros(T, dtype=np.int64), t.copy()                        # s* in [0, t]
+    for _ in range(max(1, T.bit_length())):
+        mid = (lo + hi) // 2
+        ok = count(union(mid, t - 1)) < q
+        hi = np.where(ok, mid, hi)
+        lo = np.where(ok, lo, mid + 1)
+    s_star = hi[:, None]                                                   # [T, 1]
+    has = prev_step >= 0
+    hit = has & (prev_step >= s_star)
+    tb, jb = np.nonzero(has & (prev_step == s_star - 1))                    # the boundary
+    if len(tb):
+        p = prev_step[tb, jb]
+        row = X[p]                                                         # [nb, k] step p
+        pos = np.flatnonzero(row.reshape(-1) == X[tb, jb].repeat(k)) % k   # slot of x in step p
+        tail = np.where(np.arange(k)[None, :] > pos[:, None], row, -1)
+        U = union(p + 1, tb - 1)
+        B = _bitsets(tail, E)                                              # [nb, W]
+        D = count(U) + count([B[:, w] & ~U[w] for w in range(W)])
+        hit[tb, jb] = D < q
+    return hit.sum(1)
 
 
 # ----------------------------------------------------------------------------------------------
 # Belady's MIN (global)
 # ----------------------------------------------------------------------------------------------
+def _next_step(X: np.ndarray, E: int) -> np.ndarray:
+    """[T, k] the step where each access's expert is used next (-1: never again)."""
+    T, k = X.shape
+    flat = X.reshape(-1).astype(np.int16 if E < 2**15 else np.int64)
+    order = np.argsort(flat, kind="stable")
+    same = flat[order[1:]] == flat[order[:-1]]
+    nxt_sorted = np.where(np.concatenate((same, [False])), np.concatenate((order[1:], [0])) // k, -1)
+    nxt = np.empty(T * k, dtype=np.int64)
+    nxt[order] = nxt_sorted
+    return nxt.reshape(T, k)
+
+
 def next_use(seq: GroupSeq) -> np.ndarray:
     """[N] the group of each access's key's next access (`n_groups` when none)."""
-    G = seq.n_groups
+    G, L = seq.n_groups, seq.moe_layers
+    if seq.dense is not None and seq.regular.all() and (seq.dense >= 0).all():
+        T, _, k = seq.dense.shape                     # layer by layer: small, cache-friendly sorts
+        out = np.empty((T, L, k), dtype=np.int64)
+        for m in range(L):
+            ns = _next_step(np.ascontiguousarray(seq.dense[:, m, :]), seq.num_experts)
+            out[:, m, :] = np.where(ns >= 0, ns * L + m, G)
+        return out.reshape(-1)
     grp = np.repeat(np.arange(G, dtype=np.int64), np.diff(seq.offsets))
-    keys = seq.keys.astype(np.int16 if seq.num_experts * seq.moe_layers < 2**15 else np.int64)
-    order = np.argsort(keys, kind="stable")           # radix sort for 16-bit keys
-    ks, gs = keys[order], grp[order]
-    nxt_sorted = np.full(len(order), G, dtype=np.int64)
-    same = ks[1:] == ks[:-1]
-    nxt_sorted[:-1][same] = gs[1:][same]
-    nxt = np.empty_like(nxt_sorted)
+    keys = seq.keys.astype(np.int16 if seq.num_experts * L < 2**15 else np.int64)
+    order = np.argsort(keys, kind="stable")
+    same = keys[order[1:]] == keys[order[:-1]]
+    nxt_sorted = np.where(np.concatenate((same, [False])), grp[np.concatenate((order[1:], [0]))], G)
+    nxt = np.empty(len(order), dtype=np.int64)
     nxt[order] = nxt_sorted
     return nxt
 
@@ -253,44 +327,53 @@ def next_use(seq: GroupSeq) -> np.ndarray:
 def belady_hits(seq: GroupSeq, n_slots: int) -> np.ndarray:
     _check(seq, n_slots)
     K = seq.num_experts * seq.moe_layers
+    G = seq.n_groups
+    nxt = next_use(seq)                                             # [N] next group of each access
+    sizes = np.diff(seq.offsets)
+    grp = np.repeat(np.arange(G, dtype=np.int64), sizes)
+    # A key used again within H groups is never MIN's victim before that use when the cache
+    # holds more than k * H other experts (some resident is needed later than it): such an
+    # access gets no heap entry.
+    kmax = seq.max_group()
+    H = max(0, (n_slots - kmax - 1) // max(1, kmax))
+    keep = (nxt - grp) > H
+    entries = (-(nxt[keep] * K + seq.keys[keep])).tolist()           # max-heap of (next use, key)
+    eoff = np.zeros(G + 1, dtype=np.int64)
+    np.cumsum(np.bincount(grp[keep], minlength=G), out=eoff[1:])
+    eoff = eoff.tolist()
     kl, off = seq.keys.tolist(), seq.offsets.tolist()
-    nl = next_use(seq).tolist()
-    hits = np.zeros(seq.n_groups, dtype=np.int64)
-    resident = bytearray(K)
-    n_res = 0
-    nu = [-1] * K
+    hits = [0] * G
+    res: set[int] = set()
+    add, discard = res.add, res.discard
     heap: list[int] = []
     push, pop = heapq.heappush, heapq.heappop
-    limit = 4 * n_slots + 64
-    for g in range(seq.n_groups):
+    limit = 16 * n_slots + 1024
+    for g in range(G):
         a, b = off[g], off[g + 1]
-        h = 0
-        miss = []
-        for x in kl[a:b]:
-            if resident[x]:
-                h += 1
-            else:
-                miss.append(x)
-        for x in miss:
-            if n_res >= n_slots:
-                while True:                       # max (next use, key), lazily validated
+        S = kl[a:b]
+        h = len(res.intersection(S))
+        hits[g] = h
+        if h == b - a:
+            for p in entries[eoff[g]:eoff[g + 1]]:
+                push(heap, p)
+            continue
+        for x in [x for x in S if x not in res]:
+            if len(res) >= n_slots:
+                # An entry is live iff its next use is still ahead (an older entry of the key
+                # points at a use that has happened) and the key is resident.
+                while True:
                     p = -pop(heap)
                     v = p % K
-                    if resident[v] and nu[v] == p // K:
+                    if p // K > g and v in res:
                         break
-                resident[v] = 0
-                n_res -= 1
-            resident[x] = 1
-            n_res += 1
-        for i in range(a, b):
-            x, n = kl[i], nl[i]
-            nu[x] = n
-            push(heap, -(n * K + x))
-        if len(heap) > limit:
-            heap = [-(nu[x] * K + x) for x in range(K) if resident[x]]
+                discard(v)
+            add(x)
+        for p in entries[eoff[g]:eoff[g + 1]]:
+            push(heap, p)
+        if len(heap) > limit:                     # drop entries that can no longer be live
+            heap = [p for p in heap if (-p) // K > g and (-p) % K in res]
             heapq.heapify(heap)
-        hits[g] = h
-    return hits
+    return np.asarray(hits, dtype=np.int64)
 
 
 FAST = {"lru": lru_layer_hits, "lru-layer": lru_layer_hits, "lru-global": lru_global_hits,

@@ -110,9 +110,9 @@ class Workload:
         if self.n_shot and not self.few_shot_path:
             raise UserError(f"{where}.n_shot is {self.n_shot} but no few_shot_path names the "
                             "examples; set few_shot_path or n_shot: 0.")
-        if self.few_shot_path and self.dataset_format != "gsm8k":
-            raise UserError(f"{where}.few_shot_path is used by dataset_format gsm8k only, not "
-                            f"'{self.dataset_format}'.")
+        if self.n_shot and self.dataset_format != "gsm8k":
+            raise UserError(f"{where}.n_shot: few-shot prompts are built for dataset_format "
+                            f"gsm8k only, not '{self.dataset_format}'; set n_shot: 0.")
         if self.max_prompt_tokens < 1:
             raise UserError(f"{where}.max_prompt_tokens must be at least 1.")
         if self.generator:
@@ -188,15 +188,16 @@ def _yaml_where(exc: Exception) -> str:
 
 
 def check_paths(wl: Workload) -> None:
-    """`dataset_path` and `few_shot_path` must name readable files (one sentence otherwise)."""
+    """`dataset_path` and (when `n_shot` > 0) `few_shot_path` must name readable files."""
     for key in ("dataset_path", "few_shot_path"):
         raw = getattr(wl, key)
-        if not raw:
+        if not raw or (key == "few_shot_path" and not wl.n_shot):   # unused when n_shot is 0
             continue
         p = _resolve(raw, wl)
         where = f"workload {wl.name}: {key} '{raw}'"
         if not p.exists():
-            tried = f" (also looked next to {wl.source_file})" if wl.source_file and not Path(raw).is_absolute() else ""
+            beside = wl.source_file and not Path(raw).is_absolute()
+            tried = f" (also looked next to {wl.source_file})" if beside else ""
             raise UserError(f"{where} does not exist{tried}.")
         if p.is_dir():
             raise UserError(f"{where} is a folder, not a file.")
@@ -296,7 +297,10 @@ def _dataset_items(wl: Workload, room: int | None) -> list[Item]:
 
     path = _resolve(wl.dataset_path, wl)
     try:
-        rows = [{"text": path.read_text(encoding="utf-8")}] if wl.dataset_format == "text" else load_jsonl(path)
+        if wl.dataset_format == "text":
+            rows = [{"text": path.read_text(encoding="utf-8")}]
+        else:
+            rows = load_jsonl(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"cannot read dataset {path}: {getattr(exc, 'strerror', None) or exc}.") from None
     if room is not None:
@@ -364,6 +368,11 @@ def build_requests(wl: Workload, tokenizer: Any, vocab_size: int) -> list[Reques
         reqs = reqs[: wl.limit]
     if not reqs:
         raise UserError(f"workload {wl.name} has no prompts after limits.")
+    seen: set[str] = set()
+    for r in reqs:
+        if r.id in seen:   # results and accuracy pair items by id
+            raise UserError(f"workload {wl.name}: two items share the id '{r.id}'; ids must be unique.")
+        seen.add(r.id)
     return reqs
 
 

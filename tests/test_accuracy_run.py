@@ -111,6 +111,22 @@ def test_without_a_reference_sync_is_run_and_an_incomplete_candidate_pairs_what_
     assert any("3 of 5" in n for n in acc["notes"])
 
 
+def test_a_reference_piece_is_forced_once_for_every_candidate(gsm8k, monkeypatch) -> None:
+    import moebench.accuracy_run as AR
+
+    prep, _ = gsm8k
+    base, _ = _run(prep, "sync")                         # as compare passes it: no logits kept
+    calls = []
+    real = AR.teacher_forced
+    monkeypatch.setattr(AR, "teacher_forced", lambda p, s, t: calls.append(s["name"]) or real(p, s, t))
+    for name in ("lru", "all-resident"):
+        piece, result = _run(prep, name)
+        attach_accuracy(prep, result, piece, reference=base)
+        assert result["accuracy"]["lossless_check"] == "passed"
+        assert result["accuracy"]["reference"]["self_consistent"] is None
+    assert calls == ["sync", "lru", "all-resident"]
+
+
 # ------------------------------------------------------------------------------------------
 # lossy: measured and reported, whatever the sign
 # ------------------------------------------------------------------------------------------

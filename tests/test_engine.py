@@ -164,3 +164,28 @@ def test_result_json_has_the_documented_fields(tmp_path) -> None:
     assert set(res["outputs"][0]) >= {"prompt_id", "prompt_token_ids", "token_ids"}
     for f in ("config.json", "environment.json", "result.json", "samples.jsonl"):
         assert (d / f).exists()
+
+
+def test_bit_identical_with_two_threads_on_a_long_prefill() -> None:
+    """Multi-threaded CPU GEMMs round a row by its position: prefill must keep the model's row
+    order (the executor gathers slots in expert order) to stay exact."""
+    long_prompt = ("def main(argv=None):\n    parser = argparse.ArgumentParser()\n"
+                   "    parser.add_argument('--name', default='a')\n    return parser.parse_args(argv)\n") * 2
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for model in MODELS:
+            cfg = RunConfig(model=model, cache_budget="0.5", clock="sim", workload_overrides={
+                "limit": 1, "max_new_tokens": 3, "warmup_steps": 0,
+                "prompts": [{"id": "long", "text": long_prompt}]})
+            prep = runner.prepare(cfg)
+            reference = load_model(model, seed=0).model
+            for strategy in ("sync", "lru"):
+                piece = runner.run_strategy(prep, strategy, keep_logits=True)
+                out = piece.outputs[0]
+                assert len(out["prompt_token_ids"]) > 40
+                _, ref_logits = reference_decode(reference, out["prompt_token_ids"], 3)
+                for a, b in zip(piece.logits[(0, "long")], ref_logits):
+                    assert torch.equal(a, b)
+    finally:
+        torch.set_num_threads(before)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -141,7 +143,7 @@ def gate(
     json_out: Annotated[bool, typer.Option("--json", help="print the verdicts as JSON")] = False,
 ) -> None:
     """Is the candidate worse than the baseline, beyond noise? Exit 0 pass, 1 regression, 2 usage, 3 inconclusive/mismatch."""
-    from moebench.compare import gate_paths
+    from moebench.report.folders import gate_paths
     from moebench.gate import parse_rule
 
     rules = [parse_rule(r) for r in fail_on or []]
@@ -174,12 +176,29 @@ def _show_gate(report: Any) -> None:
 baseline_app = typer.Typer(no_args_is_help=True, help="The committed CI baseline (reports/baselines/).")
 
 
-def _single_thread() -> None:
-    """The baseline's numbers must not depend on the machine: one intra-op thread gives the same
-    float reductions, hence the same routing, everywhere (and is faster on a shared 2-core box)."""
+@contextmanager
+def _reproducible() -> Iterator[None]:
+    """How the baseline is made and checked: one intra-op thread (the same float reductions, hence
+    the same routing, on every machine; faster on a shared 2-core box too) and a fresh artifact
+    cache, so calibrations (default vectors, predictors, routing traces) are redone exactly as on
+    a clean CI checkout instead of reusing whatever this machine cached."""
+    import os
+    import tempfile
+
     import torch
 
-    torch.set_num_threads(1)
+    threads, cache = torch.get_num_threads(), os.environ.get("MOEBENCH_CACHE")
+    with tempfile.TemporaryDirectory(prefix="moebench-baseline-") as tmp:
+        os.environ["MOEBENCH_CACHE"] = tmp
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+            if cache is None:
+                os.environ.pop("MOEBENCH_CACHE", None)
+            else:
+                os.environ["MOEBENCH_CACHE"] = cache
 
 
 @baseline_app.command("update")
@@ -205,9 +224,9 @@ def baseline_update(
     plan = C.ComparePlan(replace(C.SMOKE, model=model, workload_overrides=wl_over), names,
                          C.choose_baseline(names, None), params={k: v for k, v in params.items() if v},
                          plots=False, skipped=skipped)
-    _single_thread()
     dir_ = Path(dir_)
-    new = _run_plan(plan, dir_.parent, f".{dir_.name}.new-{os.getpid()}", quiet=False)
+    with _reproducible():
+        new = _run_plan(plan, dir_.parent, f".{dir_.name}.new-{os.getpid()}", quiet=False)
     old = dir_.parent / f".{dir_.name}.old-{os.getpid()}"
     if dir_.exists():
         dir_.rename(old)
@@ -228,13 +247,14 @@ def baseline_check(
     plots: Annotated[bool, typer.Option("--plots", help="draw the candidate's plots")] = False,
 ) -> None:
     """Rerun the comparison recorded in the baseline and gate it (what CI runs). Exit codes as `gate`."""
-    from moebench.compare import gate_paths, plan_from_report
+    from moebench.compare import plan_from_report
     from moebench.gate import parse_rule
+    from moebench.report.folders import gate_paths
 
     rules = [parse_rule(r) for r in fail_on or []]
     plan = plan_from_report(dir_, plots=plots)
-    _single_thread()
-    cand = _run_plan(plan, out, name, quiet=False)
+    with _reproducible():
+        cand = _run_plan(plan, out, name, quiet=False)
     _show_report(cand, json_out=False)
     report = gate_paths(dir_, cand, rules or None, alpha=alpha)
     _show_gate(report)

@@ -28,14 +28,6 @@ from moebench.cli import _console, handle_errors
 
 NO_CUDA_VALIDATE = ("validate-sim compares the simulator with the CUDA clock, and no CUDA GPU is "
                     "available here (the simulated clock alone is `moebench run --clock sim`).")
-CALIBRATION_WORKLOAD = """# written by moebench calibrate profile: random token prompts, short decode
-name: calibrate-profile
-description: random-token prompts for profile calibration
-generator: {kind: random-tokens, n: 2, length: 8}
-max_new_tokens: 9
-warmup_steps: 2
-seed: 1234
-"""
 
 
 def _require_cuda(message: str) -> None:
@@ -47,53 +39,6 @@ def _require_cuda(message: str) -> None:
         raise UserError(message)
 
 
-def load_for_gpu(model: str, *, synthetic_layers: int, device: Any, seed: int = 0) -> Any:
-    """The model from its weights, or (synthetic_layers > 0) a random one at its real sizes."""
-    if synthetic_layers <= 0:
-        from moebench.models.loading import load_model
-
-        return load_model(model, seed=seed, device=device)
-    from moebench.models.loading import resolve_config
-    from moebench.models.synthetic import random_offloaded
-
-    cfg, name, _, _ = resolve_config(model)
-    cfg = dict(cfg, num_hidden_layers=int(synthetic_layers))
-    cfg.pop("layer_types", None)
-    dtype = str(cfg.get("dtype") or "bfloat16").replace("torch.", "")
-    return random_offloaded(cfg, name=f"{name}-random-{synthetic_layers}L", device=device,
-                            seed=seed, dtype=dtype)
-
-
-def calibration_prep(loaded: Any, out_dir: Path, *, cache_budget: str = "0.25") -> Any:
-    """A CUDA-clock `Prepared` on the calibration workload (written next to the profile)."""
-    from moebench.config import RunConfig
-    from moebench.runner import prepare
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    wl = out_dir / "calibrate-profile-workload.yaml"
-    wl.write_text(CALIBRATION_WORKLOAD)
-    cfg = RunConfig(model=loaded.name, strategy="sync", workload=str(wl), cache_budget=cache_budget,
-                    clock="cuda", profile="h200-pcie5")
-    return prepare(cfg, loaded=loaded)
-
-
-def write_profile(doc: dict, path: Path) -> Path:
-    import yaml
-
-    from moebench.results import atomic_write
-
-    header = "# measured by `moebench calibrate profile`; read with --profile " + str(path) + "\n"
-    atomic_write(path, header + yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
-def profile_from_doc(doc: dict) -> Any:
-    from moebench.config import from_dict
-    from moebench.profile import HardwareProfile
-
-    return from_dict(HardwareProfile, doc, "calibrated profile")
-
-
 @handle_errors
 def calibrate_profile(
     model: Annotated[str, typer.Option(help="preset name or local checkpoint folder")] = "default",
@@ -103,7 +48,8 @@ def calibrate_profile(
     json_out: Annotated[bool, typer.Option("--json", help="print the profile as JSON")] = False,
 ) -> None:
     """Measure this CUDA GPU for one model -> a profile YAML the simulator reads."""
-    from moebench.profile_calibration import NO_CUDA, calibrate
+    from moebench.models.synthetic import load_for_gpu
+    from moebench.profile_calibration import NO_CUDA, calibrate, calibration_prep, write_profile
 
     _require_cuda(NO_CUDA)
     import torch
@@ -141,6 +87,7 @@ def validate_sim(
     import torch
 
     from moebench.config import RunConfig, parse_overrides
+    from moebench.models.synthetic import load_for_gpu
     from moebench.profile import load_profile
     from moebench.results import write_json
     from moebench.runner import prepare
@@ -156,7 +103,7 @@ def validate_sim(
     loaded = load_for_gpu(model, synthetic_layers=synthetic_layers, device=dev)
     err = _console(stderr=True)
     if profile is None:
-        from moebench.profile_calibration import calibrate
+        from moebench.profile_calibration import calibrate, calibration_prep, write_profile
 
         doc = calibrate(calibration_prep(loaded, d, cache_budget=cache_budget),
                         progress=lambda m: err.print(f"calibrate: {m}"))

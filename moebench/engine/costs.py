@@ -16,34 +16,47 @@ EXPERT_KERNELS = 3
 LM_HEAD_KERNELS = 3
 
 
-def _floor(seconds: float, floor_us: float) -> float:
-    """A calibrated profile's measured floor (`attention_us`, ...; 0 = none) under the roofline:
-    eager batch-1 decode is bound by kernel launches and host work the roofline cannot see."""
-    return max(seconds, floor_us * 1e-6) if floor_us > 0 else seconds
+def _measured(hw: HardwareProfile, field: str, now: float, base: float) -> float:
+    """With a calibrated profile's measured batch-1 time (`attention_us`, ...; 0 = none), that
+    time plus whatever the roofline adds beyond batch 1 (`now - base`): eager batch-1 decode is
+    bound by kernel launches and host work a roofline cannot see."""
+    us = getattr(hw, field, 0.0)
+    return now if us <= 0 else us * 1e-6 + max(0.0, now - base)
 
 
-def attention_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int, context: int) -> float:
-    """norm1 + attention of one layer for `tokens` new tokens over `context` cached ones."""
+def _attention_roofline(shape: ModelShape, hw: HardwareProfile, tokens: int, context: int) -> float:
     weights = shape.attention_param_bytes()
     kv = shape.kv_bytes(context + tokens)
     h, d = shape.hidden, shape.head_dim
     flops = 2.0 * tokens * weights / shape.bytes_per_param \
         + 4.0 * tokens * (context + tokens) * shape.q_heads * d
     act = tokens * h * shape.bytes_per_param * 6
-    return _floor(hw.kernel_seconds(flops=flops, nbytes=weights + kv + act, kernels=ATTENTION_KERNELS),
-                  getattr(hw, "attention_us", 0.0))
+    return hw.kernel_seconds(flops=flops, nbytes=weights + kv + act, kernels=ATTENTION_KERNELS)
+
+
+def attention_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int, context: int) -> float:
+    """norm1 + attention of one layer for `tokens` new tokens over `context` cached ones."""
+    return _measured(hw, "attention_us", _attention_roofline(shape, hw, tokens, context),
+                     _attention_roofline(shape, hw, 1, 0))
+
+
+def _router_roofline(shape: ModelShape, hw: HardwareProfile, tokens: int) -> float:
+    flops = 2.0 * tokens * shape.num_experts * shape.hidden
+    return hw.kernel_seconds(flops=flops, nbytes=shape.router_bytes(), kernels=ROUTER_KERNELS)
 
 
 def router_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int) -> float:
-    flops = 2.0 * tokens * shape.num_experts * shape.hidden
-    return _floor(hw.kernel_seconds(flops=flops, nbytes=shape.router_bytes(), kernels=ROUTER_KERNELS),
-                  getattr(hw, "router_us", 0.0))
+    return _measured(hw, "router_us", _router_roofline(shape, hw, tokens), _router_roofline(shape, hw, 1))
+
+
+def _expert_roofline(shape: ModelShape, hw: HardwareProfile, tokens: int) -> float:
+    return hw.kernel_seconds(flops=shape.expert_flops(tokens), nbytes=shape.expert_bytes,
+                             kernels=EXPERT_KERNELS)
 
 
 def expert_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int) -> float:
     """One expert over the `tokens` routed to it."""
-    return _floor(hw.kernel_seconds(flops=shape.expert_flops(tokens), nbytes=shape.expert_bytes,
-                                    kernels=EXPERT_KERNELS), getattr(hw, "expert_us", 0.0))
+    return _measured(hw, "expert_us", _expert_roofline(shape, hw, tokens), _expert_roofline(shape, hw, 1))
 
 
 def dense_mlp_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int) -> float:
@@ -54,5 +67,5 @@ def dense_mlp_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int) -> fl
 def lm_head_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int = 1) -> float:
     """Final norm + LM head for the last position (generation reads one row of logits)."""
     flops = 2.0 * shape.vocab * shape.hidden
-    return _floor(hw.kernel_seconds(flops=flops, nbytes=shape.lm_head_bytes(), kernels=LM_HEAD_KERNELS),
-                  getattr(hw, "lm_head_us", 0.0))
+    roof = hw.kernel_seconds(flops=flops, nbytes=shape.lm_head_bytes(), kernels=LM_HEAD_KERNELS)
+    return _measured(hw, "lm_head_us", roof, roof)

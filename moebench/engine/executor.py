@@ -307,6 +307,8 @@ class OffloadEngine:
         if view is not None:
             pools, slot_index = view(slot_index, sorted(s_ - lo for s_ in set(out.slots.values())),
                                      lo, hi)
+        elif u.shape[0] > 1 and dev.type == "cpu":
+            pools, slot_index = self._expert_ordered(out.slots, chosen.ids)
         else:
             pools = {n: p[lo:hi + 1] for n, p in self.pools.pools.items()}
         proxy = SlotExperts(module, pools)
@@ -320,6 +322,21 @@ class OffloadEngine:
             # survive to serve a later token (that would be a cross-token cache).
             self.sched.release(moe_index, [e for (m, e) in self.cache.resident() if m == moe_index])
         return y
+
+    def _expert_ordered(self, slots: dict[int, int], ids: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """Multi-token calls on CPU (prefill): the slots gathered in expert-id order.
+
+        The experts kernel sorts token rows by expert index with an unstable sort, and a
+        multi-threaded CPU GEMM rounds a row differently depending on where it sits in its
+        block. An index that is order-isomorphic to the expert ids reproduces the unmodified
+        model's row order, and so its bits, at any thread count. (Decode has one row per
+        expert, so the zero-copy narrowed view is exact there.)"""
+        order = sorted(slots)
+        lut = torch.full((self.shape.num_experts,), -1, dtype=ids.dtype)
+        lut[torch.tensor(order)] = torch.arange(len(order), dtype=ids.dtype)
+        take = torch.tensor([slots[e] for e in order])
+        pools = {n: p.index_select(0, take) for n, p in self.pools.pools.items()}
+        return pools, lut[ids]                                           # [T, k]
 
     # ------------------------------------------------------------------------------------------
     # instrumentation (outside the timed path: pure host bookkeeping, no device work)

@@ -37,10 +37,13 @@ class HostExpertStore:
     def empty(cls, moe_layers: int, specs: dict[str, tuple[tuple[int, ...], torch.dtype]],
               num_experts: int, *, pin: bool) -> HostExpertStore:
         """A store to be filled one expert at a time (lazy checkpoint loading). Allocated pinned
-        when `pin`, so the experts never exist twice in host memory."""
-        layers = [{n: torch.empty((num_experts, *shape), dtype=dt, pin_memory=pin)
-                   for n, (shape, dt) in specs.items()} for _ in range(moe_layers)]
-        return cls(layers, pin=pin)
+        when `pin` (carved from power-of-two slabs, see `_pinned_layers`), so the experts never
+        exist twice in host memory."""
+        if pin:
+            return cls(_pinned_layers(moe_layers, specs, num_experts), pin=True)
+        layers = [{n: torch.empty((num_experts, *shape), dtype=dt) for n, (shape, dt) in specs.items()}
+                  for _ in range(moe_layers)]
+        return cls(layers, pin=False)
 
     def write(self, layer: int, expert: int, name: str, value: torch.Tensor) -> None:
         self.layers[layer][name][expert].copy_(value)
@@ -51,6 +54,38 @@ class HostExpertStore:
     @property
     def total_bytes(self) -> int:
         return self.expert_bytes * self.num_experts * len(self.layers)
+
+
+SLAB_BYTES = 1 << 34     # 16 GiB
+_ALIGN = 4096
+
+
+def _pinned_layers(moe_layers: int, specs: dict, num_experts: int) -> list[dict[str, torch.Tensor]]:
+    """Pinned `[E, ...]` tensors for every layer, carved from a few large pinned slabs.
+
+    torch's pinned allocator rounds every request up to a power of two (an 805 MB Qwen3-30B
+    `gate_up_proj` layer would pin 1 GiB; 77 GB for 58 GB of experts). Slabs that are powers of
+    two already, filled in order, waste only the tail of each slab."""
+    import math
+
+    items = [(n, (num_experts, *shape), dt) for n, (shape, dt) in specs.items()]
+    nbytes = [num_experts * math.prod(shape) * torch.empty((), dtype=dt).element_size()
+              for _, (shape, dt) in specs.items()]
+    need = [-(-b // _ALIGN) * _ALIGN for b in nbytes]                   # aligned sizes
+    remaining = sum(need) * moe_layers
+    slab, off = None, 0
+    layers = []
+    for _ in range(moe_layers):
+        out = {}
+        for (name, shape, dt), b, a in zip(items, nbytes, need):
+            if slab is None or off + a > slab.numel():
+                size = max(min(SLAB_BYTES, 1 << (remaining - 1).bit_length()), 1 << (a - 1).bit_length())
+                slab, off = torch.empty(size, dtype=torch.uint8, pin_memory=True), 0
+            out[name] = slab[off:off + b].view(dt).view(shape)
+            off += a
+            remaining -= a
+        layers.append(out)
+    return layers
 
 
 class DevicePools:

@@ -35,8 +35,15 @@ def _store_forward(self: Any, hidden_states: Any, top_k_index: Any, top_k_weight
     dev = hidden_states.device
     used = sorted({int(e) for e in top_k_index.reshape(-1).tolist()})
     rows = torch.tensor(used, dtype=torch.long)
-    host = {n: t.index_select(0, rows) for n, t in store.layers[m].items()}     # [n, ...]
-    tensors = {n: t.to(dev, non_blocking=False) for n, t in host.items()}
+    tensors = {}
+    for n, t in store.layers[m].items():                                        # t [E, ...]
+        if dev.type == "cpu":
+            tensors[n] = t.index_select(0, rows)                                # [n, ...]
+        else:   # one copy per expert row, straight from the (pinned) store: no host gather
+            dst = torch.empty((len(used), *t.shape[1:]), dtype=t.dtype, device=dev)
+            for i, e in enumerate(used):
+                dst[i].copy_(t[e], non_blocking=store.pinned)
+            tensors[n] = dst
     if getattr(store, "layout", "") == "mxfp4":
         from moebench.models.mxfp4 import PACKED, dequantize
 

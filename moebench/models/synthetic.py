@@ -85,3 +85,23 @@ def random_offloaded(cfg: dict, *, name: str, device: Any = None, seed: int = 0,
                     f"{'pinned ' if pin else ''}host memory layer by layer: routing is not "
                     "realistic, timings are"]
     return loaded
+
+
+def load_for_gpu(model: str, *, synthetic_layers: int = 0, device: Any = None, seed: int = 0) -> Any:
+    """The model from its weights, or (`synthetic_layers > 0`) a random one at its real sizes
+    with that many decoder layers (a preset's config needs no weights on disk)."""
+    if synthetic_layers <= 0:
+        from moebench.models.loading import load_model
+
+        return load_model(model, seed=seed, device=device)
+    from moebench.models.loading import resolve_config
+
+    cfg, name, _, _ = resolve_config(model)
+    cfg = dict(cfg, num_hidden_layers=int(synthetic_layers))
+    if "layer_types" in cfg:   # per-layer attention kinds repeat with period 2 (GPT-OSS)
+        cfg["layer_types"] = [cfg["layer_types"][i % len(cfg["layer_types"])] for i in range(synthetic_layers)]
+    if cfg.get("mlp_only_layers"):
+        cfg["mlp_only_layers"] = [i for i in cfg["mlp_only_layers"] if i < synthetic_layers]
+    dtype = str(cfg.get("dtype") or "bfloat16").replace("torch.", "")
+    return random_offloaded(cfg, name=f"{name}-random-{synthetic_layers}L", device=device,
+                            seed=seed, dtype=dtype)

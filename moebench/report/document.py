@@ -6,7 +6,8 @@
       "model": {...}, "workload": {...}, "baseline": "sync", "alpha": 0.05,
       "plan": {...} | null,             # how to rerun it (`compare --plan-from`), null for folders
       "sweep": "cache_budget" | null,
-      "points": [{"label": "", "sweep_value": null, "clock_label": "...", "rows": [<summary row>]}],
+      "points": [{"label": "", "sweep_value": null, "clock_label": "...",
+                  "budget": {"spec": "0.25", "experts": 32, "fraction": 0.25}, "rows": [<row>]}],
       "schedule": [["", "lru", 0], ...],    # (point, strategy, repetition) in the order they ran
       "skipped": [{"strategy": "oracle", "reason": "..."}],
       "accuracy_measured": false,
@@ -23,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from moebench import SCHEMA_VERSION, __version__
-from moebench.errors import MismatchError
+from moebench.errors import MismatchError, UserError
 from moebench.report.summary import summarize_point
 
 
@@ -44,6 +45,22 @@ def _clock(entries: Sequence[dict]) -> dict:
             "measured": kinds[0] != "simulated"}
 
 
+def _budget(result: dict) -> dict:
+    """The budget the point asked for, in experts of this model (all-resident's result records
+    the forced "all" in its bytes, but the requested spec like every other)."""
+    from moebench.config import BudgetSpec
+
+    m, spec = result["model"], result["budget"]["spec"]
+    total = (m.get("moe_layers") or 0) * (m.get("num_experts") or 0)
+    try:
+        experts = BudgetSpec.parse(spec).slots(moe_layers=m["moe_layers"], num_experts=m["num_experts"],
+                                               expert_bytes=m["expert_bytes"])
+    except (KeyError, TypeError, ValueError, UserError):
+        experts = None
+    return {"spec": spec, "experts": experts,
+            "fraction": experts / total if experts is not None and total else None}
+
+
 def build_report(entries: Sequence[dict], *, baseline: str | None, plan: dict | None = None,
                  sweep: str | None = None, schedule: Sequence = (), skipped: Sequence = (),
                  notes: Sequence[str] = (), alpha: float = 0.05, seed: int = 0) -> dict:
@@ -55,7 +72,7 @@ def build_report(entries: Sequence[dict], *, baseline: str | None, plan: dict | 
     points = []
     for label, value, group in _points(entries):
         rows = summarize_point(group, baseline=baseline, alpha=alpha, seed=seed)
-        points.append({"label": label, "sweep_value": value,
+        points.append({"label": label, "sweep_value": value, "budget": _budget(group[0]["result"]),
                        "clock_label": group[0]["result"]["clock"]["label"], "rows": rows})
     all_notes = list(notes)
     if not clock["measured"]:

@@ -51,10 +51,11 @@ def render_markdown(doc: dict, plots: list[tuple[str, str]] = ()) -> str:
         parts += [f"## {title}", ""]
         rows = p["rows"]
         parts += [_md_table(summary_header(doc), [summary_cells(r) for r in rows]), ""]
-        budget = rows[0]["budget"] if rows else None
+        budget = p.get("budget")
         if budget:
-            parts += [f"Cache budget {budget['spec']} ({budget['experts']} experts); "
-                      "all-resident always holds every expert.", ""]
+            parts += [f"Cache budget {budget['spec']} ({budget['experts']} experts)"
+                      + ("; all-resident always holds every expert." if any(
+                          r["strategy"] == "all-resident" for r in rows) else "."), ""]
     parts += ["## Accuracy", ""]
     measured = False
     for p in doc["points"]:

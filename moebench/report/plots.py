@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 DPI = 100
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def _figure(w: float = 7.0, h: float = 3.6) -> tuple[Any, Any]:
@@ -42,12 +43,24 @@ def _integer_x(ax: Any) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _legend(ax: Any) -> None:
+    """Outside the axes, on the right: curves that coincide (oracle and all-resident often do)
+    stay visible, and no curve hides under the box."""
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
 def _name(e: dict) -> str:
     return e["result"]["strategy"]["name"]
 
 
 def _steps(e: dict) -> list[dict]:
     return [s for s in e["samples"] if s.get("kind") == "step"]
+
+
+def styles_for(names: Sequence[str]) -> dict[str, dict]:
+    """One colour and marker per strategy, the same in every plot of a report."""
+    return {n: {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)]}
+            for i, n in enumerate(sorted(set(names)))}
 
 
 def step_latency(entries: Sequence[dict], clock: str) -> bytes | None:
@@ -62,7 +75,7 @@ def step_latency(entries: Sequence[dict], clock: str) -> bytes | None:
     return _png(fig)
 
 
-def latency_by_position(entries: Sequence[dict], clock: str) -> bytes | None:
+def latency_by_position(entries: Sequence[dict], clock: str, styles: dict) -> bytes | None:
     import numpy as np
 
     fig, ax = _figure()
@@ -73,7 +86,8 @@ def latency_by_position(entries: Sequence[dict], clock: str) -> bytes | None:
             by_pos[int(s["position"])].append(s["latency_ms"])
         if by_pos:
             xs = sorted(by_pos)
-            ax.plot(xs, [float(np.median(by_pos[x])) for x in xs], marker="o", ms=3, label=_name(e))
+            ax.plot(xs, [float(np.median(by_pos[x])) for x in xs], ms=4, label=_name(e),
+                    **styles[_name(e)])
             drawn = True
     if not drawn:
         return None
@@ -82,18 +96,18 @@ def latency_by_position(entries: Sequence[dict], clock: str) -> bytes | None:
     ax.set_ylabel(f"median step latency, ms\n({clock})")
     ax.set_title("Latency against decode position")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax)
     return _png(fig)
 
 
-def hit_rate_per_layer(entries: Sequence[dict]) -> bytes | None:
+def hit_rate_per_layer(entries: Sequence[dict], styles: dict) -> bytes | None:
     fig, ax = _figure()
     drawn = False
     for e in entries:
         per = e["result"]["metrics"].get("hit_rate_per_layer") or []
         pts = [(i, h) for i, h in enumerate(per) if h is not None]
         if pts:
-            ax.plot([i for i, _ in pts], [h for _, h in pts], marker="o", ms=4, label=_name(e))
+            ax.plot([i for i, _ in pts], [h for _, h in pts], ms=5, label=_name(e), **styles[_name(e)])
             drawn = True
     if not drawn:
         return None
@@ -103,7 +117,7 @@ def hit_rate_per_layer(entries: Sequence[dict]) -> bytes | None:
     ax.set_ylim(-0.03, 1.03)
     ax.set_title("Expert cache hit rate per layer")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax)
     return _png(fig)
 
 
@@ -125,24 +139,20 @@ def bytes_per_token(entries: Sequence[dict]) -> bytes | None:
     return _png(fig)
 
 
-def _sweep_x(point: dict, key: str, total_experts: int | None) -> float | str:
+def _sweep_x(point: dict, key: str) -> float | str:
     if key == "cache_budget":
-        budgets = [r["budget"]["experts"] for r in point["rows"] if r.get("budget")]
-        # all-resident forces every expert; the point's budget is what the others were given
-        common = min(budgets) if budgets else 0
-        return common / total_experts if total_experts else float(common)
+        b = point.get("budget") or {}
+        return b["fraction"] if b.get("fraction") is not None else str(point["sweep_value"])
     if key == "bandwidth":
         return float(point["sweep_value"])
     return str(point["sweep_value"])
 
 
-def tpot_vs_sweep(doc: dict) -> bytes | None:
+def tpot_vs_sweep(doc: dict, styles: dict) -> bytes | None:
     key = doc.get("sweep")
     if not key or len(doc["points"]) < 2:
         return None
-    model = doc.get("model") or {}
-    total = (model.get("moe_layers") or 0) * (model.get("num_experts") or 0) or None
-    xs = [_sweep_x(p, key, total) for p in doc["points"]]
+    xs = [_sweep_x(p, key) for p in doc["points"]]
     categorical = any(isinstance(x, str) for x in xs)
     pos = list(range(len(xs))) if categorical else xs
     curves: dict[str, list[tuple[float, dict]]] = defaultdict(list)
@@ -150,12 +160,13 @@ def tpot_vs_sweep(doc: dict) -> bytes | None:
         for r in p["rows"]:
             if r["tpot_ms"].get("median") is not None:
                 curves[r["strategy"]].append((x, r["tpot_ms"]))
-    fig, ax = _figure(7.0, 4.0)
+    fig, ax = _figure(8.0, 4.0)
     for name, pts in curves.items():
         ys = [t["median"] for _, t in pts]
         lo = [t["median"] - t["ci95"][0] if t.get("ci95") else 0.0 for _, t in pts]
         hi = [t["ci95"][1] - t["median"] if t.get("ci95") else 0.0 for _, t in pts]
-        ax.errorbar([x for x, _ in pts], ys, yerr=[lo, hi], marker="o", ms=4, capsize=3, label=name)
+        ax.errorbar([x for x, _ in pts], ys, yerr=[lo, hi], ms=5, capsize=3, label=name,
+                    **styles[name])
     label = {"cache_budget": "cache budget (fraction of all experts resident)",
              "bandwidth": "host→device bandwidth, GB/s", "profile": "hardware profile"}[key]
     ax.set_xlabel(label)
@@ -165,23 +176,25 @@ def tpot_vs_sweep(doc: dict) -> bytes | None:
     ax.set_ylabel(f"TPOT, ms (median, 95% CI)\n({clock})")
     ax.set_title(f"TPOT against {key.replace('_', ' ')}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax)
     return _png(fig)
 
 
 def all_plots(doc: dict, entries: Sequence[dict]) -> list[tuple[str, str, bytes]]:
-    """`(file stem, caption, png)` for every plot that has data. Per-strategy plots show the first
-    comparison point (the only one without a sweep)."""
-    first = doc["points"][0]
+    """`(file stem, caption, png)` for every plot that has data. Per-strategy plots show one
+    comparison point: the one where the most strategies ran (the first of those; the only one
+    without a sweep)."""
+    first = max(doc["points"], key=lambda p: len(p["rows"]))
     group = [e for e in entries if e.get("point", "") == first["label"]]
     at = f" ({first['label']})" if first["label"] else ""
     clock = first["clock_label"]
+    styles = styles_for([r["strategy"] for p in doc["points"] for r in p["rows"]])
     made = [
-        ("tpot_vs_sweep", "TPOT against the swept setting, one curve per strategy", tpot_vs_sweep(doc)),
+        ("tpot_vs_sweep", "TPOT against the swept setting, one curve per strategy", tpot_vs_sweep(doc, styles)),
         ("step_latency", f"Decode-step latency per strategy{at}", step_latency(group, clock)),
         ("latency_by_position", f"Median step latency against decode position{at}",
-         latency_by_position(group, clock)),
-        ("hit_rate_per_layer", f"Hit rate per MoE layer{at}", hit_rate_per_layer(group)),
+         latency_by_position(group, clock, styles)),
+        ("hit_rate_per_layer", f"Hit rate per MoE layer{at}", hit_rate_per_layer(group, styles)),
         ("bytes_per_token", f"Host-to-device bytes per decoded token{at}", bytes_per_token(group)),
     ]
     return [(stem, cap, png) for stem, cap, png in made if png is not None]

@@ -52,7 +52,7 @@ def _verdict(ratio: dict, alpha: float) -> str:
         return "faster"
     if p < alpha and ci[0] > 1:
         return "slower"
-    return "no significant difference"
+    return f"not significant ({ratio.get('n_pairs')} pairs)"
 
 
 def _num(x: Any) -> float | None:
