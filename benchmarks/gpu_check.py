@@ -262,9 +262,9 @@ def render(summary: dict, report: dict) -> str:
         return "n/a" if x is None else f"{x:{fmt}}{suffix}"
 
     lines = [f"## GPU check, {summary['created']} - {label}", "",
-             f"GPU: {gpu.get('name', summary['device'])}, driver {gpu.get('driver', '?')}, PCIe gen "
-             f"{gpu.get('pcie_gen', '?')} x{gpu.get('pcie_width', '?')}; model {summary['model']} "
-             f"(random weights); {summary['elapsed_s']} s", "",
+             f"GPU: {gpu.get('name', summary['device'])}, driver {gpu.get('driver', '?')}, PCIe "
+             f"{gpu.get('pcie', '?')}; model {summary['model']} (random weights, "
+             f"{summary['layers']} layers); {summary['elapsed_s']} s", "",
              "| figure | value |", "|---|---|",
              (f"| pinned H2D (fit, 64 KiB-256 MiB) | {v('pinned_h2d_gbps', '.2f', ' GB/s')} |"
               if "pinned_h2d_gbps" in f else

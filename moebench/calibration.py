@@ -282,12 +282,14 @@ def _obtain(prep: Any, key: A.ArtifactKey, build: Any, notes: list[str], what: s
 
 def recorded_trace(prep: Any, strategy: Any, notes: list[str]) -> tuple[Any, A.Artifact]:
     """The routing of this very workload, recorded by a `sync` pass (lossless)."""
+    from moebench import __version__
     from moebench.trace import RoutingTrace
 
     shape = prep.loaded.shape
     key = A.ArtifactKey("routing-trace", prep.loaded.name, prep.loaded.snapshot, prep.workload.name,
                         prep.workload_sha, {"recorder": "sync", "device": prep.device.type,
-                                            "dtype": shape.dtype}, strategy.version)
+                                            "dtype": shape.dtype, "moebench": __version__},
+                        strategy.version)
 
     def build() -> A.Artifact:
         from moebench.runner import run_strategy

@@ -38,6 +38,10 @@ def gpu_info() -> dict[str, Any]:
         info["pcie_gen"] = pynvml.nvmlDeviceGetCurrPcieLinkGeneration(h)
         info["pcie_width"] = pynvml.nvmlDeviceGetCurrPcieLinkWidth(h)
         info["pcie_gen_max"] = pynvml.nvmlDeviceGetMaxPcieLinkGeneration(h)
+        info["pcie_width_max"] = pynvml.nvmlDeviceGetMaxPcieLinkWidth(h)
+        # an idle GPU may train its link down to gen 1: the max is what copies will see
+        info["pcie"] = (f"gen {info['pcie_gen']} x{info['pcie_width']} (max gen "
+                        f"{info['pcie_gen_max']} x{info['pcie_width_max']})")
         info["sm_clock_mhz"] = pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM)
         info["mem_clock_mhz"] = pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM)
         pynvml.nvmlShutdown()

@@ -18,7 +18,8 @@ Legend: N calibration tokens, H hidden, E experts per layer, k experts per token
   true logits of layer `i+1`; executed through the router's own forward, so the architecture's
   softmax / top-k / renormalisation rule is kept exactly.
 
-`ranking_loss` is ranking-aware: a listwise term (cross-entropy of the predicted scores against
+Training (`fit`) is Adam, early-stopped on a seeded validation split of the training tokens;
+the held-out split reported by `calibrate` is never seen. `ranking_loss` is ranking-aware: a listwise term (cross-entropy of the predicted scores against
 the true router's softmax, i.e. ListNet top-1 / KL up to a constant) plus a top-k margin term
 (the weakest selected expert must beat the strongest unselected one by `margin`).
 """

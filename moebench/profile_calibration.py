@@ -298,10 +298,11 @@ def calibrate(prep: Any, *, name: str | None = None, progress: Any = None) -> di
     launch = measure_launch_us(dev)
     mem = measure_mem_bandwidth_gbps(dev)
     tflops = measure_peak_tflops(dev)
-    say("experts, router and LM head kernels")
-    parts = measure_model_parts(loaded, dev)
+    # The decode first: it also puts an eagerly loaded model's non-expert weights on the device.
     say("a short sync decode under the CUDA clock")
     decode = measure_decode_compute(prep, "sync")
+    say("experts, router and LM head kernels")
+    parts = measure_model_parts(loaded, dev)
     shape = loaded.shape
     attn = attention_residual_us(decode["compute_ms"], parts, moe_layers=shape.moe_layers,
                                  top_k=shape.top_k, dense_layers=shape.num_layers - shape.moe_layers)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -298,6 +298,7 @@ class ReplayRun:
     result: dict | None
     samples: list[dict] = field(default_factory=list)
     skipped: str | None = None     # why this point did not run (budget too small)
+    dir: str | None = None         # its result folder, once written
 
 
 def _shim_prep(trace: Any, shape: Any, profile: Any, budget: str, seed: int) -> Any:
@@ -400,39 +401,3 @@ def _notes(trace: Any, no_ttft: bool) -> list[str]:
     if no_ttft:
         notes.append("the trace has no prefill rows: ttft_ms is not reported")
     return notes
-
-
-# ----------------------------------------------------------------------------------------------
-# sweeps
-# ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SweepPoint:
-    budget: str
-    profile: Any
-
-
-def sweep_points(budgets: Sequence[str], profiles: Sequence[Any],
-                 bandwidths: Sequence[float] = ()) -> list[SweepPoint]:
-    """Every (budget, profile) pair; each bandwidth makes a profile variant on another link."""
-    profs = [p.with_bandwidth(b) for p in profiles for b in bandwidths] if bandwidths else list(profiles)
-    return [SweepPoint(b, p) for p in profs for b in budgets]
-
-
-def replay_sweep(trace: Any, policies: Sequence[str], points: Sequence[SweepPoint], *, shape: Any,
-                 warmup_steps: int | None = None, seed: int = 0,
-                 progress: Callable[[int], None] | None = None) -> list[ReplayRun]:
-    """Every policy at every sweep point. A budget too small for a policy is skipped (and said);
-    when nothing can run, that is an error."""
-    runs = []
-    for pt in points:
-        for name in policies:
-            try:
-                runs.append(replay_one(trace, name, shape=shape, profile=pt.profile, budget=pt.budget,
-                                       warmup_steps=warmup_steps, seed=seed, progress=progress))
-            except UserError as exc:
-                if "cache budget" not in str(exc):
-                    raise
-                runs.append(ReplayRun(name, pt.budget, pt.profile.name, None, skipped=str(exc)))
-    if runs and all(r.result is None for r in runs):
-        raise UserError(runs[0].skipped)
-    return runs

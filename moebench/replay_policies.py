@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from moebench.engine.policies import LFUPolicy, LRUPolicy
+from moebench.engine.policies import LFUPolicy
 from moebench.errors import UserError
 from moebench.strategy import ExpertKey, LayerEvent, Prefetch, Strategy, StrategyContext
 

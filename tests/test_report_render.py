@@ -131,3 +131,21 @@ def test_report_renders_in_headless_chromium_with_its_plots_visible(page: Path, 
         assert crop.std() > 10 and colourful.mean() > 0.0005, (left, top, w, h)
         visible += 1
     assert visible >= 2
+
+
+def test_a_measured_report_says_so_and_clocks_never_mix():
+    from moebench.errors import MismatchError
+    from moebench.report.html_page import render_html
+    from moebench.report.markdown import render_markdown
+
+    a, b = _entry("sync", "", 0.25, 1.1, 0.0, 1), _entry("lru", "", 0.25, 0.9, 0.6, 2)
+    for e in (a, b):
+        e["result"]["clock"] = {"kind": "cuda-events", "profile": None, "label": "cuda-events"}
+    doc = build_report([a, b], baseline="sync")
+    assert doc["clock"]["measured"] and doc["clock"]["label"] == "cuda-events"
+    md, html = render_markdown(doc), render_html(doc)
+    assert "cuda-events" in md and "SIMULATED" not in md and "SIMULATED" not in html
+    assert not any("simulated clock" in n for n in doc["notes"])
+    c = _entry("oracle", "", 0.25, 0.8, 0.8, 3)                  # still simulated
+    with pytest.raises(MismatchError, match="never mixes clocks"):
+        build_report([a, b, c], baseline="sync")

@@ -225,8 +225,15 @@ def baseline_update(
                          C.choose_baseline(names, None), params={k: v for k, v in params.items() if v},
                          plots=False, skipped=skipped)
     dir_ = Path(dir_)
-    with _reproducible():
-        new = _run_plan(plan, dir_.parent, f".{dir_.name}.new-{os.getpid()}", quiet=False)
+    staging = dir_.parent / f".{dir_.name}.new-{os.getpid()}"
+    try:
+        with _reproducible():
+            new = _run_plan(plan, dir_.parent, staging.name, quiet=False)
+    except BaseException as exc:     # a baseline is complete or not written at all
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, KeyboardInterrupt):
+            raise KeyboardInterrupt() from None      # nothing kept: the old baseline stands
+        raise
     old = dir_.parent / f".{dir_.name}.old-{os.getpid()}"
     if dir_.exists():
         dir_.rename(old)

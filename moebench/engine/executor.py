@@ -146,6 +146,13 @@ class OffloadEngine:
         for v in views:
             for n in self.adapter.expert_param_names:
                 setattr(v.experts, n, torch.nn.Parameter(torch.empty(0), requires_grad=False))
+        try:
+            return self._attach_rest(model, views)
+        except BaseException:
+            self._restore()   # a failing strategy setup must not leave the model gutted
+            raise
+
+    def _attach_rest(self, model: Any, views: list) -> OffloadEngine:
         model.to(self.device)
         make_pools = getattr(self.store, "make_pools", None)   # packed stores unpack on the device
         self.pools = (make_pools(self.n_slots, self.device) if make_pools is not None
@@ -402,13 +409,18 @@ class OffloadEngine:
         sync = getattr(self.timeline, "synchronize", None)
         if sync is not None:
             sync()   # copies still in flight write into the pools: let them land before release
+        self._restore()
+
+    def _restore(self) -> None:
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
         for v, params in zip(self.adapter.moe, self._originals):
             for n, p in params.items():
                 setattr(v.experts, n, p)
-            del v.experts._moebench
-        if self._prev_impl:
-            self.model.set_experts_implementation(self._prev_impl)
+            if hasattr(v.experts, "_moebench"):
+                del v.experts._moebench
+        prev = getattr(self, "_prev_impl", None)
+        if prev:
+            self.model.set_experts_implementation(prev)
         self._attached = False

@@ -33,7 +33,6 @@ How, and why this way:
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,8 +40,6 @@ from pathlib import Path
 from typing import Any
 
 from moebench.errors import UserError
-
-log = logging.getLogger("moebench")
 
 # checkpoint-name fragment -> model-name fragment (older layouts transformers renames on load)
 RENAMES = ((".block_sparse_moe.", ".mlp."),)
@@ -102,14 +99,6 @@ def build_skeleton(cfg: dict, dtype: Any) -> Any:
 
 def module_names(model: Any) -> dict[int, str]:
     return {id(m): n for n, m in model.named_modules()}
-
-
-def set_param(model: Any, name: str, value: Any) -> None:
-    import torch
-
-    owner, _, leaf = name.rpartition(".")
-    mod = model.get_submodule(owner) if owner else model
-    mod._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -149,14 +149,12 @@ def compare_existing(paths: Sequence[str | Path], out: Path, *, name: str | None
     """A report over result folders written earlier (they stay where they are)."""
     import os
 
+    from moebench.compare import choose_baseline
     from moebench.report import build_report, write_report
 
     loaded = load_results(paths)
     check_comparable(loaded)
-    names = [ld["result"]["strategy"]["name"] for ld in loaded]
-    base = choose_baseline(names, baseline)
-    from moebench.compare import choose_baseline
-
+    base = choose_baseline([ld["result"]["strategy"]["name"] for ld in loaded], baseline)
     d = new_report_dir(out, name, loaded[0]["result"]["model"]["name"])
     entries = [{"dir": Path(os.path.relpath(Path(ld["dir"]).resolve(), d.resolve())).as_posix(),
                 "point": "", "sweep_value": None, "result": ld["result"], "samples": ld["samples"]}

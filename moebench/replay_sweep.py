@@ -1,0 +1,258 @@
+"""What-if sweeps over a trace: every policy at every budget and profile, then the report.
+
+    spec = ReplaySpec(trace="results/<run>", policies=("lru", "belady"), budgets=("0.1", "0.5"))
+    out = run_replay(spec)                 # pure: results, summary rows, consistency figures
+    files = write_replay(out, Path("reports/replay"))   # result folders + report.md + PNGs
+
+Defaults come from the recording when the trace sits in a result folder (model, budget,
+profile, warm-up); otherwise `model` is required. The bounds (`belady` for the hit rate,
+`oracle` for TPOT) are added unless `bounds=False`.
+
+`hit_rate_only=True` skips the clock: `lru`, `lru-global` and `belady` go through the fast
+paths of `moebench.replay_fast` (exact, much faster), the other policies through the general
+replay; no result folders are written then (a result needs a TPOT), only the report.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from moebench.errors import UserError
+
+DEFAULT_POLICIES = ("sync", "lru", "lru-global", "lfu", "pin", "belady", "oracle")
+
+
+@dataclass(frozen=True)
+class ReplaySpec:
+    trace: str
+    policies: tuple[str, ...] = ()         # () = the defaults plus every recorded predictor
+    budgets: tuple[str, ...] = ()          # () = the recording's budget, else 0.25
+    profiles: tuple[str, ...] = ()         # () = the recording's profile, else a6000-pcie4
+    bandwidths: tuple[float, ...] = ()     # GB/s: each profile on these links instead
+    model: str | None = None
+    warmup_steps: int | None = None
+    seed: int = 0
+    hit_rate_only: bool = False
+    consistency: bool = True
+    bounds: bool = True
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    budget: str
+    profile: Any
+
+
+@dataclass
+class ReplayOutcome:
+    spec: ReplaySpec
+    trace: Any
+    shape: Any
+    runs: list = field(default_factory=list)
+    rows: list = field(default_factory=list)
+    consistency: dict | None = None
+    context: dict = field(default_factory=dict)
+
+
+def sweep_points(budgets: Sequence[str], profiles: Sequence[Any],
+                 bandwidths: Sequence[float] = ()) -> list[SweepPoint]:
+    """Every (budget, profile) pair; each bandwidth makes a profile variant on another link."""
+    profs = [p.with_bandwidth(b) for p in profiles for b in bandwidths] if bandwidths else list(profiles)
+    return [SweepPoint(b, p) for p in profs for b in budgets]
+
+
+def replay_sweep(trace: Any, policies: Sequence[str], points: Sequence[SweepPoint], *, shape: Any,
+                 warmup_steps: int | None = None, seed: int = 0,
+                 progress: Callable[[int], None] | None = None) -> list:
+    """Every policy at every point. A budget too small for a policy is skipped (and said); when
+    nothing can run, that is an error."""
+    from moebench.replay import ReplayRun, replay_one
+
+    runs = []
+    for pt in points:
+        for name in policies:
+            try:
+                runs.append(replay_one(trace, name, shape=shape, profile=pt.profile, budget=pt.budget,
+                                       warmup_steps=warmup_steps, seed=seed, progress=progress))
+            except UserError as exc:
+                if "cache budget" not in str(exc):
+                    raise
+                runs.append(ReplayRun(name, pt.budget, pt.profile.name, None, skipped=str(exc)))
+    if runs and all(r.result is None for r in runs):
+        raise UserError(runs[0].skipped)
+    return runs
+
+
+def _resolve(spec: ReplaySpec, trace: Any) -> tuple[str, list[str], list[str], list[str]]:
+    from moebench.replay_policies import policy_names
+
+    rec = trace.recorded
+    model = spec.model or (rec.model if rec else None)
+    if not model:
+        raise UserError("this trace does not say which model it came from; pass --model "
+                        "(a preset such as qwen3-30b-a3b, or a checkpoint folder).")
+    policies = list(spec.policies) or list(DEFAULT_POLICIES) + [p for p in policy_names(trace)
+                                                                 if p.startswith("pred:")]
+    if spec.bounds:
+        for b in (("belady",) if spec.hit_rate_only else ("belady", "oracle")):
+            if b not in policies:
+                policies.append(b)
+    budgets = list(spec.budgets) or [rec.budget if rec and rec.budget else "0.25"]
+    profiles = list(spec.profiles) or [rec.profile if rec and rec.profile else "a6000-pcie4"]
+    return model, policies, budgets, profiles
+
+
+def run_replay(spec: ReplaySpec, progress: Callable[[int], None] | None = None) -> ReplayOutcome:
+    from moebench.models.loading import model_shape
+    from moebench.profile import load_profile
+    from moebench.replay import build_schedule, check_trace_fits
+    from moebench.replay_policies import build_policy
+    from moebench.replay_trace import load_replay_trace
+    from moebench.replay_report import summary_rows
+
+    trace = load_replay_trace(spec.trace)
+    model, policies, budgets, profiles = _resolve(spec, trace)
+    shape = model_shape(model)
+    check_trace_fits(trace, shape)
+    for p in policies:               # every name checked before any work
+        build_policy(p, trace)
+    points = sweep_points(budgets, [load_profile(p) for p in profiles], spec.bandwidths)
+    rec = trace.recorded
+    warm = spec.warmup_steps if spec.warmup_steps is not None else \
+        (rec.warmup_steps if rec and rec.warmup_steps is not None else 0)
+    out = ReplayOutcome(spec, trace, shape)
+    t0 = time.perf_counter()
+    if spec.hit_rate_only:
+        out.runs = _hit_rate_only(trace, policies, points, shape, warm, spec.seed, progress)
+    else:
+        out.runs = replay_sweep(trace, policies, points, shape=shape, warmup_steps=warm,
+                                seed=spec.seed, progress=progress)
+    elapsed = time.perf_counter() - t0
+    out.rows = summary_rows(out.runs, shape.total_experts)
+    if spec.consistency:
+        from moebench.consistency import routing_consistency
+        out.consistency = routing_consistency(trace, shape.num_experts)
+    notes = sorted({n for r in out.runs if r.result for n in r.result.get("notes", [])})
+    schedule = build_schedule(trace, warm)
+    out.context = {
+        "trace": trace.source, "sha256": trace.sha256, "steps": trace.n_steps,
+        "requests": len(set(trace.request.tolist())), "model": shape.name,
+        "shape": f"{shape.moe_layers} MoE layers x {shape.num_experts} experts, top-{shape.top_k}, "
+                 f"{shape.expert_bytes:,} bytes per expert",
+        "warmup_steps": warm, "policies": policies, "budgets": budgets,
+        "profiles": [p.profile.name for p in points[::len(budgets)]],
+        "hit_rate_only": spec.hit_rate_only, "notes": notes + list(schedule.notes),
+        "recorded_strategy": (rec.strategy or {}).get("name") if rec else None,
+        "replay_seconds": elapsed}
+    return out
+
+
+def _hit_rate_only(trace: Any, policies: Sequence[str], points: Sequence[SweepPoint], shape: Any,
+                   warm: int, seed: int, progress: Callable[[int], None] | None) -> list:
+    """Hit rates without the clock: fast paths where they exist, the general replay otherwise
+    (prefetching policies then run at the first profile, whose timing decides lateness)."""
+    from moebench.replay import ReplayRun, _shim_prep, build_schedule, replay_one
+    from moebench.replay_fast import FAST, fast_hit_rates, group_sequence
+    from moebench.replay_policies import build_policy
+    from moebench.runner import slots_for
+
+    schedule = build_schedule(trace, warm)
+    seq = group_sequence(trace, schedule, shape.num_experts)
+    first_profile = points[0].profile
+    runs = []
+    for budget in dict.fromkeys(p.budget for p in points):
+        for name in policies:
+            try:
+                if name in FAST:
+                    prep = _shim_prep(trace, shape, first_profile, budget, seed)
+                    n_slots = slots_for(prep, build_policy(name, trace))
+                    hr = fast_hit_rates(seq, name, n_slots)
+                    result = _hit_result(name, budget, n_slots, shape, hr, first_profile)
+                    runs.append(ReplayRun(name, budget, "hit-rate-only", result))
+                else:
+                    r = replay_one(trace, name, shape=shape, profile=first_profile, budget=budget,
+                                   warmup_steps=warm, seed=seed, progress=progress)
+                    r.profile = "hit-rate-only"
+                    r.result["metrics"]["tpot_ms"] = None
+                    runs.append(r)
+            except UserError as exc:
+                if "cache budget" not in str(exc):
+                    raise
+                runs.append(ReplayRun(name, budget, "hit-rate-only", None, skipped=str(exc)))
+    return runs
+
+
+def _hit_result(name: str, budget: str, n_slots: int, shape: Any, hr: dict, profile: Any) -> dict:
+    """The parts of a result the summary reads, for a fast (clock-less) hit-rate replay."""
+    from moebench.stats import wilson_ci
+
+    per_layer = [h / a if a else None for h, a in zip(hr["layer_hits"], hr["layer_acts"])]
+    ci = wilson_ci(hr["hits"], hr["activations"]) if hr["activations"] else None
+    return {"budget": {"spec": budget, "experts": n_slots, "bytes": n_slots * shape.expert_bytes},
+            "clock": {"label": "none (hit rate only)"},
+            "metrics": {"hit_rate": hr["hit_rate"], "hit_rate_ci95": list(ci) if ci else None,
+                        "hit_rate_per_layer": per_layer, "hits": hr["hits"],
+                        "activations": hr["activations"], "tpot_ms": None},
+            "notes": []}
+
+
+def write_replay(out: ReplayOutcome, folder: Path) -> dict[str, Path]:
+    """Result folders (full mode) and the report into `folder` (refuses one that holds a report)."""
+    from moebench.environment import environment
+    from moebench.replay_report import summary_rows, write_replay_report
+    from moebench.results import new_run_dir, write_json, write_jsonl
+
+    folder = Path(folder)
+    if (folder / "report.md").exists():
+        raise UserError(f"{folder} already holds a replay report; pass a new --out folder.")
+    folder.mkdir(parents=True, exist_ok=True)
+    if not out.spec.hit_rate_only:
+        env = environment()
+        for r in out.runs:
+            if r.result is None:
+                continue
+            d = new_run_dir(folder, f"{r.policy}-{r.budget}-{r.profile}", out.shape.name)
+            write_json(d / "config.json", {"replay": {
+                "trace": out.trace.source, "routing_sha256": out.trace.sha256, "policy": r.policy,
+                "model": out.shape.name, "cache_budget": r.budget, "profile": r.profile,
+                "warmup_steps": out.context.get("warmup_steps"), "seed": out.spec.seed},
+                "budget_resolved": r.result["budget"]})
+            write_json(d / "environment.json", env)
+            write_jsonl(d / "samples.jsonl", r.samples)
+            write_json(d / "result.json", r.result)
+            r.dir = str(d)
+        out.rows = summary_rows(out.runs, out.shape.total_experts)
+    files = write_replay_report(folder, out.rows, out.context, out.consistency)
+    if not out.spec.hit_rate_only:
+        files.update(_compare_report(folder, out))
+    return files
+
+
+def _compare_report(folder: Path, out: ReplayOutcome) -> dict[str, Path]:
+    """The same results as a `moebench compare` report (report.json / .md / .html, plots) in
+    `folder/compare`, through `moebench.report`; policy names label the rows (`lru-global`)."""
+    try:
+        from moebench.report import build_report, write_report
+    except ImportError:
+        return {}
+    done = [r for r in out.runs if r.result is not None]
+    budgets = list(dict.fromkeys(r.budget for r in done))
+    profiles = list(dict.fromkeys(r.profile for r in done))
+    sweep = "cache_budget" if len(profiles) == 1 else ("profile" if len(budgets) == 1 else None)
+    entries = []
+    for r in done:
+        label = {"cache_budget": f"cache_budget={r.budget}", "profile": f"profile={r.profile}"}.get(
+            sweep, f"cache_budget={r.budget}, profile={r.profile}")
+        result = dict(r.result, strategy=dict(r.result["strategy"], name=r.policy))
+        entries.append({"dir": Path("..", Path(r.dir).name).as_posix(), "point": label,
+                        "sweep_value": r.budget if sweep == "cache_budget" else r.profile,
+                        "result": result, "samples": r.samples})
+    if not entries:
+        return {}
+    baseline = "sync" if any(r.policy == "sync" for r in done) else None
+    doc = build_report(entries, baseline=baseline, sweep=sweep, seed=out.spec.seed,
+                       notes=["trace replay: no model was run (source: replay)"])
+    return {f"compare:{k}": v for k, v in write_report(folder / "compare", doc, entries).items()}
