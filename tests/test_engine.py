@@ -14,7 +14,7 @@ from moebench.models.loading import load_model
 from tests.helpers import generate_greedy, reference_decode
 
 SMALL = {"limit": 2, "max_new_tokens": 5, "warmup_steps": 1}
-MODELS = ["tiny-qwen3-moe", "tiny-gpt-oss"]
+MODELS = ["tiny-qwen3-moe", "tiny-gpt-oss", "tiny-qwen3-trained"]
 
 
 @pytest.fixture(scope="module", params=MODELS)
