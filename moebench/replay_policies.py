@@ -72,13 +72,72 @@ class ReplayOnly(Strategy):
     view: ReplayView
 
 
+class LazyHeap:
+    """Candidates ordered by a priority that changes on access, without scanning them all:
+    every change pushes an entry; `best(ok, live)` returns the smallest current entry (`live`
+    key whose `prio(key)` still equals it) that `ok` accepts, leaving the heap as it was except
+    for stale entries. `sign=-1` makes it a max-heap. Stale entries are swept when they pile up."""
+
+    def __init__(self, prio: Any, sign: int = 1):
+        self.prio, self.sign = prio, sign
+        self.heap: list = []
+
+    def _entry(self, key: ExpertKey, p: Any) -> tuple:
+        return (p, key) if self.sign > 0 else (tuple(-x for x in p), (-key[0], -key[1]))
+
+    def _decode(self, entry: tuple) -> tuple[Any, ExpertKey]:
+        p, k = entry
+        return (p, k) if self.sign > 0 else (tuple(-x for x in p), (-k[0], -k[1]))
+
+    def push(self, key: ExpertKey) -> None:
+        heapq.heappush(self.heap, self._entry(key, self.prio(key)))
+
+    def best(self, ok: Any, live: Any) -> ExpertKey | None:
+        held, found = [], None
+        while self.heap:
+            p, key = self._decode(self.heap[0])
+            if not live(key) or self.prio(key) != p:
+                heapq.heappop(self.heap)          # stale
+                continue
+            if ok(key):
+                found = key
+                break
+            held.append(heapq.heappop(self.heap))
+        for e in held:
+            heapq.heappush(self.heap, e)
+        return found
+
+    def sweep(self, keys: Any) -> None:
+        if len(self.heap) > 8 * len(keys) + 1024:
+            self.heap = [self._entry(k, self.prio(k)) for k in keys]
+            heapq.heapify(self.heap)
+
+
 class LFUReplay(Strategy):
+    """`LFUPolicy`'s choice -- least (count, last use, key) -- through a lazy heap, so an
+    eviction does not scan every resident expert."""
+
     name: ClassVar[str] = "lfu"
     source: ClassVar[str] = "least frequently used (frequency caching, KTransformers / Fiddler style)"
 
     def setup(self, ctx: StrategyContext) -> None:
         self.policy = LFUPolicy()
         super().setup(ctx)
+        pol = self.policy
+        self.order = LazyHeap(lambda k: (pol.count.get(k, 0), pol.last.get(k, 0)))
+
+    def on_access(self, key: ExpertKey, hit: bool) -> None:
+        self.policy.on_access(key)
+        self.order.push(key)
+
+    def on_insert(self, key: ExpertKey) -> None:
+        self.policy.on_insert(key)
+        self.order.push(key)
+        self.order.sweep(self.policy.last.keys())
+
+    def victim(self, layer: int, candidates: list[ExpertKey]) -> ExpertKey:
+        found = self.order.best(lambda k: k in candidates, self.ctx.is_resident)
+        return found if found is not None else self.policy.victim(layer, candidates)
 
 
 class PinReplay(ReplayOnly):
@@ -108,7 +167,8 @@ class PinReplay(ReplayOnly):
 class BeladyReplay(ReplayOnly):
     """MIN with demand fetches. `nu[key]` is the next use after the key's last access (or, for a
     prefetched key not yet used, from its insertion): a resident key is not accessed in between,
-    so that is its next use at eviction time. Ties: the larger key."""
+    so that is its next use at eviction time. Victim: the largest (next use, key), found through
+    a lazy max-heap instead of a scan of every resident."""
 
     name: ClassVar[str] = "belady"
     source: ClassVar[str] = "Belady's MIN (1966): evict the expert used furthest in the future"
@@ -116,19 +176,28 @@ class BeladyReplay(ReplayOnly):
     def setup(self, ctx: StrategyContext) -> None:
         self.ctx = ctx
         self.nu: dict[ExpertKey, float] = {}
+        self.order = LazyHeap(lambda k: (self.nu.get(k, -1.0),), sign=-1)
+
+    def _set(self, key: ExpertKey, g: int) -> None:
+        self.nu[key] = self.view.future.next_use(key, g)
+        self.order.push(key)
 
     def on_access(self, key: ExpertKey, hit: bool) -> None:
-        self.nu[key] = self.view.future.next_use(key, self.view.g + 1)
+        self._set(key, self.view.g + 1)
 
     def on_insert(self, key: ExpertKey) -> None:
-        self.nu[key] = self.view.future.next_use(key, self.view.g)
+        self._set(key, self.view.g)
+        self.order.sweep(self.nu.keys())
 
     def on_evict(self, key: ExpertKey) -> None:
         self.nu.pop(key, None)
 
     def victim(self, layer: int, candidates: list[ExpertKey]) -> ExpertKey:
-        nu = self.nu
-        return max(candidates, key=lambda k: (nu.get(k, NEVER), k))
+        found = self.order.best(lambda k: k in candidates, lambda k: k in self.nu)
+        if found is None:                        # cannot happen: every resident has an entry
+            nu = self.nu
+            found = max(candidates, key=lambda k: (nu.get(k, NEVER), k))
+        return found
 
 
 @dataclass(frozen=True)
@@ -158,17 +227,17 @@ class OracleReplay(BeladyReplay):
         if not wanted:
             return ()
         free = len(cache.free)
-        heap = [(-self.nu.get(k, NEVER), -k[0], -k[1]) for k in cache.slot_of]
-        heapq.heapify(heap)
         out: list[Prefetch] = []
+        taken: set[ExpertKey] = set()           # residents this plan would evict, best first
         for g, key in wanted:
             if free > 0:
                 free -= 1
             else:
                 # Feasible only if the victim Belady would pick is needed after `key`.
-                if not heap or -heap[0][0] <= g:
+                top = self.order.best(lambda k: k not in taken, lambda k: k in self.nu)
+                if top is None or self.nu[top] <= g:
                     break
-                heapq.heappop(heap)
+                taken.add(top)
             out.append(Prefetch(key[0], (key[1],), source="oracle"))
         return out
 
