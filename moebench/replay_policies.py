@@ -107,6 +107,17 @@ class LazyHeap:
             heapq.heappush(self.heap, e)
         return found
 
+    @staticmethod
+    def member_of(candidates: list) -> Any:
+        """`k in candidates`, building the set once, and only if asked."""
+        box: list = []
+
+        def ok(k: ExpertKey) -> bool:
+            if not box:
+                box.append(set(candidates))
+            return k in box[0]
+        return ok
+
     def sweep(self, keys: Any) -> None:
         if len(self.heap) > 8 * len(keys) + 1024:
             self.heap = [self._entry(k, self.prio(k)) for k in keys]
@@ -136,11 +147,14 @@ class LFUReplay(Strategy):
         self.order.sweep(self.policy.last.keys())
 
     def victim(self, layer: int, candidates: list[ExpertKey]) -> ExpertKey:
-        found = self.order.best(lambda k: k in candidates, self.ctx.is_resident)
+        found = self.order.best(LazyHeap.member_of(candidates), lambda k: self.ctx.is_resident(*k))
         return found if found is not None else self.policy.victim(layer, candidates)
 
 
 class PinReplay(ReplayOnly):
+    """Pinned experts never enter the LRU order, so a victim is found among the few scratch
+    experts without looking at the pinned ones."""
+
     name: ClassVar[str] = "pin"
     source: ClassVar[str] = "static hot-expert pinning from the trace's counts (KTransformers / Fiddler style)"
 
@@ -159,9 +173,24 @@ class PinReplay(ReplayOnly):
         self.pinned = set(pins)
         return pins
 
+    def on_access(self, key: ExpertKey, hit: bool) -> None:
+        if key not in self.pinned:
+            self.policy.on_access(key)
+
+    def on_insert(self, key: ExpertKey) -> None:
+        if key not in self.pinned:
+            self.policy.on_insert(key)
+
+    def on_evict(self, key: ExpertKey) -> None:
+        if key not in self.pinned:
+            self.policy.on_evict(key)
+
     def victim(self, layer: int, candidates: list[ExpertKey]) -> ExpertKey:
-        free = [c for c in candidates if c not in self.pinned]
-        return self.policy.victim(layer, free or candidates)
+        ok = LazyHeap.member_of(candidates)
+        for k in self.policy.order:              # least recently used scratch expert first
+            if ok(k):
+                return k
+        return candidates[0]                     # only pinned experts left (scratch < top-k)
 
 
 class BeladyReplay(ReplayOnly):
@@ -193,7 +222,7 @@ class BeladyReplay(ReplayOnly):
         self.nu.pop(key, None)
 
     def victim(self, layer: int, candidates: list[ExpertKey]) -> ExpertKey:
-        found = self.order.best(lambda k: k in candidates, lambda k: k in self.nu)
+        found = self.order.best(LazyHeap.member_of(candidates), lambda k: k in self.nu)
         if found is None:                        # cannot happen: every resident has an entry
             nu = self.nu
             found = max(candidates, key=lambda k: (nu.get(k, NEVER), k))

@@ -114,6 +114,7 @@ class OffloadEngine:
         self.trace_source = trace_source
         self.sim = timeline.kind == "simulated"
         self.trace: list[LayerTrace] = []
+        self._costs: dict = {}
         self._hooks: list[Any] = []
         self._attached = False
         self._step: StepStats | None = None
@@ -207,7 +208,7 @@ class OffloadEngine:
 
     def end_step(self) -> StepStats:
         if self.sim:
-            self.timeline.compute(costs.lm_head_seconds(self.shape, self.profile))
+            self.timeline.compute(self._cost(costs.lm_head_seconds))
         clock = self.timeline.step_end()
         st = self._step
         st.latency_s, st.stall_s = clock.latency_s, clock.stall_s
@@ -220,6 +221,14 @@ class OffloadEngine:
     # ------------------------------------------------------------------------------------------
     # hooks
     # ------------------------------------------------------------------------------------------
+    def _cost(self, fn: Any, *args: Any) -> float:
+        """A simulated cost, memoised: the cost functions are pure in (shape, profile, args)."""
+        key = (fn, args)
+        v = self._costs.get(key)
+        if v is None:
+            v = self._costs[key] = fn(self.shape, self.profile, *args)
+        return v
+
     def _event(self, moe_index: int) -> LayerEvent:
         st = self._step
         return LayerEvent(step=self.step_index, layer=moe_index, phase=st.phase if st else "decode",
@@ -234,8 +243,7 @@ class OffloadEngine:
             self._charge_prediction(ev, req)
             self._issue_prefetch(req, set())
             if self.sim:
-                self.timeline.compute(costs.attention_seconds(self.shape, self.profile,
-                                                              self._n_tokens, self.context))
+                self.timeline.compute(self._cost(costs.attention_seconds, self._n_tokens, self.context))
         return hook
 
     def _make_norm2_hook(self, moe_index: int) -> Any:
@@ -245,9 +253,9 @@ class OffloadEngine:
 
     def _dense_layer_hook(self, module: Any, args: Any) -> None:
         if self._step is not None and self.sim:
-            self.timeline.compute(costs.attention_seconds(self.shape, self.profile, self._n_tokens,
+            self.timeline.compute(self._cost(costs.attention_seconds, self._n_tokens,
                                                           self.context)
-                                  + costs.dense_mlp_seconds(self.shape, self.profile, self._n_tokens))
+                                  + self._cost(costs.dense_mlp_seconds, self._n_tokens))
 
     def _issue_prefetch(self, requests: Any, locked: set) -> None:
         if not requests:
@@ -275,7 +283,7 @@ class OffloadEngine:
         per_layer = getattr(self.strategy, "uses_router", None)
         uses_router = per_layer(ev) if per_layer is not None else self.strategy.uses_true_router
         if self.sim and uses_router:
-            self.timeline.compute(costs.router_seconds(self.shape, self.profile, ev.n_tokens))
+            self.timeline.compute(self._cost(costs.router_seconds, ev.n_tokens))
         chosen = self.strategy.choose(ev, true, s, u)
         experts = chosen.experts()
         prefetches = self.strategy.after_routing(ev, chosen, s, u)
@@ -303,13 +311,16 @@ class OffloadEngine:
         # narrowed (a view, no copy) to the slot range this call touches: grouped kernels cost
         # grows with the number of groups, and an all-resident layer is then exactly E wide.
         lo, hi = min(out.slots.values()), max(out.slots.values())
-        lut = torch.full((self.shape.num_experts,), -1, dtype=top_k_index.dtype)
-        for e, slot in out.slots.items():
-            lut[e] = slot - lo
         dev = chosen.ids.device
         if dev.type == "cuda":   # a pageable H2D copy would block the host on the queued waits
-            lut = lut.pin_memory().to(dev, non_blocking=True)
-        slot_index = lut.to(dev)[chosen.ids]                           # [T, k]
+            lut = torch.full((self.shape.num_experts,), -1, dtype=top_k_index.dtype)
+            for e, slot in out.slots.items():
+                lut[e] = slot - lo
+            slot_index = lut.pin_memory().to(dev, non_blocking=True)[chosen.ids]   # [T, k]
+        else:                    # host tensors: build the slot ids directly (cheaper per layer)
+            sl = out.slots
+            slot_index = torch.tensor([[sl[e] - lo for e in row] for row in chosen.ids.tolist()],
+                                      dtype=chosen.ids.dtype)                     # [T, k]
         view = getattr(self.pools, "compute_view", None)               # packed experts: unpack
         if view is not None:
             pools, slot_index = view(slot_index, sorted(s_ - lo for s_ in set(out.slots.values())),
@@ -322,8 +333,7 @@ class OffloadEngine:
         y = self._impl(proxy, u, slot_index, chosen.weights)
         if self.sim:
             tokens_per_expert = max(1, (ev.n_tokens * self.shape.top_k) // max(1, len(experts)))
-            self.timeline.compute(len(experts) * costs.expert_seconds(self.shape, self.profile,
-                                                                      tokens_per_expert))
+            self.timeline.compute(len(experts) * self._cost(costs.expert_seconds, tokens_per_expert))
         if not self.strategy.keeps_experts:
             # Drop everything of this layer, prefetched-but-unused experts included: nothing may
             # survive to serve a later token (that would be a cross-token cache).
