@@ -108,6 +108,7 @@ class Strategy:
     keeps_experts: ClassVar[bool] = True    # False: a layer's experts are dropped after use
     uses_true_router: ClassVar[bool] = True  # False: the router is instrumentation only
     needs: ClassVar[tuple[str, ...]] = ()    # e.g. ("trace",), ("default-vectors",)
+    needs_residual: ClassVar[bool] = True    # False: `s` is not captured (one hook fewer per layer)
     source: ClassVar[str] = ""               # published source, shown by `moebench strategies`
     Params: ClassVar[type] = NoParams
 

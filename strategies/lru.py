@@ -24,6 +24,7 @@ class LRUStrategy(Strategy):
     name: ClassVar[str] = "lru"
     version: ClassVar[int] = 1
     lossless: ClassVar[bool] = True
+    needs_residual: ClassVar[bool] = False
     source: ClassVar[str] = "mixtral-offloading LRU expert cache (arXiv 2312.17238)"
     Params: ClassVar[type] = LRUParams
 

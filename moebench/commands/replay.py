@@ -62,8 +62,7 @@ def replay(
     seed: Annotated[int, typer.Option(help="seed for the bootstrap intervals")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="print replay.json alone on stdout")] = False,
 ) -> None:
-    """Replay a routing trace through caching and prefetching policies on the simulated clock,
-    across budgets, bandwidths and GPUs, without loading a model."""
+    """Replay a routing trace through caching and prefetching policies on the simulated clock, across budgets, bandwidths and GPUs, without loading a model."""
     import time
 
     from moebench.errors import UserError
@@ -146,8 +145,7 @@ def synth(
     seed: Annotated[int, typer.Option(help="random seed (same seed, same trace)")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="write the JSONL here (default: stdout)")] = None,
 ) -> None:
-    """Write a synthetic routing trace (JSONL) with popularity skew, temporal reuse and
-    cross-layer correlation, shaped like MODEL."""
+    """Write a synthetic routing trace (JSONL) shaped like MODEL: popularity skew, temporal reuse, cross-layer correlation."""
     from moebench.models.loading import model_shape
     from moebench.replay_trace import trace_rows
     from moebench.results import atomic_write

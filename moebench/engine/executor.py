@@ -170,7 +170,8 @@ class OffloadEngine:
         for v in views:
             v.experts._moebench = (self, v.moe_index)
             self._hooks.append(v.norm1.register_forward_hook(self._make_norm1_hook(v.moe_index)))
-            self._hooks.append(v.norm2.register_forward_pre_hook(self._make_norm2_hook(v.moe_index)))
+            if getattr(self.strategy, "needs_residual", True):   # s_i only for those that read it
+                self._hooks.append(v.norm2.register_forward_pre_hook(self._make_norm2_hook(v.moe_index)))
         moe_ids = {v.index for v in views}
         for i, layer in enumerate(self.adapter.decoder_layers):
             if i not in moe_ids:
