@@ -145,11 +145,18 @@ class ReplayEngine:
                 self.timeline.compute(self.profile.kernel_seconds(flops=flops, nbytes=nbytes,
                                                                   kernels=kernels))
 
-    def _issue_prefetch(self, st: ReplayStepStats, requests: Any, locked: set) -> None:
-        if not requests:
+    def _note_predictions(self, requests: Any) -> None:
+        """What each predictor asked for, per target layer (strategies whose prefetches are plans,
+        not predictions of this step, set `scores_predictions = False`)."""
+        if not getattr(self.strategy, "scores_predictions", True):
             return
         for r in requests:
             self._predicted.setdefault(r.layer, {}).setdefault(r.source, set()).update(int(e) for e in r.experts)
+
+    def _issue_prefetch(self, st: ReplayStepStats, requests: Any, locked: set) -> None:
+        if not requests:
+            return
+        self._note_predictions(requests)
         nbytes, _ = self.sched.prefetch(requests, locked)
         st.h2d_bytes += nbytes
         st.prefetch_bytes += nbytes
@@ -172,8 +179,7 @@ class ReplayEngine:
         experts = chosen.experts()
         prefetches = strat.after_routing(ev, chosen, None, None)
         self._charge_prediction(ev, prefetches)
-        for r in prefetches or ():
-            self._predicted.setdefault(r.layer, {}).setdefault(r.source, set()).update(int(e) for e in r.experts)
+        self._note_predictions(prefetches or ())
         out = self.sched.prepare(m, experts, prefetches or ())
         st.h2d_bytes += out.demand_bytes + out.prefetch_bytes
         st.demand_bytes += out.demand_bytes

@@ -109,7 +109,12 @@ class LazyHeap:
 
     @staticmethod
     def member_of(candidates: list) -> Any:
-        """`k in candidates`, building the set once, and only if asked."""
+        """`k in candidates`, building the set once, and only if asked (the engine's lazy
+        `Candidates` view answers `in` directly)."""
+        from moebench.engine.cache import Candidates
+
+        if isinstance(candidates, Candidates):
+            return candidates.__contains__
         box: list = []
 
         def ok(k: ExpertKey) -> bool:
@@ -239,6 +244,7 @@ class OracleReplay(BeladyReplay):
     source: ClassVar[str] = ("perfect future knowledge: earliest feasible prefetch, Belady eviction "
                              "(the lossless lower bound at a budget and bandwidth)")
     Params: ClassVar[type] = OracleParams
+    scores_predictions: ClassVar[bool] = False    # its prefetches are plans, not guesses
 
     def before_attention(self, ev: LayerEvent, h: Any) -> Sequence[Prefetch]:
         view, cache = self.view, self.view.cache
@@ -272,17 +278,50 @@ class OracleReplay(BeladyReplay):
 
 
 class PredictedReplay(ReplayOnly):
-    """A recorded predictor's prefetches, replayed; cache: global LRU (the Strategy default)."""
+    """A recorded predictor's prefetches, replayed with a per-layer LRU cache (the `lru`
+    default). When the trace was recorded by a registry strategy whose `prediction_cost` needs
+    only its parameters and the model shape, that cost is charged per prefetch as in the live
+    run; otherwise the predictor's own compute is free (said in `describe()`)."""
 
     name: ClassVar[str] = "pred"
     source: ClassVar[str] = "a recorded predictor's prefetches (trace `predicted`)"
 
-    def __init__(self, params: Any = None, *, predictor: str = ""):
+    def __init__(self, params: Any = None, *, predictor: str = "", recorded: dict | None = None):
         super().__init__(params)
         self.predictor = predictor
+        self.recorded = recorded or {}
         m = re.search(r"\+(\d+)$", predictor)
         self.ahead = 0 if "pre-attention" in predictor or "pre_attention" in predictor \
             else (int(m.group(1)) if m else 1)
+        self._cost: Any = None
+
+    def setup(self, ctx: StrategyContext) -> None:
+        from moebench.engine.policies import LRUPolicy
+
+        self.policy = LRUPolicy(scope="layer", n_slots=ctx.n_slots, moe_layers=ctx.moe_layers)
+        super().setup(ctx)
+        self._cost = self._recorded_cost(ctx)
+
+    def _recorded_cost(self, ctx: StrategyContext) -> Any:
+        """The recording strategy's `prediction_cost`, if it can be had from routing alone."""
+        from moebench.strategy import REGISTRY, build_strategy
+
+        name = self.recorded.get("name")
+        if not name or name not in REGISTRY.names() or not self.predictor.startswith(name):
+            return None
+        try:
+            twin = build_strategy(name, self.recorded.get("params") or {})
+            if not callable(getattr(twin, "prediction_cost", None)):
+                return None
+            twin.ctx = StrategyContext(shape=ctx.shape, n_slots=ctx.n_slots, is_resident=ctx.is_resident)
+            twin.prediction_cost(LayerEvent(step=1, layer=0, phase="decode", n_tokens=1))
+        except (UserError, AttributeError, TypeError, KeyError, StopIteration):
+            return None      # it needs more than parameters and shapes (a trained predictor)
+        return twin.prediction_cost
+
+    @property
+    def prediction_cost(self) -> Any:
+        return self._cost
 
     def _for(self, layer: int) -> Sequence[Prefetch]:
         ids = self.view.trace.predicted(self.view.s, layer).get(self.predictor)
@@ -302,7 +341,8 @@ class PredictedReplay(ReplayOnly):
     def describe(self) -> dict:
         d = super().describe()
         d["name"] = f"pred:{self.predictor}"
-        d["params"] = {"predictor": self.predictor, "layers_ahead": self.ahead}
+        d["params"] = {"predictor": self.predictor, "layers_ahead": self.ahead, "cache": "lru/layer",
+                       "predictor_cost_charged": self._cost is not None}
         return d
 
 
@@ -334,7 +374,8 @@ def build_policy(name: str, trace: Any = None) -> Strategy:
         if src not in known:
             have = ", ".join(known) or "none"
             raise UserError(f"the trace has no predictions from '{src}' (it has: {have}).")
-        return PredictedReplay(predictor=src)
+        rec = trace.recorded.strategy if trace is not None and trace.recorded else None
+        return PredictedReplay(predictor=src, recorded=rec)
     from moebench.errors import did_you_mean
     from moebench.strategy import REGISTRY
 

@@ -38,6 +38,32 @@ class LayerOutcome:
     dropped_prefetches: int = 0
 
 
+class Candidates:
+    """The evictable experts (resident and not locked), as a lazy read-only sequence: a policy
+    that walks its own order (LRU) asks `key in candidates` without a list being built for
+    every eviction; a policy that scans them all iterates."""
+
+    __slots__ = ("_resident", "_locked")
+
+    def __init__(self, resident: dict[ExpertKey, int], locked: set[ExpertKey]):
+        self._resident = resident
+        self._locked = locked
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._resident and key not in self._locked
+
+    def __iter__(self):
+        return (k for k in self._resident if k not in self._locked)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __getitem__(self, i: int) -> ExpertKey:
+        if i != 0:
+            return list(self)[i]
+        return next(iter(self))
+
+
 class ExpertCache:
     def __init__(self, n_slots: int, expert_bytes: int, mover: Any = None):
         if n_slots <= 0:
@@ -71,10 +97,9 @@ class ExpertCache:
         """A slot for `key`, evicting the strategy's victim if none is free; None if every
         resident expert is locked."""
         if not self.free:
-            candidates = [k for k in self.slot_of if k not in locked]
-            if not candidates:
+            if len(locked) >= len(self.slot_of) and all(k in locked for k in self.slot_of):
                 return None
-            v = victim(key[0], candidates)
+            v = victim(key[0], Candidates(self.slot_of, locked))
             if v not in self.slot_of or v in locked:
                 raise RuntimeError(f"strategy chose an invalid victim {v}")
             self.evict(v)

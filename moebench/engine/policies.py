@@ -38,7 +38,7 @@ class LRUPolicy:
             self.per_layer[key[0]] -= 1
 
     def victim(self, layer: int, candidates: Sequence[ExpertKey]) -> ExpertKey:
-        cand = set(candidates)
+        cand = candidates   # supports `in` cheaply (engine.cache.Candidates) or is a sequence
         if self.scope == "layer":
             pools = []
             if self.per_layer.get(layer, 0) >= self.quota.get(layer, 0):
