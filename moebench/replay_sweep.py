@@ -115,7 +115,10 @@ def run_replay(spec: ReplaySpec, progress: Callable[[int], None] | None = None) 
 
     trace = load_replay_trace(spec.trace)
     model, policies, budgets, profiles = _resolve(spec, trace)
-    shape = model_shape(model)
+    rec = trace.recorded
+    # Charge the bytes the live run moved: a checkpoint stored in bf16 may have run in float32.
+    same_model = rec is not None and rec.model == model and rec.dtype
+    shape = model_shape(model, dtype=rec.dtype if same_model else None)
     check_trace_fits(trace, shape)
     for p in policies:               # every name checked before any work
         build_policy(p, trace)

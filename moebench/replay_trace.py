@@ -46,6 +46,7 @@ class RecordedRun:
     workload: dict | None = None
     seed: int = 0
     snapshot: str | None = None
+    dtype: str | None = None                           # the dtype the live run computed in
     prompts: dict = field(default_factory=dict)        # request -> (prompt_id, repetition)
     prompt_tokens: dict = field(default_factory=dict)  # request -> prompt length
     first_prompt_tokens: int | None = None             # request 0 (the warm-up prompt)
@@ -232,8 +233,8 @@ def recorded_run(folder: Path) -> RecordedRun | None:
         profile=clock.get("profile"), clock=clock.get("label"),
         warmup_steps=wl.get("warmup_steps"), strategy=res.get("strategy"),
         workload=res.get("workload"), seed=int(res.get("seed") or 0),
-        snapshot=(res.get("model") or {}).get("snapshot"), prompts=prompts, prompt_tokens=lengths,
-        first_prompt_tokens=lengths.get(0))
+        snapshot=(res.get("model") or {}).get("snapshot"), dtype=(res.get("model") or {}).get("dtype"),
+        prompts=prompts, prompt_tokens=lengths, first_prompt_tokens=lengths.get(0))
 
 
 def load_replay_trace(path: str | Path) -> ReplayTrace:

@@ -342,3 +342,25 @@ def test_cli_synth_then_replay_writes_results_and_a_report(tmp_path) -> None:
     r = cli.invoke(app, ["replay", str(trace), "--model", "tiny-qwen3-moe", "--strategies", "lru,nope",
                          "--out", str(tmp_path / "bad")])
     assert r.exit_code == 2 and "unknown replay policy 'nope'" in r.output
+
+
+def test_cli_replay_of_a_bf16_checkpoint_run_in_float32_charges_the_bytes_it_moved(tmp_path) -> None:
+    """The embedded model is stored in bf16 and runs in float32: replaying its recorded run must
+    charge float32 expert bytes (what the live run moved), not the checkpoint's dtype."""
+    from typer.testing import CliRunner
+
+    from moebench.cli import app
+
+    cli = CliRunner()
+    live = cli.invoke(app, ["run", "--strategy", "sync", "--model", "default", "--record-trace",
+                            "--clock", "sim", "--set", "limit=1", "--set", "max_new_tokens=3",
+                            "--out", str(tmp_path / "live")])
+    assert live.exit_code == 0, live.output
+    run_dir = next((tmp_path / "live").iterdir())
+    want = json.loads((run_dir / "result.json").read_text())["metrics"]
+    rep = cli.invoke(app, ["replay", str(run_dir), "--strategies", "sync", "--out", str(tmp_path / "rep")])
+    assert rep.exit_code == 0, rep.output
+    got = [json.loads(p.read_text())["metrics"] for p in (tmp_path / "rep").rglob("result.json")
+           if json.loads(p.read_text())["strategy"]["name"] == "sync"]
+    assert got and got[0]["h2d_bytes_per_token"] == want["h2d_bytes_per_token"]
+    assert got[0]["tpot_ms"]["mean"] == want["tpot_ms"]["mean"]
