@@ -26,17 +26,16 @@ How each metric is judged
 - Scalar metrics (``hit_rate``, ``h2d_bytes_per_token`` or any other number in
   ``result["metrics"]``) are compared directly against the threshold.
 
-Everything but ``load_result_dir`` is pure; printing and exit codes belong to the CLI.
+Everything here is pure (``load_result_dir`` is in ``moebench.gate_io``); printing and exit
+codes belong to the CLI.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from enum import IntEnum
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -494,70 +493,5 @@ def gate(baseline: dict, candidate: dict, rules: Sequence[Rule] | None = None, *
     return decide(baseline, candidate, rules, alpha=alpha, seed=seed)
 
 
-# ------------------------------------------------------------------------------------------
-# the one impure function
-# ------------------------------------------------------------------------------------------
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise GateUsageError(f"{path} does not exist.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GateUsageError(f"{path} cannot be read ({exc.__class__.__name__}).") from None
-    except json.JSONDecodeError as exc:
-        raise GateUsageError(f"{path} is not valid JSON (line {exc.lineno}).") from None
-
-
-def _check_schema(doc: Any, path: Path) -> None:
-    if not isinstance(doc, dict):
-        raise GateUsageError(f"{path} does not hold a JSON object.")
-    version = doc.get("schema_version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
-        raise GateUsageError(f"{path} has schema_version {version!r}; this moebench reads "
-                             f"version {SCHEMA_VERSION}.")
-
-
-def load_result_dir(path: str | Path) -> dict:
-    """Load a run folder as ``{"result": ..., "samples": [...]}``.
-
-    A folder holding ``report.json`` instead (a comparison report), or a path to a report.json,
-    loads as ``{"report": ...}``. Missing files, bad JSON and unknown schema versions raise
-    ``GateUsageError``.
-    """
-    path = Path(path)
-    if path.is_file() and path.name == "report.json":
-        report_path = path
-    elif path.is_dir() and not (path / "result.json").exists() and (path / "report.json").exists():
-        report_path = path / "report.json"
-    else:
-        report_path = None
-    if report_path is not None:
-        report = _read_json(report_path)
-        _check_schema(report, report_path)
-        return {"report": report}
-
-    folder = path.parent if path.is_file() else path
-    if not folder.is_dir():
-        raise GateUsageError(f"{path} is not a result folder (no such directory).")
-    result_path = folder / "result.json"
-    result = _read_json(result_path)
-    _check_schema(result, result_path)
-    samples_path = folder / "samples.jsonl"
-    if not samples_path.exists():
-        raise GateUsageError(f"{samples_path} does not exist.")
-    samples = []
-    try:
-        lines = samples_path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise GateUsageError(f"{samples_path} cannot be read ({exc.__class__.__name__}).") from None
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise GateUsageError(f"{samples_path} line {i} is not valid JSON.") from None
-        if not isinstance(row, dict):
-            raise GateUsageError(f"{samples_path} line {i} is not a JSON object.")
-        samples.append(row)
-    return {"result": result, "samples": samples}
+# Loading result and report folders (the one impure part) lives in moebench.gate_io.
+from moebench.gate_io import load_result_dir  # noqa: E402,F401  (re-exported)
