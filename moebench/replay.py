@@ -43,27 +43,8 @@ from moebench.engine.cache import ExpertCache, SlotScheduler
 from moebench.engine.timeline import SimTimeline
 from moebench.errors import UserError
 from moebench.replay_policies import FutureIndex, ReplayOnly, ReplayView, build_policy
+from moebench.engine.records import StepStats, prediction_seconds
 from moebench.strategy import LayerEvent, Routing, StrategyContext
-
-
-@dataclass
-class ReplayStepStats:
-    """The counters of one replayed step (the fields `runner._step_row` reads)."""
-
-    phase: str
-    position: int
-    latency_s: float = 0.0
-    stall_s: float = 0.0
-    copy_busy_s: float = 0.0
-    compute_s: float = 0.0
-    h2d_bytes: int = 0
-    demand_bytes: int = 0
-    prefetch_bytes: int = 0
-    hits: int = 0
-    activations: int = 0
-    late: int = 0
-    layer_hits: list[int] = field(default_factory=list)
-    layer_acts: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -136,14 +117,7 @@ class ReplayEngine:
                     break
 
     def _charge_prediction(self, ev: LayerEvent, requests: Any) -> None:
-        cost = getattr(self.strategy, "prediction_cost", None)
-        if not (cost and requests):
-            return
-        for r in requests:
-            if r.experts:
-                flops, nbytes, kernels = cost(ev)
-                self.timeline.compute(self.profile.kernel_seconds(flops=flops, nbytes=nbytes,
-                                                                  kernels=kernels))
+        self.timeline.compute(prediction_seconds(self.strategy, self.profile, ev, requests))
 
     def _note_predictions(self, requests: Any) -> None:
         """What each predictor asked for, per target layer (strategies whose prefetches are plans,
@@ -153,7 +127,7 @@ class ReplayEngine:
         for r in requests:
             self._predicted.setdefault(r.layer, {}).setdefault(r.source, set()).update(int(e) for e in r.experts)
 
-    def _issue_prefetch(self, st: ReplayStepStats, requests: Any, locked: set) -> None:
+    def _issue_prefetch(self, st: StepStats, requests: Any, locked: set) -> None:
         if not requests:
             return
         self._note_predictions(requests)
@@ -161,7 +135,7 @@ class ReplayEngine:
         st.h2d_bytes += nbytes
         st.prefetch_bytes += nbytes
 
-    def _moe_layer(self, st: ReplayStepStats, s: int, m: int, ev: LayerEvent, g: int) -> None:
+    def _moe_layer(self, st: StepStats, s: int, m: int, ev: LayerEvent, g: int) -> None:
         shape, hw, tl, strat = self.shape, self.profile, self.timeline, self.strategy
         self.view.g, self.view.s = g, s
         req = strat.before_attention(ev, None)
@@ -218,12 +192,12 @@ class ReplayEngine:
             acc["gw_recall"] += sum(wi for e, wi in zip(ids, w) if e in pred) / (sum(w) or 1.0)
             acc["predicted"] += len(pred)
 
-    def step(self, s: int, request: int, g0: int) -> ReplayStepStats:
+    def step(self, s: int, request: int, g0: int) -> StepStats:
         shape, hw, tl = self.shape, self.profile, self.timeline
         phase = "prefill" if self.trace.step[s] == 0 else "decode"
         n_tokens = int(self.trace.tokens[s]) if phase == "prefill" else 1
         m_layers = shape.moe_layers
-        st = ReplayStepStats(phase=phase, position=int(self.trace.step[s]),
+        st = StepStats(phase=phase, position=int(self.trace.step[s]),
                              layer_hits=[0] * m_layers, layer_acts=[0] * m_layers)
         self._predicted = {}
         tl.step_begin()

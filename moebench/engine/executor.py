@@ -32,6 +32,7 @@ import torch
 
 from moebench.engine import costs
 from moebench.engine.cache import ExpertCache, SlotScheduler
+from moebench.engine.records import StepStats, prediction_seconds
 from moebench.engine.store import DevicePools, HostExpertStore, SlotExperts
 from moebench.models.adapters import adapter_for
 from moebench.strategy import LayerEvent, Routing, StrategyContext
@@ -61,26 +62,6 @@ def reference_impl(model: Any, experts_module: Any) -> Any:
         return ALL_EXPERTS_FUNCTIONS[name]
     fwd = type(experts_module).forward
     return getattr(fwd, "__wrapped__", fwd)
-
-
-@dataclass
-class StepStats:
-    """Counters of one forward step (prefill or one decode token)."""
-
-    phase: str
-    position: int
-    latency_s: float = 0.0
-    stall_s: float = 0.0
-    copy_busy_s: float = 0.0
-    compute_s: float = 0.0
-    h2d_bytes: int = 0
-    demand_bytes: int = 0
-    prefetch_bytes: int = 0
-    hits: int = 0
-    activations: int = 0
-    late: int = 0
-    layer_hits: list[int] = field(default_factory=list)
-    layer_acts: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -405,14 +386,8 @@ class OffloadEngine:
         """Charge a predictor's own compute on the simulated clock: each non-empty `Prefetch`
         costs what the strategy's `prediction_cost(ev)` says, `(flops, bytes, kernels)`. On CUDA
         the predictor's kernels really ran on the compute stream and are measured."""
-        cost = getattr(self.strategy, "prediction_cost", None)
-        if not (self.sim and cost and requests):
-            return
-        for r in requests:
-            if r.experts:
-                flops, nbytes, kernels = cost(ev)
-                self.timeline.compute(self.profile.kernel_seconds(flops=flops, nbytes=nbytes,
-                                                                  kernels=kernels))
+        if self.sim:
+            self.timeline.compute(prediction_seconds(self.strategy, self.profile, ev, requests))
 
     # ------------------------------------------------------------------------------------------
     def detach(self) -> None:
