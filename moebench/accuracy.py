@@ -31,10 +31,7 @@ imported inside the tensor functions so importing this module stays instant.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import random
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +39,6 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
-from moebench.errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -232,78 +228,9 @@ def _snippet(text: str, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
-# --------------------------------------------------------------------------------------------
-# Few-shot prompts and data files
-
-
-def build_gsm8k_prompt(question: str, shots: Sequence[dict]) -> str:
-    """The few-shot GSM8K prompt: worked examples, then the question, ending in "Answer:".
-
-    Each shot becomes "Question: <q>\\nAnswer: <worked answer ending in #### N>\\n\\n"; the
-    worked answers are kept verbatim (calculator annotations `<<2*3=6>>` included, as
-    lm-evaluation-harness does) so the model learns to finish with `#### N`, which
-    `extract_model_answer` looks for first.
-    """
-    blocks = []
-    for i, shot in enumerate(shots):
-        missing = {"question", "answer"} - set(shot)
-        if missing:
-            raise ValueError(f"few-shot example {i} lacks the key(s) {sorted(missing)}")
-        blocks.append(f"Question: {shot['question'].strip()}\nAnswer: {shot['answer'].strip()}\n\n")
-    blocks.append(f"Question: {question.strip()}\nAnswer:")
-    return "".join(blocks)
-
-
-def select_shots(train_items: Sequence[dict], n_shot: int, seed: int) -> list[dict]:
-    """`n_shot` distinct examples drawn from `train_items`, the same ones for the same seed."""
-    if not 0 <= n_shot <= len(train_items):
-        raise ValueError(
-            f"cannot select {n_shot} few-shot examples from {len(train_items)} training items"
-        )
-    return random.Random(seed).sample(list(train_items), n_shot)
-
-
-class DatasetError(UserError, ValueError):
-    """A data file is missing or not what it should be; the message names the file.
-
-    A UserError, so the CLI reports it as one sentence with exit code 2.
-    """
-
-
-class DatasetNotFoundError(DatasetError, FileNotFoundError):
-    """The data file does not exist (also a FileNotFoundError, for callers that catch that)."""
-
-
-def load_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Every JSON object in a JSON-lines file, in order; blank lines are skipped.
-
-    Raises DatasetError (DatasetNotFoundError for a missing file) with a sentence that names
-    the path, and the 1-based line number when one line is not a JSON object.
-    """
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except FileNotFoundError:
-        raise DatasetNotFoundError(f"dataset file {os.fspath(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"cannot read dataset file {os.fspath(path)!r}: {e}") from e
-    items = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(
-                f"line {number} of dataset file {os.fspath(path)!r} is not valid JSON ({e.msg})"
-            ) from None
-        if not isinstance(item, dict):
-            raise DatasetError(
-                f"line {number} of dataset file {os.fspath(path)!r} is a JSON "
-                f"{type(item).__name__}, not an object"
-            )
-        items.append(item)
-    return items
+# Few-shot prompts and data files live in moebench.datasets (re-exported here).
+from moebench.datasets import (  # noqa: E402,F401
+    DatasetError, DatasetNotFoundError, build_gsm8k_prompt, load_jsonl, select_shots)
 
 
 # --------------------------------------------------------------------------------------------
