@@ -140,7 +140,7 @@ def load_model(name_or_path: str, *, seed: int = 0, dtype: str | None = None,
     if preset is not None and not preset.tiny and folder is None:
         places = "\n  ".join(str(p) for p in P.candidate_dirs(preset)) or "(none)"
         raise UserError(f"model '{name}' ({hf_id}) is not on this machine; looked in: {places} "
-                        f"-- download it there or pass --model PATH.")
+                        f"-- download it there, put it in $MOEBENCH_MODELS/{name}, or pass --model PATH.")
     if folder is not None and want_lazy(folder, cfg, lazy):
         from moebench.models.checkpoint import load_lazy
 
