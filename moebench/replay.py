@@ -155,15 +155,8 @@ class ReplayEngine:
         self._charge_prediction(ev, prefetches)
         self._note_predictions(prefetches or ())
         out = self.sched.prepare(m, experts, prefetches or ())
-        st.h2d_bytes += out.demand_bytes + out.prefetch_bytes
-        st.demand_bytes += out.demand_bytes
-        st.prefetch_bytes += out.prefetch_bytes
+        st.account(m, out, len(experts))
         if st.phase == "decode":
-            st.activations += len(experts)
-            st.hits += out.hits
-            st.late += out.late
-            st.layer_hits[m] += out.hits
-            st.layer_acts[m] += len(experts)
             self.layer_late[m] += out.late
             self._record_prediction(s, m, experts)
         self._predicted.pop(m, None)

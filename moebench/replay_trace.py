@@ -238,28 +238,10 @@ def recorded_run(folder: Path) -> RecordedRun | None:
 
 
 def load_replay_trace(path: str | Path) -> ReplayTrace:
-    p = Path(path)
-    if p.is_dir():
-        p = p / "trace.jsonl"
-    if not p.exists():
-        raise UserError(f"no routing trace at {p} (record one with `moebench run --record-trace`, "
-                        "or make one with `moebench trace synth`).")
-    rows = []
-    with p.open() as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError:
-                raise UserError(f"trace {p} line {i + 1} is not valid JSON.") from None
-            if not isinstance(d, dict):
-                raise UserError(f"trace {p} line {i + 1} is not a JSON object.")
-            missing = [key for key in ("step", "layer", "experts") if key not in d]
-            if missing:
-                raise UserError(f"trace {p} line {i + 1} lacks {', '.join(missing)}.")
-            rows.append(d)
-    return trace_from_rows(rows, source=str(p), recorded=recorded_run(p.parent))
+    from moebench.trace import read_trace, trace_path
+
+    p = trace_path(path)
+    return trace_from_rows(read_trace(p), source=str(p), recorded=recorded_run(p.parent))
 
 
 def trace_rows(trace: ReplayTrace) -> list[dict]:

@@ -47,12 +47,18 @@ def write_trace(path: Path, rows: list, *, strategy: str) -> None:
     atomic_write(path, "\n".join(lines) + ("\n" if lines else ""))
 
 
-def read_trace(path: str | Path) -> list[dict]:
+def trace_path(path: str | Path) -> Path:
+    """A trace file, or the `trace.jsonl` inside a result folder."""
     p = Path(path)
-    if p.is_dir():
-        p = p / "trace.jsonl"
+    return p / "trace.jsonl" if p.is_dir() else p
+
+
+def read_trace(path: str | Path) -> list[dict]:
+    """Every row of a JSONL routing trace; one clear sentence (UserError) for a bad line."""
+    p = trace_path(path)
     if not p.exists():
-        raise UserError(f"no routing trace at {p} (record one with `moebench run --record-trace`).")
+        raise UserError(f"no routing trace at {p} (record one with `moebench run --record-trace`, "
+                        "or make one with `moebench trace synth`).")
     rows = []
     for i, line in enumerate(p.read_text().splitlines()):
         if not line.strip():

@@ -278,15 +278,8 @@ class OffloadEngine:
         if st.phase == "decode":
             self._record_prediction(moe_index, true, experts)
         out = self.sched.prepare(moe_index, experts, prefetches or ())
-        st.h2d_bytes += out.demand_bytes + out.prefetch_bytes
-        st.demand_bytes += out.demand_bytes
-        st.prefetch_bytes += out.prefetch_bytes
+        st.account(moe_index, out, len(experts))
         if st.phase == "decode":
-            st.activations += len(experts)
-            st.hits += out.hits
-            st.late += out.late
-            st.layer_hits[moe_index] += out.hits
-            st.layer_acts[moe_index] += len(experts)
             self.layer_late[moe_index] += out.late
         self._predicted.pop(moe_index, None)
         # Map expert ids to slot ids and run the model's own kernel over the slot pools,

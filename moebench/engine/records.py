@@ -24,6 +24,18 @@ class StepStats:
     layer_hits: list[int] = field(default_factory=list)
     layer_acts: list[int] = field(default_factory=list)
 
+    def account(self, layer: int, out: Any, n_experts: int) -> None:
+        """Add one MoE layer's `LayerOutcome`: bytes always, activations and hits in decode."""
+        self.h2d_bytes += out.demand_bytes + out.prefetch_bytes
+        self.demand_bytes += out.demand_bytes
+        self.prefetch_bytes += out.prefetch_bytes
+        if self.phase == "decode":
+            self.activations += n_experts
+            self.hits += out.hits
+            self.late += out.late
+            self.layer_hits[layer] += out.hits
+            self.layer_acts[layer] += n_experts
+
 
 def prediction_seconds(strategy: Any, profile: Any, ev: Any, requests: Any) -> float:
     """A predictor's own compute on the simulated clock: each non-empty `Prefetch` costs what the
