@@ -52,9 +52,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from moebench.engine.executor import OffloadEngine
-    from moebench.engine.timeline import SimTimeline
+    from moebench.offload.clock import SimTimeline
     from moebench.models.loading import load_model
-    from moebench.profile import load_profile
+    from moebench.offload.profile import load_profile
     from moebench.strategy import build_strategy
 
     ref = load_model(args.model, seed=0)

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     from moebench.environment import environment
     from moebench.models.presets import PRESETS
     from moebench.models.synthetic import random_offloaded
-    from moebench.profile import load_profile
+    from moebench.offload.profile import load_profile
     from moebench.runner import build_result, prepare, run_strategy
     from moebench.simcheck import validate
 

@@ -2,7 +2,7 @@
 pre-attention predictors, and the oracle's recorded routing.
 
 `artifacts_for(prep, strategy) -> (artifacts, trace)` is what the runner calls before attaching
-the engine. For each entry of `strategy.needs` it looks the artifact up in the cache
+the engine. For each entry of `strategy.traits.needs` it looks the artifact up in the cache
 (`moebench.artifacts`, keyed by model snapshot + calibration workload hash + params + strategy
 version); when it is missing it calibrates (and logs a warning, and leaves a note in the result)
 unless the run said `--no-calibrate`, in which case a missing artifact is a `UserError` (exit 2).
@@ -281,13 +281,14 @@ def _obtain(prep: Any, key: A.ArtifactKey, build: Any, notes: list[str], what: s
 
 
 def recorded_trace(prep: Any, strategy: Any, notes: list[str]) -> tuple[Any, A.Artifact]:
-    """The routing of this very workload, recorded by a `sync` pass (lossless)."""
+    """The routing of this very workload, warm-up included, recorded by a `sync` pass (lossless)."""
     from moebench import __version__
     from moebench.trace import RoutingTrace
 
     shape = prep.loaded.shape
     key = A.ArtifactKey("routing-trace", prep.loaded.name, prep.loaded.snapshot, prep.workload.name,
                         prep.workload_sha, {"recorder": "sync", "device": prep.device.type,
+                                            "warmup_steps": prep.workload.warmup_steps,
                                             "dtype": shape.dtype, "moebench": __version__},
                         strategy.version)
 
@@ -295,7 +296,7 @@ def recorded_trace(prep: Any, strategy: Any, notes: list[str]) -> tuple[Any, A.A
         from moebench.runner import run_strategy
 
         piece = run_strategy(prep, "sync", record_trace=True, artifacts={}, trace_source=None)
-        trace = RoutingTrace(piece.trace)
+        trace = RoutingTrace(piece.warmup_trace + piece.trace)
         return A.save(key, trace.to_tensors(), {"positions": len(trace)})
 
     art = _obtain(prep, key, build, notes, "recording the workload's routing with a sync pass")
@@ -316,7 +317,7 @@ def _check(art: A.Artifact, name: str, shape: tuple[int, ...]) -> None:
 
 def artifacts_for(prep: Any, strategy: Any) -> tuple[dict, Any]:
     """(artifacts for `StrategyContext.artifacts`, the trace for `StrategyContext.trace`)."""
-    needs = tuple(getattr(strategy, "needs", ()) or ())
+    needs = strategy.traits.needs
     if not needs:
         return {}, None
     loaded = prep.loaded

@@ -195,7 +195,7 @@ class Point:
 def _point_prep(prep: Any, key: str, value: str) -> Any:
     """The same preparation (model, tokens) at another budget, profile or link bandwidth."""
     from moebench.config import BudgetSpec
-    from moebench.profile import load_profile
+    from moebench.offload.profile import load_profile
 
     if key == "cache_budget":
         return replace(prep, budget=BudgetSpec.parse(value), cfg=replace(prep.cfg, cache_budget=value))

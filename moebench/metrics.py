@@ -61,25 +61,3 @@ def compute_metrics(samples: list[dict], *, moe_layers: int, layer_hits: list[in
     if extra:
         m.update(extra)
     return m
-
-
-def prediction_metrics(pred_stats: dict[int, dict[str, dict]], *, late: int, wasted_bytes: int,
-                       issued: int, used: int) -> dict:
-    """Per-layer and overall prediction quality for every predictor a strategy ran."""
-    per_source: dict[str, dict] = {}
-    for layer in sorted(pred_stats):
-        for source, acc in pred_stats[layer].items():
-            n = acc["n"] or 1
-            row = {"layer": layer, "n": acc["n"], "recall_at_k": acc["recall"] / n,
-                   "precision": acc["precision"] / n, "exact_set_match": acc["exact"] / n,
-                   "top1_hit": acc["top1"] / n, "gate_weighted_recall": acc["gw_recall"] / n,
-                   "mean_predicted": acc["predicted"] / n}
-            per_source.setdefault(source, {"per_layer": []})["per_layer"].append(row)
-    for source, d in per_source.items():
-        rows = d["per_layer"]
-        tot = sum(r["n"] for r in rows) or 1
-        for key in ("recall_at_k", "precision", "exact_set_match", "top1_hit", "gate_weighted_recall"):
-            d[key] = sum(r[key] * r["n"] for r in rows) / tot
-    return {"predictors": per_source, "late_prefetches": late, "wasted_bytes": wasted_bytes,
-            "prefetches_issued": issued, "prefetches_used": used,
-            "prefetch_precision": used / issued if issued else None}

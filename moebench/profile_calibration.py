@@ -35,7 +35,7 @@ from moebench.errors import UserError
 
 SIZES = tuple(2 ** p for p in range(16, 29, 2))   # 64 KiB .. 256 MiB
 NO_CUDA = ("calibrating a profile measures a CUDA GPU and none is available here; on this machine "
-           "the simulator uses the built-in profiles (moebench/profiles/*.yaml).")
+           "the simulator uses the built-in profiles (moebench/offload/profiles/*.yaml).")
 
 
 @dataclass(frozen=True)
@@ -248,7 +248,7 @@ def profile_document(*, name: str, gpu: dict, model: str, pinned: list, pageable
                      fit: CopyFit, expert_copy_s: float, expert_bytes: int, launch_us: float,
                      mem_gbps: float, tflops: float, parts: dict, decode: dict,
                      attention_us: float, created: str) -> dict:
-    """The YAML mapping `moebench.profile.load_profile` reads (pure)."""
+    """The YAML mapping `moebench.offload.profile.load_profile` reads (pure)."""
     link = f"PCIe gen {gpu.get('pcie_gen', '?')} x{gpu.get('pcie_width', '?')}"
     latency_us = max(0.0, (expert_copy_s - expert_bytes / (fit.bandwidth_gbps * 1e9)) * 1e6)
     return {
@@ -360,6 +360,6 @@ def write_profile(doc: dict, path: Any) -> Any:
 
 def profile_from_doc(doc: dict) -> Any:
     from moebench.config import from_dict
-    from moebench.profile import HardwareProfile
+    from moebench.offload.profile import HardwareProfile
 
     return from_dict(HardwareProfile, doc, "calibrated profile")

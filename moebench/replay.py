@@ -6,25 +6,17 @@ simulated clock, with no model loaded.
     run = replay_one(trace, "lru", shape=shape, profile=load_profile("a6000-pcie4"), budget="0.25")
     run.result                                               # result.json: source "replay"
 
-**Same machinery as a live run.** `ReplayEngine` drives the very `ExpertCache`, `SlotScheduler`,
-`SimTimeline` and `costs` functions the live engine uses, with the very `Strategy` objects
-(`sync`, `lru` come from the registry), and makes the calls `engine/executor.py` makes, in the
-same order, per decoder layer of every step:
-
-    MoE layer m:  before_attention -> prediction cost -> prefetch -> attention cost (at norm1)
-                  router cost (strategies that use the true router) -> choose -> after_routing
-                  -> prediction cost -> prepare (demand fetches, then prefetches, then waits)
-                  -> expert compute -> release (strategies that keep nothing)
-    dense layer:  attention + dense MLP cost
-    step end:     LM-head cost
-
-A simulated timeline is a pure function of that call sequence, so replaying the trace of a live
-`--clock sim` run with the same strategy, budget and profile reproduces its hit rate and
-simulated TPOT exactly (tests/test_replay.py checks `sync` and `lru`). What a replay cannot know
-is charged the way the live run would: the prefill runs the distinct experts every prompt token
-used (the trace's `used`), the prompt length comes from the recording's result folder, and the
-recording's warm-up (`warmup_steps` untimed decode steps of the first prompt, not in the trace)
-is replayed from the first request's own first steps, which are the same tokens.
+**The live engine's protocol.** `ReplayEngine` feeds the trace's routing to the very
+`LayerProtocol` (`moebench.offload.protocol`) the live engine's hooks feed, with the very
+`Strategy` objects from the registry: any strategy that reads only `routing` and `trace` runs
+here unchanged. A simulated timeline is a pure function of the protocol's call sequence, so
+replaying the trace of a live `--clock sim` run with the same strategy, budget and profile
+reproduces its hit rate and simulated TPOT exactly (tests/test_replay.py checks `sync` and `lru`).
+What a replay cannot know is charged the way the live run would: the prefill runs the distinct
+experts every prompt token used (the trace's `used`), the prompt length comes from the
+recording's result folder, and the recording's warm-up (`warmup_steps` untimed decode steps of
+the first prompt, not in the trace) is replayed from the first request's own first steps, which
+are the same tokens.
 """
 from __future__ import annotations
 
@@ -38,13 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from moebench.engine import costs
-from moebench.engine.cache import ExpertCache, SlotScheduler
-from moebench.engine.timeline import SimTimeline
 from moebench.errors import UserError
-from moebench.replay_policies import FutureIndex, ReplayOnly, ReplayView, build_policy
-from moebench.engine.records import StepStats, prediction_seconds
-from moebench.strategy import LayerEvent, Routing, StrategyContext
+from moebench.offload.cache import ExpertCache
+from moebench.offload.clock import SimTimeline
+from moebench.offload.events import Routing
+from moebench.offload.protocol import LayerProtocol
+from moebench.offload.records import StepStats
+from moebench.replay_policies import build_policy
+from moebench.trace import RoutingTrace
 
 
 @dataclass(frozen=True)
@@ -55,13 +48,15 @@ class Schedule:
     steps: tuple[tuple[int, int, bool], ...]
     notes: tuple[str, ...] = ()
 
-    def groups(self, trace: Any) -> tuple[list[tuple[int, tuple[int, ...]]], list[int]]:
-        groups, step_of = [], []
-        for s, _, _ in self.steps:
+    def routing(self, trace: Any) -> RoutingTrace:
+        """The `RoutingTrace` strategies see: every MoE layer of every step in execution order,
+        the warm-up's (request -1) included, with the recorded predictions."""
+        rows = []
+        for s, request, _ in self.steps:
             for m in range(trace.moe_layers):
-                groups.append((m, trace.executed(s, m)))
-                step_of.append(s)
-        return groups, step_of
+                rows.append({"request": request, "step": int(trace.step[s]), "layer": m,
+                             "experts": trace.executed(s, m), "predicted": trace.predicted(s, m)})
+        return RoutingTrace(rows)
 
 
 def build_schedule(trace: Any, warmup_steps: int) -> Schedule:
@@ -81,174 +76,66 @@ def build_schedule(trace: Any, warmup_steps: int) -> Schedule:
 
 
 class ReplayEngine:
-    """`OffloadEngine` without tensors: the executor's charges and protocol, from a trace."""
+    """The live engine's protocol, fed from a trace: no tensors, no model, the simulated clock."""
 
     def __init__(self, trace: Any, strategy: Any, *, shape: Any, profile: Any, n_slots: int,
                  schedule: Schedule):
-        self.trace, self.strategy, self.shape, self.profile = trace, strategy, shape, profile
-        self.n_slots = n_slots
+        self.trace, self.strategy, self.shape = trace, strategy, shape
         self.schedule = schedule
         self.timeline = SimTimeline(profile)
         self.cache = ExpertCache(n_slots, shape.expert_bytes)
-        self.sched = SlotScheduler(self.cache, self.timeline, strategy)
-        self.pred_stats: dict[int, dict[str, dict]] = {}
-        self.layer_late = [0] * shape.moe_layers
-        self._predicted: dict[int, dict[str, set[int]]] = {}
-        self.context = 0
-        groups, step_of = schedule.groups(trace)
-        self.view = ReplayView(groups=groups, steps=step_of, future=FutureIndex(groups),
-                               trace=trace, cache=self.cache, counts=decode_counts(trace, shape))
-        if isinstance(strategy, ReplayOnly):
-            strategy.view = self.view
-        ctx = StrategyContext(shape=shape, adapter=None, n_slots=n_slots,
-                              is_resident=self.cache.is_resident, trace=trace, device=None)
-        strategy.setup(ctx)
-        self._dense = [i for i in range(shape.num_layers) if i not in set(shape.moe_layer_ids)]
+        routing = schedule.routing(trace) if "trace" in strategy.traits.reads else None
+        self.protocol = LayerProtocol(strategy, shape=shape, profile=profile, timeline=self.timeline,
+                                      cache=self.cache, charge=True, trace=routing)
+        self.protocol.setup()
         self._moe_of = {i: m for m, i in enumerate(shape.moe_layer_ids)}
 
-    # -- the executor's protocol, call for call -------------------------------------------
-    def prefill_warm(self) -> None:
-        want = getattr(self.strategy, "initial_residents", None)
-        if not want:
-            return
-        for key in want(self.n_slots):
-            if not self.cache.is_resident(key):
-                if self.sched._insert(key, set()) is None:
-                    break
-
-    def _charge_prediction(self, ev: LayerEvent, requests: Any) -> None:
-        self.timeline.compute(prediction_seconds(self.strategy, self.profile, ev, requests))
-
-    def _note_predictions(self, requests: Any) -> None:
-        """What each predictor asked for, per target layer (strategies whose prefetches are plans,
-        not predictions of this step, set `scores_predictions = False`)."""
-        if not getattr(self.strategy, "scores_predictions", True):
-            return
-        for r in requests:
-            self._predicted.setdefault(r.layer, {}).setdefault(r.source, set()).update(int(e) for e in r.experts)
-
-    def _issue_prefetch(self, st: StepStats, requests: Any, locked: set) -> None:
-        if not requests:
-            return
-        self._note_predictions(requests)
-        nbytes, _ = self.sched.prefetch(requests, locked)
-        st.h2d_bytes += nbytes
-        st.prefetch_bytes += nbytes
-
-    def _moe_layer(self, st: StepStats, s: int, m: int, ev: LayerEvent, g: int) -> None:
-        shape, hw, tl, strat = self.shape, self.profile, self.timeline, self.strategy
-        self.view.g, self.view.s = g, s
-        req = strat.before_attention(ev, None)
-        self._charge_prediction(ev, req)
-        self._issue_prefetch(st, req, set())
-        tl.compute(costs.attention_seconds(shape, hw, ev.n_tokens, self.context))
-        executed = self.trace.executed(s, m)
-        true = Routing(np.asarray(executed, dtype=np.int64)[None, :],
-                       np.full((1, len(executed)), 1.0 / len(executed)))
-        per_layer = getattr(strat, "uses_router", None)
-        uses_router = per_layer(ev) if per_layer is not None else strat.uses_true_router
-        if uses_router:
-            tl.compute(costs.router_seconds(shape, hw, ev.n_tokens))
-        chosen = strat.choose(ev, true, None, None)
-        experts = chosen.experts()
-        prefetches = strat.after_routing(ev, chosen, None, None)
-        self._charge_prediction(ev, prefetches)
-        self._note_predictions(prefetches or ())
-        out = self.sched.prepare(m, experts, prefetches or ())
-        st.account(m, out, len(experts))
-        if st.phase == "decode":
-            self.layer_late[m] += out.late
-            self._record_prediction(s, m, experts)
-        self._predicted.pop(m, None)
-        tokens_per_expert = max(1, (ev.n_tokens * shape.top_k) // max(1, len(experts)))
-        tl.compute(len(experts) * costs.expert_seconds(shape, hw, tokens_per_expert))
-        if not strat.keeps_experts:
-            self.sched.release(m, [e for (mm, e) in self.cache.resident() if mm == m])
-
-    def _record_prediction(self, s: int, m: int, executed: list[int]) -> None:
-        """`OffloadEngine._record_prediction`, on the trace's last-token routing."""
-        preds = self._predicted.pop(m, None)
-        if not preds:
-            return
-        ids = list(self.trace.true_ids(s, m))
-        w = self.trace.row_weights(s, m)
-        true_set, used = set(ids), set(executed)
-        for source, pred in preds.items():
-            acc = self.pred_stats.setdefault(m, {}).setdefault(source, {
-                "n": 0, "recall": 0.0, "precision": 0.0, "exact": 0, "top1": 0, "gw_recall": 0.0,
-                "predicted": 0})
-            acc["n"] += 1
-            acc["recall"] += len(pred & true_set) / max(1, len(true_set))
-            acc["precision"] += (len(pred & used) / len(pred)) if pred else 0.0
-            acc["exact"] += int(pred == true_set)
-            acc["top1"] += int(ids[0] in pred)
-            acc["gw_recall"] += sum(wi for e, wi in zip(ids, w) if e in pred) / (sum(w) or 1.0)
-            acc["predicted"] += len(pred)
-
-    def step(self, s: int, request: int, g0: int) -> StepStats:
-        shape, hw, tl = self.shape, self.profile, self.timeline
-        phase = "prefill" if self.trace.step[s] == 0 else "decode"
-        n_tokens = int(self.trace.tokens[s]) if phase == "prefill" else 1
-        m_layers = shape.moe_layers
-        st = StepStats(phase=phase, position=int(self.trace.step[s]),
-                             layer_hits=[0] * m_layers, layer_acts=[0] * m_layers)
-        self._predicted = {}
-        tl.step_begin()
-        for i in range(shape.num_layers):
+    def step(self, s: int) -> StepStats:
+        """One recorded step through the protocol, decoder layer by decoder layer."""
+        trace, p = self.trace, self.protocol
+        phase = "prefill" if trace.step[s] == 0 else "decode"
+        p.begin_step(phase, int(trace.step[s]), int(trace.tokens[s]) if phase == "prefill" else 1)
+        for i in range(self.shape.num_layers):
             m = self._moe_of.get(i)
             if m is None:
-                tl.compute(costs.attention_seconds(shape, hw, n_tokens, self.context)
-                           + costs.dense_mlp_seconds(shape, hw, n_tokens))
+                p.dense_layer()
                 continue
-            ev = LayerEvent(step=st.position, layer=m, phase=phase, n_tokens=n_tokens, request=request)
-            self._moe_layer(st, s, m, ev, g0 + m)
-        tl.compute(costs.lm_head_seconds(shape, hw))
-        clock = tl.step_end()
-        st.latency_s, st.stall_s = clock.latency_s, clock.stall_s
-        st.copy_busy_s, st.compute_s = clock.copy_busy_s, clock.compute_s
-        self.context += n_tokens
-        return st
+            p.before_attention(m, None)
+            executed = trace.executed(s, m)
+            true = Routing(np.asarray(executed, dtype=np.int64)[None, :],
+                           np.full((1, len(executed)), 1.0 / len(executed)))
+            _, _, experts, prefetches = p.route(m, true, None, None)
+            p.prepare(m, experts, prefetches,
+                      lambda s=s, m=m: (list(trace.true_ids(s, m)), trace.row_weights(s, m)))
+            p.after_experts(m, len(experts))
+        return p.end_step()
 
     def run(self, progress: Callable[[int], None] | None = None) -> dict:
         """Replay the schedule; returns `{"requests": {request: [step rows]}, "layer_*"}`."""
-        from moebench.runner import _reset_counters, _step_row
-
-        self.prefill_warm()
+        p = self.protocol
+        p.prefill_warm()
         rows: dict[int, list[dict]] = {}
         layer_hits = [0] * self.shape.moe_layers
         layer_acts = [0] * self.shape.moe_layers
         current, warm = None, True
-        for j, (s, request, counted) in enumerate(self.schedule.steps):
+        for s, request, _counted in self.schedule.steps:
             if warm and request != -1:      # warm-up over: counters start now (as in run_strategy)
                 warm = False
-                self.pred_stats.clear()
-                _reset_counters(self)
+                p.reset_counters()
             if request != current:
                 current = request
-                self.context = 0
-                self.strategy.begin_request(request)
-            st = self.step(s, request, j * self.shape.moe_layers)
+                p.begin_request(request)
+            st = self.step(s)
             if request == -1:
                 continue
-            row = _step_row(st, request)
             if st.phase == "decode":
                 for m in range(self.shape.moe_layers):
                     layer_hits[m] += st.layer_hits[m]
                     layer_acts[m] += st.layer_acts[m]
-            rows.setdefault(request, []).append(row)
+            rows.setdefault(request, []).append(st.row(request))
             if progress:
                 progress(1)
         return {"requests": rows, "layer_hits": layer_hits, "layer_acts": layer_acts}
-
-
-def decode_counts(trace: Any, shape: Any) -> np.ndarray:
-    """[L, E] how often each expert runs in the trace's decode steps."""
-    counts = np.zeros((shape.moe_layers, shape.num_experts), dtype=np.int64)
-    ex = trace.experts[trace.decode_mask()]                          # [S_dec, L, k]
-    for m in range(min(shape.moe_layers, trace.moe_layers)):
-        ids = ex[:, m, :].reshape(-1)
-        np.add.at(counts[m], ids[ids >= 0], 1)
-    return counts
 
 
 def check_trace_fits(trace: Any, shape: Any) -> None:
@@ -319,7 +206,7 @@ def replay_one(trace: Any, policy: str, *, shape: Any, profile: Any, budget: str
                warmup_steps: int | None = None, seed: int = 0,
                progress: Callable[[int], None] | None = None) -> ReplayRun:
     """Replay `trace` through `policy` at one budget on one profile (a `ReplayRun`)."""
-    from moebench.runner import Piece, _prediction, build_result, slots_for
+    from moebench.runner import Piece, build_result, slots_for
     from moebench.stats import summarize
 
     check_trace_fits(trace, shape)
@@ -338,7 +225,7 @@ def replay_one(trace: Any, policy: str, *, shape: Any, profile: Any, budget: str
         prompt = rec.prompts.get(request) if rec else None
         _finish(rows, prompt or (f"request-{request}", 0), samples)
     piece = Piece(strategy=strategy.describe(), samples=samples, layer_hits=out["layer_hits"],
-                  layer_acts=out["layer_acts"], prediction=_prediction(engine), n_slots=n_slots,
+                  layer_acts=out["layer_acts"], prediction=engine.protocol.prediction(), n_slots=n_slots,
                   peak_expert_bytes=engine.cache.peak_resident * shape.expert_bytes,
                   pool_bytes=n_slots * shape.expert_bytes)
     no_ttft = any(s["kind"] == "request" and s["ttft_ms"] is None for s in samples)

@@ -1,162 +1,69 @@
-"""Replay-side policies: strategies that need only routing, some of them the future.
-
-Each is a `Strategy` (decisions only) driven by the same `SlotScheduler` and `SimTimeline` the
-live engine uses; the replay engine additionally hands the replay-only ones a `ReplayView`
-(the schedule of groups to come, the cursor `g`, the cache) before every MoE layer.
+"""What `moebench replay` can run: every registered strategy that reads only routing (and the
+run's trace), plus a few policies that exist for replay's what-if questions.
 
 | name | what it is |
 |---|---|
-| `sync`, `lru`, `all-resident` | the registry strategies themselves (same objects as `run`) |
-| `lru-global` | registry `lru` with `scope=global` |
+| any registered strategy whose `reads` has neither `hidden` nor `residual` | the registry strategy itself (`sync`, `lru`, `all-resident`, `oracle`, a plugin's), the same object `run` builds |
+| `lru-layer`, `lru-global` | registry `lru` with `scope=layer` / `scope=global` |
 | `lfu` | least frequently used (counts persist across evictions), `LFUPolicy` |
 | `pin` | frequency pinning: each layer's `(slots - k) // L` most used experts of the trace are made resident before timing and never evicted; the other slots are an LRU scratch area |
-| `belady` | Belady's MIN: demand fetch, evict the expert used furthest in the future |
-| `oracle` | perfect future knowledge: before each layer's attention, prefetch the next `lookahead` groups' experts in order of use, as long as a free slot or a resident expert needed *later* than the prefetched one exists; Belady eviction |
-| `pred:<source>` | the prefetches a recorded predictor made (`predicted[source]` in the trace) replayed with a global LRU cache; issued after the previous layer's routing (`+N` in the source name: N layers ahead; `pre-attention` sources: before the layer's own attention) |
+| `belady` | Belady's MIN: demand fetch, evict the expert used furthest in the future (`BeladyPolicy`) |
+| `pred:<source>` | the prefetches a recorded predictor made (`predicted[source]` in the trace) replayed with a per-layer LRU cache; issued after the previous layer's routing (`+N` in the source name: N layers ahead; `pre-attention` sources: before the layer's own attention) |
 
-A *group* is one MoE layer of one step; groups are numbered in execution order (`g`).
+Each is a `Strategy` (decisions only), driven by the one per-layer protocol; those that read the
+trace get it as `ctx.trace` (a `RoutingTrace` over every MoE layer replayed, warm-up included).
 """
 from __future__ import annotations
 
-import heapq
-import math
 import re
-from bisect import bisect_left
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from moebench.engine.policies import LFUPolicy
-from moebench.errors import UserError
-from moebench.strategy import ExpertKey, LayerEvent, Prefetch, Strategy, StrategyContext
-
-NEVER = math.inf
-
-
-class FutureIndex:
-    """For each expert key, the sorted groups that execute it; `next_use(key, g)` is the first
-    such group `>= g` (`inf` when none)."""
-
-    def __init__(self, groups: Sequence[tuple[int, tuple[int, ...]]]):
-        self.uses: dict[ExpertKey, list[int]] = {}
-        for g, (layer, ids) in enumerate(groups):
-            for e in ids:
-                self.uses.setdefault((layer, e), []).append(g)
-
-    def next_use(self, key: ExpertKey, g: int) -> float:
-        uses = self.uses.get(key)
-        if not uses:
-            return NEVER
-        i = bisect_left(uses, g)
-        return uses[i] if i < len(uses) else NEVER
+from moebench.errors import UserError, did_you_mean
+from moebench.offload.policies import BeladyPolicy, CachePolicy, LFUPolicy, LRUPolicy
+from moebench.strategy import (REGISTRY, ExpertKey, LayerEvent, Prefetch, Strategy, StrategyContext,
+                               build_strategy)
 
 
-@dataclass
-class ReplayView:
-    """What a replay-only policy may look at. `g` / `s` are moved by the engine."""
+class TraceStrategy(Strategy):
+    """A strategy that reads the run's trace and tracks its position in it."""
 
-    groups: list[tuple[int, tuple[int, ...]]]   # g -> (layer, executed ids)
-    steps: list[int]                             # g -> trace step index
-    future: FutureIndex
-    trace: Any
-    cache: Any
-    counts: Any = None                           # [L, E] decode activations per expert
-    g: int = 0
-    s: int = 0
-
-
-class ReplayOnly(Strategy):
-    """Base of the policies that exist only in replay (they see `self.view`)."""
-
-    replay_only: ClassVar[bool] = True
-    view: ReplayView
-
-
-class LazyHeap:
-    """Candidates ordered by a priority that changes on access, without scanning them all:
-    every change pushes an entry; `best(ok, live)` returns the smallest current entry (`live`
-    key whose `prio(key)` still equals it) that `ok` accepts, leaving the heap as it was except
-    for stale entries. `sign=-1` makes it a max-heap. Stale entries are swept when they pile up."""
-
-    def __init__(self, prio: Any, sign: int = 1):
-        self.prio, self.sign = prio, sign
-        self.heap: list = []
-
-    def _entry(self, key: ExpertKey, p: Any) -> tuple:
-        return (p, key) if self.sign > 0 else (tuple(-x for x in p), (-key[0], -key[1]))
-
-    def _decode(self, entry: tuple) -> tuple[Any, ExpertKey]:
-        p, k = entry
-        return (p, k) if self.sign > 0 else (tuple(-x for x in p), (-k[0], -k[1]))
-
-    def push(self, key: ExpertKey) -> None:
-        heapq.heappush(self.heap, self._entry(key, self.prio(key)))
-
-    def best(self, ok: Any, live: Any) -> ExpertKey | None:
-        held, found = [], None
-        while self.heap:
-            p, key = self._decode(self.heap[0])
-            if not live(key) or self.prio(key) != p:
-                heapq.heappop(self.heap)          # stale
-                continue
-            if ok(key):
-                found = key
-                break
-            held.append(heapq.heappop(self.heap))
-        for e in held:
-            heapq.heappush(self.heap, e)
-        return found
-
-    @staticmethod
-    def member_of(candidates: list) -> Any:
-        """`k in candidates`, building the set once, and only if asked (the engine's lazy
-        `Candidates` view answers `in` directly)."""
-        from moebench.engine.cache import Candidates
-
-        if isinstance(candidates, Candidates):
-            return candidates.__contains__
-        box: list = []
-
-        def ok(k: ExpertKey) -> bool:
-            if not box:
-                box.append(set(candidates))
-            return k in box[0]
-        return ok
-
-    def sweep(self, keys: Any) -> None:
-        if len(self.heap) > 8 * len(keys) + 1024:
-            self.heap = [self._entry(k, self.prio(k)) for k in keys]
-            heapq.heapify(self.heap)
-
-
-class LFUReplay(Strategy):
-    """`LFUPolicy`'s choice -- least (count, last use, key) -- through a lazy heap, so an
-    eviction does not scan every resident expert."""
-
-    name: ClassVar[str] = "lfu"
-    source: ClassVar[str] = "least frequently used (frequency caching, KTransformers / Fiddler style)"
+    reads: ClassVar[frozenset[str]] = frozenset({"routing", "trace"})
+    needs: ClassVar[tuple[str, ...]] = ("trace",)
 
     def setup(self, ctx: StrategyContext) -> None:
-        self.policy = LFUPolicy()
+        if ctx.trace is None:
+            raise UserError(f"'{self.name}' needs the recorded routing of this workload, and none was given.")
         super().setup(ctx)
-        pol = self.policy
-        self.order = LazyHeap(lambda k: (pol.count.get(k, 0), pol.last.get(k, 0)))
 
-    def on_access(self, key: ExpertKey, hit: bool) -> None:
-        self.policy.on_access(key)
-        self.order.push(key)
-
-    def on_insert(self, key: ExpertKey) -> None:
-        self.policy.on_insert(key)
-        self.order.push(key)
-        self.order.sweep(self.policy.last.keys())
-
-    def victim(self, layer: int, candidates: list[ExpertKey]) -> ExpertKey:
-        found = self.order.best(LazyHeap.member_of(candidates), lambda k: self.ctx.is_resident(*k))
-        return found if found is not None else self.policy.victim(layer, candidates)
+    def position(self, ev: LayerEvent, layer: int | None = None) -> int | None:
+        return self.ctx.trace.position(ev.request, ev.step, ev.layer if layer is None else layer)
 
 
-class PinReplay(ReplayOnly):
+class LFUStrategy(Strategy):
+    name: ClassVar[str] = "lfu"
+    reads: ClassVar[frozenset[str]] = frozenset({"routing"})
+    source: ClassVar[str] = "least frequently used (frequency caching, KTransformers / Fiddler style)"
+
+    def make_policy(self, ctx: StrategyContext) -> CachePolicy:
+        return LFUPolicy()
+
+
+class BeladyStrategy(TraceStrategy):
+    name: ClassVar[str] = "belady"
+    source: ClassVar[str] = "Belady's MIN (1966): evict the expert used furthest in the future"
+
+    def make_policy(self, ctx: StrategyContext) -> CachePolicy:
+        return BeladyPolicy(ctx.trace.next_use)
+
+    def before_attention(self, ev: LayerEvent, h: Any) -> Sequence[Prefetch]:
+        t = self.position(ev)
+        if t is not None:
+            self.policy.now = t
+        return ()
+
+
+class PinStrategy(TraceStrategy):
     """Pinned experts never enter the LRU order, so a victim is found among the few scratch
     experts without looking at the pinned ones."""
 
@@ -170,17 +77,17 @@ class PinReplay(ReplayOnly):
     def initial_residents(self, n_slots: int) -> list[ExpertKey]:
         shape = self.ctx.shape
         per_layer = max(0, (n_slots - shape.top_k) // shape.moe_layers)
+        counts = self.ctx.trace.decode_counts(shape.moe_layers, shape.num_experts)
         pins = []
-        counts = self.view.counts
         for m in range(shape.moe_layers):
-            ranked = sorted(range(counts.shape[1]), key=lambda e: (-int(counts[m, e]), e))
-            pins.extend((m, e) for e in ranked[:per_layer] if counts[m, e] > 0)
+            ranked = sorted(range(shape.num_experts), key=lambda e: (-counts[m][e], e))
+            pins.extend((m, e) for e in ranked[:per_layer] if counts[m][e] > 0)
         self.pinned = set(pins)
         return pins
 
     def on_access(self, key: ExpertKey, hit: bool) -> None:
         if key not in self.pinned:
-            self.policy.on_access(key)
+            self.policy.on_access(key, hit)
 
     def on_insert(self, key: ExpertKey) -> None:
         if key not in self.pinned:
@@ -190,94 +97,14 @@ class PinReplay(ReplayOnly):
         if key not in self.pinned:
             self.policy.on_evict(key)
 
-    def victim(self, layer: int, candidates: list[ExpertKey]) -> ExpertKey:
-        ok = LazyHeap.member_of(candidates)
+    def victim(self, layer: int, candidates: Sequence[ExpertKey]) -> ExpertKey:
         for k in self.policy.order:              # least recently used scratch expert first
-            if ok(k):
+            if k in candidates:
                 return k
         return candidates[0]                     # only pinned experts left (scratch < top-k)
 
 
-class BeladyReplay(ReplayOnly):
-    """MIN with demand fetches. `nu[key]` is the next use after the key's last access (or, for a
-    prefetched key not yet used, from its insertion): a resident key is not accessed in between,
-    so that is its next use at eviction time. Victim: the largest (next use, key), found through
-    a lazy max-heap instead of a scan of every resident."""
-
-    name: ClassVar[str] = "belady"
-    source: ClassVar[str] = "Belady's MIN (1966): evict the expert used furthest in the future"
-
-    def setup(self, ctx: StrategyContext) -> None:
-        self.ctx = ctx
-        self.nu: dict[ExpertKey, float] = {}
-        self.order = LazyHeap(lambda k: (self.nu.get(k, -1.0),), sign=-1)
-
-    def _set(self, key: ExpertKey, g: int) -> None:
-        self.nu[key] = self.view.future.next_use(key, g)
-        self.order.push(key)
-
-    def on_access(self, key: ExpertKey, hit: bool) -> None:
-        self._set(key, self.view.g + 1)
-
-    def on_insert(self, key: ExpertKey) -> None:
-        self._set(key, self.view.g)
-        self.order.sweep(self.nu.keys())
-
-    def on_evict(self, key: ExpertKey) -> None:
-        self.nu.pop(key, None)
-
-    def victim(self, layer: int, candidates: list[ExpertKey]) -> ExpertKey:
-        found = self.order.best(LazyHeap.member_of(candidates), lambda k: k in self.nu)
-        if found is None:                        # cannot happen: every resident has an entry
-            nu = self.nu
-            found = max(candidates, key=lambda k: (nu.get(k, NEVER), k))
-        return found
-
-
-@dataclass(frozen=True)
-class OracleParams:
-    lookahead: int = 0   # groups to look ahead; 0 = one whole token (every MoE layer)
-
-
-class OracleReplay(BeladyReplay):
-    name: ClassVar[str] = "oracle"
-    source: ClassVar[str] = ("perfect future knowledge: earliest feasible prefetch, Belady eviction "
-                             "(the lossless lower bound at a budget and bandwidth)")
-    Params: ClassVar[type] = OracleParams
-    scores_predictions: ClassVar[bool] = False    # its prefetches are plans, not guesses
-
-    def before_attention(self, ev: LayerEvent, h: Any) -> Sequence[Prefetch]:
-        view, cache = self.view, self.view.cache
-        g0 = view.g
-        horizon = self.params.lookahead or self.ctx.moe_layers
-        wanted: list[tuple[int, ExpertKey]] = []
-        seen: set[ExpertKey] = set()
-        for g in range(g0, min(len(view.groups), g0 + horizon)):
-            layer, ids = view.groups[g]
-            for e in ids:
-                key = (layer, e)
-                if key not in seen and not cache.is_resident(key):
-                    seen.add(key)
-                    wanted.append((g, key))
-        if not wanted:
-            return ()
-        free = len(cache.free)
-        out: list[Prefetch] = []
-        taken: set[ExpertKey] = set()           # residents this plan would evict, best first
-        for g, key in wanted:
-            if free > 0:
-                free -= 1
-            else:
-                # Feasible only if the victim Belady would pick is needed after `key`.
-                top = self.order.best(lambda k: k not in taken, lambda k: k in self.nu)
-                if top is None or self.nu[top] <= g:
-                    break
-                taken.add(top)
-            out.append(Prefetch(key[0], (key[1],), source="oracle"))
-        return out
-
-
-class PredictedReplay(ReplayOnly):
+class PredictedStrategy(TraceStrategy):
     """A recorded predictor's prefetches, replayed with a per-layer LRU cache (the `lru`
     default). When the trace was recorded by a registry strategy whose `prediction_cost` needs
     only its parameters and the model shape, that cost is charged per prefetch as in the live
@@ -295,47 +122,44 @@ class PredictedReplay(ReplayOnly):
             else (int(m.group(1)) if m else 1)
         self._cost: Any = None
 
-    def setup(self, ctx: StrategyContext) -> None:
-        from moebench.engine.policies import LRUPolicy
+    def make_policy(self, ctx: StrategyContext) -> CachePolicy:
+        return LRUPolicy(scope="layer", n_slots=ctx.n_slots, moe_layers=ctx.moe_layers)
 
-        self.policy = LRUPolicy(scope="layer", n_slots=ctx.n_slots, moe_layers=ctx.moe_layers)
+    def setup(self, ctx: StrategyContext) -> None:
         super().setup(ctx)
         self._cost = self._recorded_cost(ctx)
 
     def _recorded_cost(self, ctx: StrategyContext) -> Any:
         """The recording strategy's `prediction_cost`, if it can be had from routing alone."""
-        from moebench.strategy import REGISTRY, build_strategy
-
         name = self.recorded.get("name")
         if not name or name not in REGISTRY.names() or not self.predictor.startswith(name):
             return None
         try:
             twin = build_strategy(name, self.recorded.get("params") or {})
-            if not callable(getattr(twin, "prediction_cost", None)):
-                return None
             twin.ctx = StrategyContext(shape=ctx.shape, n_slots=ctx.n_slots, is_resident=ctx.is_resident)
-            twin.prediction_cost(LayerEvent(step=1, layer=0, phase="decode", n_tokens=1))
+            if twin.prediction_cost(LayerEvent(step=1, layer=0, phase="decode", n_tokens=1)) is None:
+                return None
         except (UserError, AttributeError, TypeError, KeyError, StopIteration):
             return None      # it needs more than parameters and shapes (a trained predictor)
         return twin.prediction_cost
 
-    @property
-    def prediction_cost(self) -> Any:
-        return self._cost
+    def prediction_cost(self, ev: LayerEvent) -> tuple[float, float, int] | None:
+        return self._cost(ev) if self._cost is not None else None
 
-    def _for(self, layer: int) -> Sequence[Prefetch]:
-        ids = self.view.trace.predicted(self.view.s, layer).get(self.predictor)
+    def _for(self, ev: LayerEvent, layer: int) -> Sequence[Prefetch]:
+        t = self.position(ev, layer)
+        ids = self.ctx.trace.predicted[t].get(self.predictor) if t is not None else None
         return [Prefetch(layer, tuple(ids), source=self.predictor)] if ids else []
 
     def before_attention(self, ev: LayerEvent, h: Any) -> Sequence[Prefetch]:
         if self.ahead == 0 or ev.layer < self.ahead:   # nothing earlier could have issued them
-            return self._for(ev.layer)
+            return self._for(ev, ev.layer)
         return ()
 
     def after_routing(self, ev: LayerEvent, executed: Any, s: Any, u: Any) -> Sequence[Prefetch]:
         target = ev.layer + self.ahead
         if self.ahead and target < self.ctx.moe_layers:
-            return self._for(target)
+            return self._for(ev, target)
         return ()
 
     def describe(self) -> dict:
@@ -346,13 +170,25 @@ class PredictedReplay(ReplayOnly):
         return d
 
 
-REPLAY_ONLY = {"lfu": LFUReplay, "pin": PinReplay, "belady": BeladyReplay, "oracle": OracleReplay}
-FROM_REGISTRY = {"sync": ("sync", {}), "lru": ("lru", {}), "lru-layer": ("lru", {"scope": "layer"}),
-                 "lru-global": ("lru", {"scope": "global"}), "all-resident": ("all-resident", {})}
+REPLAY_ONLY = {"lfu": LFUStrategy, "pin": PinStrategy, "belady": BeladyStrategy}
+ALIASES = {"lru-layer": ("lru", {"scope": "layer"}), "lru-global": ("lru", {"scope": "global"})}
+
+
+def replayable_registry() -> list[str]:
+    """Registered strategies that read only routing and the trace (those that fail to load are
+    left out here and explained when named)."""
+    out = []
+    for name in REGISTRY.names():
+        try:
+            if REGISTRY.get(name).traits_for(REGISTRY.get(name).Params()).replayable:
+                out.append(name)
+        except UserError:
+            continue
+    return out
 
 
 def policy_names(trace: Any = None) -> list[str]:
-    names = sorted(FROM_REGISTRY) + sorted(REPLAY_ONLY)
+    names = sorted(set(replayable_registry()) | set(ALIASES) | set(REPLAY_ONLY))
     if trace is not None:
         names += [f"pred:{s}" for s in trace.sources()]
     return names
@@ -360,11 +196,9 @@ def policy_names(trace: Any = None) -> list[str]:
 
 def build_policy(name: str, trace: Any = None) -> Strategy:
     """A fresh strategy object for a replay policy name (see the module table)."""
-    from moebench.strategy import build_strategy
-
     name = name.strip()
-    if name in FROM_REGISTRY:
-        reg, params = FROM_REGISTRY[name]
+    if name in ALIASES:
+        reg, params = ALIASES[name]
         return build_strategy(reg, params)
     if name in REPLAY_ONLY:
         return REPLAY_ONLY[name]()
@@ -375,11 +209,12 @@ def build_policy(name: str, trace: Any = None) -> Strategy:
             have = ", ".join(known) or "none"
             raise UserError(f"the trace has no predictions from '{src}' (it has: {have}).")
         rec = trace.recorded.strategy if trace is not None and trace.recorded else None
-        return PredictedReplay(predictor=src, recorded=rec)
-    from moebench.errors import did_you_mean
-    from moebench.strategy import REGISTRY
-
+        return PredictedStrategy(predictor=src, recorded=rec)
     if name in REGISTRY.names():
-        raise UserError(f"strategy '{name}' needs the model's hidden states and cannot be replayed "
-                        "from routing alone; replay its recorded prefetches with pred:<predictor>.")
+        strategy = build_strategy(name)
+        if not strategy.traits.replayable:
+            reads = ", ".join(sorted(strategy.traits.reads & {"hidden", "residual"}))
+            raise UserError(f"strategy '{name}' reads the model's {reads} and cannot be replayed "
+                            "from routing alone; replay its recorded prefetches with pred:<predictor>.")
+        return strategy
     raise UserError(f"unknown replay policy '{name}'{did_you_mean(name, policy_names(trace))}.")

@@ -107,7 +107,7 @@ def _resolve(spec: ReplaySpec, trace: Any) -> tuple[str, list[str], list[str], l
 
 def run_replay(spec: ReplaySpec, progress: Callable[[int], None] | None = None) -> ReplayOutcome:
     from moebench.models.loading import model_shape
-    from moebench.profile import load_profile
+    from moebench.offload.profile import load_profile
     from moebench.replay import build_schedule, check_trace_fits
     from moebench.replay_policies import build_policy
     from moebench.replay_trace import load_replay_trace

@@ -49,6 +49,7 @@ class Piece:
     layer_acts: list[int] = field(default_factory=list)
     prediction: dict | None = None
     trace: list = field(default_factory=list)
+    warmup_trace: list = field(default_factory=list)   # the untimed warm-up's rows (request -1)
     logits: dict = field(default_factory=dict)
     n_slots: int = 0
     peak_expert_bytes: int = 0
@@ -77,7 +78,7 @@ def resolve_device_and_clock(clock: str, device: str = "auto") -> tuple[Any, str
 
 def prepare(cfg: RunConfig, loaded: Any = None) -> Prepared:
     from moebench.models.loading import load_model
-    from moebench.profile import load_profile
+    from moebench.offload.profile import load_profile
     from moebench.workloads import build_requests, load_workload, workload_sha256
 
     wl = load_workload(cfg.workload, cfg.workload_overrides)
@@ -143,9 +144,9 @@ def run_strategy(prep: Prepared, name: str, params: dict | None = None, *, repet
             if wl.warmup_steps and prep.requests:
                 _decode(engine, model, prep.requests[0].input_ids, wl.warmup_steps + 1, prep.device,
                         request=-1, record=None)
+            piece.warmup_trace = list(engine.trace)
             engine.trace.clear()
-            engine.pred_stats.clear()
-            _reset_counters(engine)
+            engine.protocol.reset_counters()
             try:
                 for rep in range(wl.repetitions):
                     for ri, req in enumerate(prep.requests):
@@ -160,45 +161,13 @@ def run_strategy(prep: Prepared, name: str, params: dict | None = None, *, repet
             except KeyboardInterrupt:
                 piece.complete = False
                 piece.notes.append("interrupted: only finished requests are kept")
-        piece.prediction = _prediction(engine)
+        piece.prediction = engine.protocol.prediction()
         piece.trace = list(engine.trace)
         piece.peak_expert_bytes = engine.cache.peak_resident * engine.cache.expert_bytes
         piece.pool_bytes = engine.pools.allocated_bytes
     finally:
         engine.detach()
     return piece
-
-
-def _reset_counters(engine: Any) -> None:
-    s = engine.sched
-    s.prefetch_issued = s.prefetch_used = s.wasted_bytes = 0
-    s.layer_counts.clear()
-    engine.layer_late = [0] * len(engine.layer_late)
-
-
-def _prediction(engine: Any) -> dict | None:
-    from moebench.metrics import prediction_metrics
-
-    if not engine.pred_stats and not engine.sched.prefetch_issued:
-        return None
-    pred = prediction_metrics(engine.pred_stats, late=sum(engine.layer_late),
-                              wasted_bytes=engine.sched.wasted_bytes,
-                              issued=engine.sched.prefetch_issued, used=engine.sched.prefetch_used)
-    # Per target layer, every predictor together: late = prefetched but still copying when
-    # needed (decode steps); wasted = evicted or dropped before any use; unused_at_end = still
-    # resident, never used, when the run ended.
-    counts = engine.sched.layer_counts
-    pending: dict[int, int] = {}
-    for layer, _ in engine.cache.prefetched:
-        pending[layer] = pending.get(layer, 0) + 1
-    pred["per_layer"] = [
-        {"layer": m, "late_prefetches": engine.layer_late[m],
-         "prefetches_issued": counts.get(m, {}).get("issued", 0),
-         "prefetches_used": counts.get(m, {}).get("used", 0),
-         "wasted_bytes": counts.get(m, {}).get("wasted_bytes", 0),
-         "unused_at_end_bytes": pending.get(m, 0) * engine.cache.expert_bytes}
-        for m in range(len(engine.layer_late))]
-    return pred
 
 
 def _decode(engine: Any, model: Any, prompt: tuple[int, ...], n_new: int, device: Any, *,
@@ -219,7 +188,7 @@ def _decode(engine: Any, model: Any, prompt: tuple[int, ...], n_new: int, device
     if logits is not None:
         logits.append(last[0].detach().to("cpu", copy=True))
     if record is not None:
-        record.append(_step_row(st, request))
+        record.append(st.row(request))
     if progress:
         progress(1)
     for pos in range(1, n_new):
@@ -233,7 +202,7 @@ def _decode(engine: Any, model: Any, prompt: tuple[int, ...], n_new: int, device
         if logits is not None:
             logits.append(last[0].detach().to("cpu", copy=True))
         if record is not None:
-            row = _step_row(st, request)
+            row = st.row(request)
             record.append(row)
             engine_hits, engine_acts = st.layer_hits, st.layer_acts
             row["_layer_hits"], row["_layer_acts"] = engine_hits, engine_acts
@@ -254,15 +223,6 @@ def _cache_kwarg(model: Any) -> str:
         name = "cache" if "cache" in params else "past_key_values"
         cls._moebench_cache_kwarg = name
     return name
-
-
-def _step_row(st: Any, request: int) -> dict:
-    return {"kind": "step", "phase": st.phase, "position": st.position,
-            "latency_ms": st.latency_s * 1e3, "stall_ms": st.stall_s * 1e3,
-            "copy_busy_ms": st.copy_busy_s * 1e3, "compute_ms": st.compute_s * 1e3,
-            "h2d_bytes": st.h2d_bytes, "demand_bytes": st.demand_bytes,
-            "prefetch_bytes": st.prefetch_bytes, "hits": st.hits, "activations": st.activations,
-            "late": st.late}
 
 
 def _finish_request(piece: Piece, rows: list[dict], req: Any, tokens: list[int], repetition: int) -> None:

@@ -1,153 +1,183 @@
-"""The Strategy plugin interface and its registry.
+"""The Strategy plugin interface and its registry: `from moebench.strategy import Strategy`.
 
 A strategy sees events and returns decisions; the engine executes them. It never touches
 streams, clocks, slots or tensors it does not own, so one strategy object runs unchanged under
-the CUDA clock, the simulated clock and trace replay.
+the CUDA clock, the simulated clock and trace replay (`moebench.offload.protocol` is the one
+protocol all three execute). Per MoE layer of every step the engine calls, in order:
 
-Per MoE layer of every step the engine calls, in order:
+    before_attention(ev, h)           -> [Prefetch]   h = norm1(x_i) [T, H]     (reads "hidden")
+    uses_router(ev)                   -> bool         is the true router part of the strategy here
+    choose(ev, true, s, u)            -> Routing      the experts to execute (default: the router's)
+    after_routing(ev, executed, s, u) -> [Prefetch]   s = x_i + Attn(...) [T, H] (reads "residual"),
+                                                      u = norm2(s) [T, H]
+    prediction_cost(ev)               -> (flops, bytes, kernels) | None, per prefetch it returned
+    victim(layer, candidates)         -> ExpertKey    eviction when no slot is free
+    on_access / on_insert / on_evict                  bookkeeping for the cache policy
 
-    before_attention(ev, h)          -> [Prefetch]   h = norm1(x_i)          [T, H]
-    choose(ev, true, s, u)           -> Routing      the experts to execute (default: the router's)
-    after_routing(ev, executed, s, u)-> [Prefetch]   s = x_i + Attn(...), u = norm2(s)   [T, H]
-    victim(layer, candidates)        -> ExpertKey    eviction when no slot is free
-    on_access / on_insert / on_evict                 bookkeeping for the cache policy
+and once per run `setup(ctx)` (after `make_policy(ctx)`), `initial_residents(n_slots)` (what to
+load before timing), and per prompt `begin_request(request)`.
 
-`Prefetch(layer, experts)` asks the engine to start copying; `ctx` (a `StrategyContext`) answers
-`is_resident`, gives the adapter (norms, routers), shape, artifacts and the step counter.
+**Declarations** (class attributes; `traits_for(params)` turns them into the instance's
+`traits` when a parameter changes one):
+- `reads`: what the strategy looks at, a subset of `READS`: `routing` (the true router's choice),
+  `hidden` (h), `residual` (s: one more hook per layer), `trace` (the run's recorded routing, the
+  future included). Replay runs every strategy that reads neither `hidden` nor `residual`; the
+  engine captures `s` only for those that read it; the simulated clock charges the router to
+  those that read `routing`.
+- `lossless`, `keeps_experts` (False: a layer's experts are dropped after use), `needs`
+  (artifacts to calibrate or record), `scores_predictions`, `forces_budget`, `min_slots`.
 
-Registration: built-ins and third-party plugins both go through `REGISTRY`, a lazy
-`"module:Class"` table filled from the entry-point group `moebench.strategies`.
+**Registry**: built-ins are listed once (`BUILTINS`); plugins register through the entry-point
+group `moebench.strategies` (`name = "package.module:Class"`) or `@register("name")`; tests use
+`with REGISTRY.registered("name", Cls): ...`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from moebench.config import field_names, from_dict
+from moebench.config import field_names, from_dict, to_dict
 from moebench.errors import UserError, did_you_mean
+from moebench.offload.events import ExpertKey, LayerEvent, Prefetch, Routing, StrategyContext
+from moebench.offload.policies import BeladyPolicy, CachePolicy, LFUPolicy, LRUPolicy
 
-ExpertKey = tuple[int, int]   # (moe layer index, expert id)
+__all__ = ["READS", "REGISTRY", "BeladyPolicy", "CachePolicy", "ExpertKey", "LFUPolicy", "LRUPolicy",
+           "LayerEvent", "NoParams", "Prefetch", "Routing",
+           "Strategy", "StrategyContext", "Traits", "build_strategy", "register"]
+
 ENTRY_POINT_GROUP = "moebench.strategies"
-
-
-@dataclass(frozen=True)
-class LayerEvent:
-    step: int                           # decode step counter within the request (0 = prefill)
-    layer: int                          # MoE layer index (0..moe_layers-1)
-    phase: Literal["prefill", "decode"]
-    n_tokens: int
-    request: int = 0
-
-
-@dataclass(frozen=True)
-class Routing:
-    """Top-k routing of a layer. `ids [T, k]` (int64) and `weights [T, k]` tensors."""
-
-    ids: Any
-    weights: Any
-
-    def experts(self) -> list[int]:
-        """Distinct expert ids, in first-use order (deterministic)."""
-        seen: dict[int, None] = {}
-        for e in self.ids.reshape(-1).tolist():
-            seen.setdefault(int(e), None)
-        return list(seen)
-
-
-@dataclass(frozen=True)
-class Prefetch:
-    layer: int
-    experts: tuple[int, ...]
-    source: str = "prefetch"
-
-
-class StrategyContext:
-    """What the engine shares with a strategy. Read-only views; no clocks, no streams."""
-
-    def __init__(self, *, shape: Any, adapter: Any = None, n_slots: int, is_resident: Any,
-                 artifacts: dict | None = None, trace: Any = None, device: Any = None):
-        self.shape = shape
-        self.adapter = adapter
-        self.n_slots = n_slots
-        self._is_resident = is_resident
-        self.artifacts = artifacts or {}
-        self.trace = trace
-        self.device = device
-
-    def is_resident(self, layer: int, expert: int) -> bool:
-        return self._is_resident((layer, expert))
-
-    @property
-    def moe_layers(self) -> int:
-        return self.shape.moe_layers
-
-    @property
-    def num_experts(self) -> int:
-        return self.shape.num_experts
-
-    @property
-    def top_k(self) -> int:
-        return self.shape.top_k
+READS = frozenset({"routing", "hidden", "residual", "trace"})
+LEGACY_READS = frozenset({"routing", "hidden", "residual"})   # a plugin that declares nothing
 
 
 @dataclass(frozen=True)
 class NoParams:
-    pass
+    def validate(self, where: str) -> None:
+        """Called after the parameters are built: raise `UserError` for a bad combination."""
+
+
+@dataclass(frozen=True)
+class Traits:
+    """What one strategy instance is, as its parameters make it."""
+
+    lossless: bool
+    keeps_experts: bool
+    reads: frozenset[str]
+    needs: tuple[str, ...]
+
+    @property
+    def replayable(self) -> bool:
+        """Needs only routing (and the recorded trace): runs in `moebench replay`."""
+        return not (self.reads & {"hidden", "residual"})
 
 
 class Strategy:
-    """Base class: the router's experts, fetched on demand, LRU eviction, no prefetch."""
+    """Base class: the router's experts, fetched on demand, global LRU eviction, no prefetch."""
 
     name: ClassVar[str] = "base"
-    version: ClassVar[int] = 1
-    lossless: ClassVar[bool] = True
-    keeps_experts: ClassVar[bool] = True    # False: a layer's experts are dropped after use
-    uses_true_router: ClassVar[bool] = True  # False: the router is instrumentation only
-    needs: ClassVar[tuple[str, ...]] = ()    # e.g. ("trace",), ("default-vectors",)
-    needs_residual: ClassVar[bool] = True    # False: `s` is not captured (one hook fewer per layer)
+    version: ClassVar[int] = 1               # bump on any behaviour change (results compare per version)
     source: ClassVar[str] = ""               # published source, shown by `moebench strategies`
     Params: ClassVar[type] = NoParams
+    # -- declarations (defaults for the default parameters; see traits_for) --
+    lossless: ClassVar[bool] = True
+    keeps_experts: ClassVar[bool] = True     # False: a layer's experts are dropped after use
+    reads: ClassVar[frozenset[str] | None] = None   # None: undeclared -> LEGACY_READS (deprecated)
+    needs: ClassVar[tuple[str, ...]] = ()    # artifacts: "trace", "default-vectors", ...
+    scores_predictions: ClassVar[bool] = True  # False: prefetches are plans, not guesses of this step
+    forces_budget: ClassVar[str | None] = None  # a budget this strategy always runs at ("all")
+    # -- deprecated declarations, still honoured when `reads` is not declared --
+    uses_true_router: ClassVar[bool] = True
+    needs_residual: ClassVar[bool | None] = None
 
     def __init__(self, params: Any = None):
         self.params = params if params is not None else self.Params()
+        self.traits = type(self).traits_for(self.params)
         self.ctx: StrategyContext | None = None
         self.policy: Any = None
+
+    @classmethod
+    def traits_for(cls, params: Any) -> Traits:
+        """The traits an instance with `params` has. Override when a parameter changes one."""
+        return Traits(lossless=cls.lossless, keeps_experts=cls.keeps_experts,
+                      reads=cls.declared_reads(), needs=tuple(cls.needs))
+
+    @classmethod
+    def declared_reads(cls) -> frozenset[str]:
+        if cls.reads is not None:
+            bad = set(cls.reads) - READS
+            if bad:
+                raise UserError(f"strategy '{cls.name}' declares reads {sorted(bad)}; known: {sorted(READS)}.")
+            return frozenset(cls.reads)
+        reads = set(LEGACY_READS)
+        if cls.needs_residual is False:
+            reads.discard("residual")
+        if not cls.uses_true_router:
+            reads.discard("routing")
+        if "trace" in cls.needs:
+            reads.add("trace")
+        warnings.warn(f"strategy '{cls.name}' does not declare `reads`; assuming {sorted(reads)} "
+                      "(declare e.g. reads = frozenset({'routing'}))", DeprecationWarning, stacklevel=3)
+        return frozenset(reads)
 
     # -- lifecycle ---------------------------------------------------------------------------
     def min_slots(self, top_k: int, moe_layers: int) -> int:
         """The fewest expert slots this strategy can run with (one layer's top-k by default)."""
         return top_k
 
-    def setup(self, ctx: StrategyContext) -> None:
-        from moebench.engine.policies import LRUPolicy
+    def make_policy(self, ctx: StrategyContext) -> CachePolicy:
+        """The cache policy `victim` / `on_*` delegate to (global LRU by default)."""
+        return LRUPolicy(scope="global", n_slots=ctx.n_slots, moe_layers=ctx.moe_layers)
 
+    def setup(self, ctx: StrategyContext) -> None:
+        """Once per run, before anything else: `ctx` is the shape, budget, artifacts, trace."""
         self.ctx = ctx
-        if self.policy is None:
-            self.policy = LRUPolicy(scope="global", n_slots=ctx.n_slots, moe_layers=ctx.moe_layers)
+        if self.policy is None:      # (a plugin may still assign its policy before calling this)
+            self.policy = self.make_policy(ctx)
+
+    def initial_residents(self, n_slots: int) -> Sequence[ExpertKey]:
+        """Experts to make resident before timing starts (all-resident, pinning)."""
+        return ()
 
     def begin_request(self, request: int) -> None:
         """A new prompt starts (its KV cache is empty; the expert cache is the engine's business)."""
 
     # -- decisions ---------------------------------------------------------------------------
     def before_attention(self, ev: LayerEvent, h: Any) -> Sequence[Prefetch]:
+        """At norm1 of MoE layer `ev.layer`: prefetches to issue during its attention."""
         return ()
 
+    def uses_router(self, ev: LayerEvent) -> bool:
+        """Whether the true router is part of the strategy at this layer (charged on the simulated
+        clock); by default whether the strategy reads `routing`."""
+        return "routing" in self.traits.reads
+
     def choose(self, ev: LayerEvent, true: Routing, s: Any, u: Any) -> Routing:
+        """The experts to execute (lossless strategies: the router's own choice)."""
         return true
 
     def after_routing(self, ev: LayerEvent, executed: Routing, s: Any, u: Any) -> Sequence[Prefetch]:
+        """After the layer's routing, before its waits: prefetches for later layers."""
         return ()
 
-    def victim(self, layer: int, candidates: list[ExpertKey]) -> ExpertKey:
+    def prediction_cost(self, ev: LayerEvent) -> tuple[float, float, int] | None:
+        """The predictor's own work per non-empty prefetch it returned, `(flops, bytes, kernels)`,
+        charged on the simulated clock (on CUDA its kernels really ran). None: free."""
+        return None
+
+    def victim(self, layer: int, candidates: Sequence[ExpertKey]) -> ExpertKey:
+        """Which resident, unlocked expert to evict for one of `layer` (never outside `candidates`)."""
         return self.policy.victim(layer, candidates)
 
     # -- bookkeeping (cache policy) ----------------------------------------------------------
     def on_access(self, key: ExpertKey, hit: bool) -> None:
-        self.policy.on_access(key)
+        """`key` is executed; `hit`: it was resident with its copy complete."""
+        self.policy.on_access(key, hit)
 
     def on_insert(self, key: ExpertKey) -> None:
         self.policy.on_insert(key)
@@ -157,15 +187,14 @@ class Strategy:
 
     # -- description -------------------------------------------------------------------------
     def describe(self) -> dict:
-        from moebench.config import to_dict
-
-        return {"name": self.name, "version": self.version, "lossless": self.lossless,
+        return {"name": self.name, "version": self.version, "lossless": self.traits.lossless,
                 "params": to_dict(self.params)}
 
 
 # ----------------------------------------------------------------------------------------------
 # Registry (lm-evaluation-harness style: lazy entries, base-class check, collisions, did-you-mean)
 # ----------------------------------------------------------------------------------------------
+# The built-ins, listed once (the same lazy entries a plugin's entry point gives).
 BUILTINS = {
     "sync": "strategies.sync:SyncStrategy",
     "lru": "strategies.lru:LRUStrategy",
@@ -178,14 +207,38 @@ BUILTINS = {
 
 
 class Registry:
+    """Name -> strategy class. Entries are classes or lazy `"module:Class"` strings, loaded (and
+    checked to be `Strategy` subclasses) on first use."""
+
     def __init__(self) -> None:
         self._entries: dict[str, str | type[Strategy]] = {}
         self._loaded_eps = False
 
     def register(self, name: str, target: str | type[Strategy], *, replace: bool = False) -> None:
+        self._load_entry_points()
         if name in self._entries and not replace and self._entries[name] != target:
-            raise ValueError(f"strategy '{name}' is already registered ({self._entries[name]}).")
+            raise UserError(f"strategy '{name}' is already registered ({self._entries[name]}).")
         self._entries[name] = target
+
+    def unregister(self, name: str) -> None:
+        self._load_entry_points()
+        if name not in self._entries:
+            raise UserError(f"strategy '{name}' is not registered.")
+        del self._entries[name]
+
+    @contextlib.contextmanager
+    def registered(self, name: str, target: str | type[Strategy]) -> Iterator[None]:
+        """Register `name` for the duration of a `with` block (tests), restoring what was there."""
+        self._load_entry_points()
+        before = self._entries.get(name)
+        self._entries[name] = target
+        try:
+            yield
+        finally:
+            if before is None:
+                self._entries.pop(name, None)
+            else:
+                self._entries[name] = before
 
     def _load_entry_points(self) -> None:
         if self._loaded_eps:
@@ -194,9 +247,7 @@ class Registry:
         for name, target in BUILTINS.items():
             self._entries.setdefault(name, target)
         for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name in self._entries and self._entries[ep.name] == ep.value:
-                continue
-            self._entries.setdefault(ep.name, ep.value)
+            self._entries.setdefault(ep.name, ep.value)   # a plugin never shadows a built-in
 
     def names(self) -> list[str]:
         self._load_entry_points()
@@ -220,6 +271,16 @@ class Registry:
 
 
 REGISTRY = Registry()
+
+
+def register(name: str) -> Any:
+    """Class decorator: `@register("my-prefetcher")` adds the class to the registry."""
+    def deco(cls: type[Strategy]) -> type[Strategy]:
+        if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+            raise TypeError(f"@register('{name}') needs a moebench Strategy subclass, not {cls!r}")
+        REGISTRY.register(name, cls)
+        return cls
+    return deco
 
 
 def strategy_params_fields(name: str) -> set[str]:

@@ -106,13 +106,16 @@ class RoutingTrace:
 
     `positions[t] = (request, step, layer)`; `demand[t]` the experts position `t` executes
     (every token of the step); `next_use((layer, e), t)` the first position `>= t` that uses
-    expert `e` of `layer`, or `inf`."""
+    expert `e` of `layer`, or `inf`; `predicted[t]` what recorded predictors asked for there.
+    It is the one trace type strategies see (`ctx.trace`), live and in replay: the positions are
+    every MoE layer the engine executes, the untimed warm-up included (request -1)."""
 
     def __init__(self, rows: Iterable[Any]):
         self.positions: list[tuple[int, int, int]] = []
         self.demand: list[tuple[int, ...]] = []
         self.index: dict[tuple[int, int, int], int] = {}
         self.uses: dict[tuple[int, int], list[int]] = {}
+        self.predicted: list[dict[str, tuple[int, ...]]] = []
         for r in rows:
             d = row_dict(r)
             pos = (int(d.get("request", 0)), int(d["step"]), int(d["layer"]))
@@ -124,6 +127,8 @@ class RoutingTrace:
             self.index[pos] = t
             self.positions.append(pos)
             self.demand.append(ids)
+            self.predicted.append({k: tuple(int(e) for e in v)
+                                   for k, v in (d.get("predicted") or {}).items()})
             for e in ids:
                 self.uses.setdefault((pos[2], e), []).append(t)
 
@@ -139,6 +144,15 @@ class RoutingTrace:
             return NEVER
         i = bisect.bisect_left(uses, t)
         return uses[i] if i < len(uses) else NEVER
+
+    def decode_counts(self, moe_layers: int, num_experts: int) -> list[list[int]]:
+        """[L][E] how often each expert runs in the measured decode steps (request >= 0)."""
+        counts = [[0] * num_experts for _ in range(moe_layers)]
+        for (request, step, layer), ids in zip(self.positions, self.demand):
+            if request >= 0 and step >= 1 and layer < moe_layers:
+                for e in ids:
+                    counts[layer][e] += 1
+        return counts
 
     def to_tensors(self) -> dict[str, Any]:
         """Flat int64 tensors for the artifact cache (ragged demand as values + offsets)."""

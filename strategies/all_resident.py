@@ -11,7 +11,7 @@ class AllResidentStrategy(Strategy):
     name: ClassVar[str] = "all-resident"
     version: ClassVar[int] = 1
     lossless: ClassVar[bool] = True
-    needs_residual: ClassVar[bool] = False
+    reads: ClassVar[frozenset[str]] = frozenset({"routing"})
     source: ClassVar[str] = "upper bound: no offloading"
     forces_budget: ClassVar[str] = "all"
 

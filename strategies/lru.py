@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
-from moebench.engine.policies import LRUPolicy
-from moebench.strategy import Strategy, StrategyContext
+from moebench.strategy import LRUPolicy, Strategy, StrategyContext
 
 
 @dataclass(frozen=True)
@@ -24,10 +23,9 @@ class LRUStrategy(Strategy):
     name: ClassVar[str] = "lru"
     version: ClassVar[int] = 1
     lossless: ClassVar[bool] = True
-    needs_residual: ClassVar[bool] = False
+    reads: ClassVar[frozenset[str]] = frozenset({"routing"})
     source: ClassVar[str] = "mixtral-offloading LRU expert cache (arXiv 2312.17238)"
     Params: ClassVar[type] = LRUParams
 
-    def setup(self, ctx: StrategyContext) -> None:
-        self.policy = LRUPolicy(scope=self.params.scope, n_slots=ctx.n_slots, moe_layers=ctx.moe_layers)
-        super().setup(ctx)
+    def make_policy(self, ctx: StrategyContext) -> LRUPolicy:
+        return LRUPolicy(scope=self.params.scope, n_slots=ctx.n_slots, moe_layers=ctx.moe_layers)

@@ -18,12 +18,11 @@ Each guess costs one router GEMV on the simulated clock (plus a norm for `input=
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
-from moebench.engine.policies import LRUPolicy
 from moebench.errors import UserError
-from moebench.strategy import LayerEvent, Prefetch, Routing, Strategy, StrategyContext
+from moebench.strategy import LRUPolicy, LayerEvent, Prefetch, Routing, Strategy, StrategyContext, Traits
 
 
 @dataclass(frozen=True)
@@ -42,11 +41,16 @@ class NextGateStrategy(Strategy):
     version: ClassVar[int] = 1
     lossless: ClassVar[bool] = True
     source: ClassVar[str] = "mixtral-offloading speculative loading + LRU (arXiv 2312.17238)"
+    reads: ClassVar[frozenset[str]] = frozenset({"routing", "hidden"})
     Params: ClassVar[type] = NextGateParams
 
-    def setup(self, ctx: StrategyContext) -> None:
-        self.policy = LRUPolicy(scope=self.params.scope, n_slots=ctx.n_slots, moe_layers=ctx.moe_layers)
-        super().setup(ctx)
+    @classmethod
+    def traits_for(cls, params: Any) -> Traits:
+        t = super().traits_for(params)
+        return replace(t, reads=t.reads | {"residual"}) if params.input == "residual" else t
+
+    def make_policy(self, ctx: StrategyContext) -> LRUPolicy:
+        return LRUPolicy(scope=self.params.scope, n_slots=ctx.n_slots, moe_layers=ctx.moe_layers)
 
     def after_routing(self, ev: LayerEvent, executed: Routing, s: Any, u: Any) -> list[Prefetch]:
         if ev.phase != "decode":

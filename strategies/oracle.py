@@ -1,39 +1,43 @@
-"""`oracle`: perfect knowledge of the routing, the lower bound on TPOT for lossless strategies at
-a given budget and bandwidth. Lossless.
+"""`oracle`: perfect knowledge of the routing; the lossless bound on TPOT at a given budget and
+bandwidth, live (`moebench run`) and in replay alike. Lossless.
 
-The routing comes from a recorded trace of the *same* workload (`calibration.recorded_trace`: a
-`sync` pass, lossless, so it is exactly the routing this run will see; a mismatch is logged).
-The trace is read as a sequence of positions `t = (request, step, layer)` in execution order,
-each with the set of experts it runs (all tokens of the step).
+The routing comes from the run's trace (`ctx.trace`, a `RoutingTrace` in execution order, the
+warm-up included): live, a `sync` pass over the same workload (lossless, so exactly the routing
+this run sees; a mismatch is logged and planning stops); in replay, the trace replayed.
 
-- **Eviction**: Belady's MIN (`BeladyPolicy`): the resident expert whose next use is furthest
-  in the future (never used again first).
-- **Prefetch**: at both hook points of every layer (before its attention, and after its routing
-  once its own demand is resident) it walks the future in need order and issues every copy that
-  is feasible: a free slot, or a victim whose next use is strictly later than the expert being
-  fetched. It never evicts an expert needed sooner than the one it fetches, and it stops at the
-  first infeasible expert (feasibility is monotone in need order), so the copy engine's FIFO
-  queue is always sorted by need and a copy never waits behind one needed later.
-- It charges the true router like every lossless strategy and no predictor compute.
+**Algorithm: Belady's schedule, each copy issued as early as it can be.**
+1. Plan. From the cache's real contents at the first position, simulate Belady's MIN with demand
+   fetches over the rest of the trace (the `belady` policy, exactly: same locking, same victims).
+   That yields its fetches in need order: `(key, needed at t, victim v, v's last use before t)`.
+2. Issue. Before each layer's attention (position h), issue the planned fetches in need order
+   while the next one's victim is no longer needed before its eviction (its last use `< h`);
+   the cache evicts exactly the planned victim.
 
-Why it bounds the lossless strategies here: they all execute the same experts on the same
-compute stream (so the same compute, plus whatever their predictor costs); the oracle starts
-every copy at the earliest hook point where the budget allows it, in need order, and its Belady
-evictions keep the experts needed soonest. The tests check `oracle <= every lossless strategy`
-at several budgets on both tiny presets; results show every strategy's distance from it.
+Why it is a bound: the cache holds, at every position, what Belady's holds, except that each
+incoming expert replaces its victim earlier — only once the victim has had its last use before
+Belady would evict it, so no access that hits under Belady misses here. The copies are Belady's
+copies, in the same (need) order on the one copy engine, each issued no later than Belady's
+demand fetch, so by induction each completes no later, every wait is no longer, and the compute
+is the same (same experts, the router charged, no predictor cost). Hence hit rate >= Belady's and
+time <= Belady's; Belady's MIN has the fewest misses of any demand-fetch policy, so it is at or
+below every lossless demand-fetch strategy too. tests/core/test_oracle.py checks the bound on
+random traces at tight budgets with hypothesis, and the live tests check it against every
+lossless strategy on the tiny presets.
 
-`max_lookahead` (default 0: unlimited) caps how many trace positions ahead it plans. During the
-untimed warm-up (not in the trace) it only fetches on demand.
+`max_lookahead` (default 0: unlimited) caps how many trace positions ahead of its need a copy may
+be issued.
 """
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from moebench.engine.policies import BeladyPolicy
 from moebench.errors import UserError
-from moebench.strategy import ExpertKey, LayerEvent, Prefetch, Routing, Strategy, StrategyContext
+from moebench.offload.cache import Candidates
+from moebench.strategy import (BeladyPolicy, CachePolicy, ExpertKey, LayerEvent, Prefetch, Routing,
+                               Strategy, StrategyContext)
 
 log = logging.getLogger("moebench")
 
@@ -47,110 +51,123 @@ class OracleParams:
             raise UserError(f"{where}.max_lookahead must not be negative (0 means unlimited).")
 
 
+@dataclass(frozen=True)
+class Fetch:
+    key: ExpertKey
+    need: int                      # the position that executes it
+    victim: ExpertKey | None       # None: a free slot
+    after: int                     # the victim's last use before `need` (-1: none)
+
+
+def belady_fetches(trace: Any, t0: int, resident: list[ExpertKey], n_slots: int) -> list[Fetch]:
+    """Belady's MIN with demand fetches from position `t0` on, starting from `resident`: its
+    fetches in need order. The same decisions the engine makes for the `belady` policy (locked
+    layer, victims from `BeladyPolicy`, on_* calls in the engine's order)."""
+    pol = BeladyPolicy(trace.next_use)
+    pol.now = t0
+    res: dict[ExpertKey, None] = {}
+    last: dict[ExpertKey, int] = {}
+    for k in resident:
+        res[k] = None
+        pol.on_insert(k)
+    out: list[Fetch] = []
+    for t in range(t0, len(trace)):
+        layer = trace.positions[t][2]
+        keys = [(layer, e) for e in trace.demand[t]]
+        locked = set(keys)
+        pol.now = t
+        for key in keys:
+            if key not in res:
+                victim = None
+                if len(res) >= n_slots:
+                    victim = pol.victim(layer, Candidates(res, locked))
+                    del res[victim]
+                    pol.on_evict(victim)
+                res[key] = None
+                pol.on_insert(key)
+                out.append(Fetch(key, t, victim, last.get(victim, -1) if victim else -1))
+            pol.on_access(key)
+            last[key] = t
+    return out
+
+
 class OracleStrategy(Strategy):
     name: ClassVar[str] = "oracle"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2         # 2: Belady's schedule issued early (1 was not a bound)
     lossless: ClassVar[bool] = True
+    reads: ClassVar[frozenset[str]] = frozenset({"routing", "trace"})
     needs: ClassVar[tuple[str, ...]] = ("trace",)
-    scores_predictions: ClassVar[bool] = False   # its prefetches plan steps ahead: not scored
-    source: ClassVar[str] = "perfect routing knowledge, Belady MIN eviction, earliest feasible prefetch"
+    scores_predictions: ClassVar[bool] = False   # its prefetches are plans, not guesses
+    source: ClassVar[str] = ("perfect routing knowledge: Belady's MIN schedule with every copy "
+                             "issued at the earliest safe point (the lossless bound)")
     Params: ClassVar[type] = OracleParams
 
     def setup(self, ctx: StrategyContext) -> None:
         if ctx.trace is None:
             raise UserError("the oracle needs the recorded routing of this workload, and none was given.")
         self.trace = ctx.trace
-        self.now: float = -1.0
-        self.resident: set[ExpertKey] = set()
-        self.mismatches = 0
-        self.policy = BeladyPolicy(lambda key: self.trace.next_use(key, self.now))
+        self.resident: dict[ExpertKey, None] = {}
+        self.plan: list[Fetch] | None = None
+        self.next = 0                          # the next planned fetch to issue
+        self.victims: deque[ExpertKey] = deque()
+        self.diverged = False
         super().setup(ctx)
 
-    # -- bookkeeping: the oracle plans against the cache's real contents ---------------------
+    def make_policy(self, ctx: StrategyContext) -> CachePolicy:
+        return BeladyPolicy(ctx.trace.next_use)   # the fallback once the routing has diverged
+
+    # -- bookkeeping: the plan is checked against the cache's real contents ------------------
     def on_insert(self, key: ExpertKey) -> None:
-        self.resident.add(key)
+        self.resident[key] = None
+        self.policy.on_insert(key)
 
     def on_evict(self, key: ExpertKey) -> None:
-        self.resident.discard(key)
-
-    def on_access(self, key: ExpertKey, hit: bool) -> None:
-        pass
+        self.resident.pop(key, None)
+        self.policy.on_evict(key)
 
     # -- decisions ---------------------------------------------------------------------------
-    def _position(self, ev: LayerEvent) -> int | None:
-        t = self.trace.position(ev.request, ev.step, ev.layer)
-        self.now = -1.0 if t is None else float(t)
-        return t
-
     def before_attention(self, ev: LayerEvent, h: Any) -> list[Prefetch]:
-        t = self._position(ev)
-        return [] if t is None else self._plan(t, locked=set(), demand=[])
+        t = self.trace.position(ev.request, ev.step, ev.layer)
+        self.victims.clear()
+        if t is None or self.diverged:
+            return []
+        self.policy.now = t
+        if self.plan is None:
+            self.plan = belady_fetches(self.trace, t, list(self.resident), self.ctx.n_slots)
+        out: list[Prefetch] = []
+        plan, cap = self.plan, self.params.max_lookahead
+        while self.next < len(plan):
+            f = plan[self.next]
+            if f.after >= t or (cap and f.need - t > cap):
+                break
+            if f.key in self.resident or (f.victim is not None and f.victim not in self.resident):
+                self._diverge(ev, "the cache no longer matches the plan")
+                break
+            if f.victim is not None:
+                self.victims.append(f.victim)
+            out.append(Prefetch(f.key[0], (f.key[1],), source="oracle"))
+            self.next += 1
+        return out
+
+    def victim(self, layer: int, candidates: Any) -> ExpertKey:
+        if self.victims:
+            v = self.victims.popleft()
+            if v in candidates:
+                return v
+            self._diverge(None, f"a planned victim {v} is not evictable")
+        return self.policy.victim(layer, candidates)
 
     def choose(self, ev: LayerEvent, true: Routing, s: Any, u: Any) -> Routing:
-        t = self._position(ev)
+        t = self.trace.position(ev.request, ev.step, ev.layer)
+        self.policy.now = t if t is not None else self.policy.now
         if t is not None and set(true.experts()) != set(self.trace.demand[t]):
-            self.mismatches += 1
-            if self.mismatches == 1:
-                log.warning("oracle: the routing at %s differs from the recorded trace; the oracle "
-                            "stays lossless but is no longer a bound", (ev.request, ev.step, ev.layer))
+            self._diverge(ev, "the routing differs from the recorded trace")
         return true
 
-    def after_routing(self, ev: LayerEvent, executed: Routing, s: Any, u: Any) -> list[Prefetch]:
-        t = self._position(ev)
-        if t is None:
-            return []
-        keys = [(ev.layer, e) for e in executed.experts()]
-        return self._plan(t, locked=set(keys), demand=keys)
-
-    def _plan(self, t: int, *, locked: set[ExpertKey], demand: list[ExpertKey]) -> list[Prefetch]:
-        """Every feasible prefetch from position t on, in need order (see the module docstring).
-
-        Mirrors what the engine will do: demand misses are inserted first (each evicting the
-        Belady victim), then the prefetches in list order."""
-        trace = self.trace
-        resident = set(self.resident)
-        free = self.ctx.n_slots - len(resident)
-        # Victims in eviction order: furthest next use first (what BeladyPolicy picks one by one).
-        victims = sorted(((trace.next_use(k, t), k) for k in resident if k not in locked), reverse=True)
-        vi = 0
-        for key in demand:
-            if key in resident:
-                continue
-            if free > 0:
-                free -= 1
-            elif vi < len(victims):
-                resident.discard(victims[vi][1])
-                vi += 1
-            resident.add(key)
-        out: list[Prefetch] = []
-        seen: set[ExpertKey] = set()
-        end = len(trace) if not self.params.max_lookahead else min(len(trace), t + self.params.max_lookahead)
-        for t2 in range(t, end):
-            layer = trace.positions[t2][2]
-            new = []
-            for e in trace.demand[t2]:
-                key = (layer, e)
-                if key in seen:
-                    continue
-                seen.add(key)
-                if key in resident:
-                    continue
-                if free > 0:
-                    free -= 1
-                else:
-                    if vi >= len(victims) or victims[vi][0] <= t2:
-                        return self._emit(out, layer, new)
-                    resident.discard(victims[vi][1])
-                    vi += 1
-                new.append(e)
-                resident.add(key)
-            self._emit(out, layer, new)
-            if len(seen) >= self.ctx.n_slots:
-                break   # the cache holds nothing needed later than what has been seen
-        return out
-
-    @staticmethod
-    def _emit(out: list[Prefetch], layer: int, experts: list[int]) -> list[Prefetch]:
-        if experts:
-            out.append(Prefetch(layer, tuple(experts), source="oracle"))
-        return out
+    def _diverge(self, ev: LayerEvent | None, why: str) -> None:
+        if not self.diverged:
+            where = (ev.request, ev.step, ev.layer) if ev is not None else "a prefetch"
+            log.warning("oracle: %s at %s; it stays lossless (Belady eviction, demand fetches) but "
+                        "is no longer a bound", why, where)
+        self.diverged = True
+        self.victims.clear()

@@ -24,12 +24,11 @@ charged on the simulated clock (two small GEMVs, or one router GEMV). `rank` 0 m
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
-from moebench.engine.policies import LRUPolicy
 from moebench.errors import UserError
-from moebench.strategy import LayerEvent, Prefetch, Strategy, StrategyContext
+from moebench.strategy import LRUPolicy, LayerEvent, Prefetch, Strategy, StrategyContext, Traits
 
 
 @dataclass(frozen=True)
@@ -54,18 +53,25 @@ class PreAttentionStrategy(Strategy):
     version: ClassVar[int] = 1
     lossless: ClassVar[bool] = True
     needs: ClassVar[tuple[str, ...]] = ("pre-attention",)
+    reads: ClassVar[frozenset[str]] = frozenset({"routing", "hidden"})
     source: ClassVar[str] = "pre-attention linear expert predictor (arXiv 2511.10676)"
     Params: ClassVar[type] = PreAttentionParams
 
+    @classmethod
+    def traits_for(cls, params: Any) -> Traits:
+        t = super().traits_for(params)
+        return t if params.predictor == "trained" else replace(t, needs=())
+
+    def make_policy(self, ctx: StrategyContext) -> LRUPolicy:
+        return LRUPolicy(scope=self.params.scope, n_slots=ctx.n_slots, moe_layers=ctx.moe_layers)
+
     def __init__(self, params: Any = None):
         super().__init__(params)
-        self.needs = ("pre-attention",) if self.params.predictor == "trained" else ()
         self.source_name = self.name if self.params.predictor == "trained" else f"{self.name}:router"
 
     def setup(self, ctx: StrategyContext) -> None:
         from moebench.predictors import TwoLinear
 
-        self.policy = LRUPolicy(scope=self.params.scope, n_slots=ctx.n_slots, moe_layers=ctx.moe_layers)
         super().setup(ctx)
         self.predictors: dict[int, Any] = {}
         if self.params.predictor == "trained":

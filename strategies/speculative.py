@@ -44,11 +44,11 @@ Parameters (the unpublished details are choices, documented here and in docs/str
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 from moebench.errors import UserError
-from moebench.strategy import LayerEvent, Prefetch, Routing, Strategy, StrategyContext
+from moebench.strategy import LayerEvent, Prefetch, Routing, Strategy, StrategyContext, Traits
 
 
 @dataclass(frozen=True)
@@ -82,18 +82,19 @@ class SpeculativeStrategy(Strategy):
     version: ClassVar[int] = 1
     lossless: ClassVar[bool] = False          # refetch_on_miss=true makes an instance lossless
     keeps_experts: ClassVar[bool] = False     # cache=lru makes an instance keep them
-    uses_true_router: ClassVar[bool] = False
+    reads: ClassVar[frozenset[str]] = frozenset({"routing", "hidden", "residual"})
     needs: ClassVar[tuple[str, ...]] = ("default-vectors",)
     source: ClassVar[str] = "speculative expert execution with default vectors (arXiv 2603.19289, YALIS)"
     Params: ClassVar[type] = SpeculativeParams
 
+    @classmethod
+    def traits_for(cls, params: Any) -> Traits:
+        return replace(super().traits_for(params), lossless=params.refetch_on_miss,
+                       keeps_experts=params.cache == "lru",
+                       needs=cls.needs + (("spec-estimator",) if params.estimator != "none" else ()))
+
     def __init__(self, params: Any = None):
         super().__init__(params)
-        p = self.params
-        self.lossless = p.refetch_on_miss
-        self.keeps_experts = p.cache == "lru"
-        self.uses_true_router = p.refetch_on_miss
-        self.needs = ("default-vectors",) + (("spec-estimator",) if p.estimator != "none" else ())
         self._spec: dict[int, Routing] = {}
 
     def min_slots(self, top_k: int, moe_layers: int) -> int:
@@ -169,7 +170,6 @@ class SpeculativeStrategy(Strategy):
 
     def describe(self) -> dict:
         d = super().describe()
-        d["lossless"] = self.lossless
         d["notes"] = ["true router of speculated layers: instrumentation only, not charged on the "
                       "simulated clock (on CUDA it stays in the graph: one E x H GEMV per layer)",
                       "speculation cost (norm, dv, router) charged per predicted layer"]

@@ -17,6 +17,6 @@ class SyncStrategy(Strategy):
     name: ClassVar[str] = "sync"
     version: ClassVar[int] = 1
     lossless: ClassVar[bool] = True
-    needs_residual: ClassVar[bool] = False
+    reads: ClassVar[frozenset[str]] = frozenset({"routing"})
     keeps_experts: ClassVar[bool] = False
     source: ClassVar[str] = "on-demand fetch baseline (arXiv 2603.19289, YALIS prefetch_mode=none)"

@@ -15,11 +15,11 @@ from moebench import runner
 from moebench.calibration import calibrate_speculative, calibration_set, dv_key
 from moebench.cli import app
 from moebench.config import RunConfig
-from moebench.engine.policies import BeladyPolicy
+from moebench.offload.policies import BeladyPolicy
 from moebench.errors import UserError
 from moebench.models.loading import load_model
 from moebench.predictors import DefaultVectors, TwoLinear, ranking_loss, recall_at_k
-from moebench.strategy import StrategyContext, build_strategy
+from moebench.strategy import LayerEvent, StrategyContext, build_strategy
 from moebench.trace import RoutingTrace
 
 TINY_WORKLOAD = """name: tiny-cal
@@ -223,8 +223,12 @@ def test_routing_trace_next_use_and_belady_victim() -> None:
     assert tr.next_use((0, 3), 2) == math.inf and tr.next_use((0, 9), 0) == math.inf
     back = RoutingTrace.from_tensors(tr.to_tensors())
     assert back.positions == tr.positions and back.demand == tr.demand
-    pol = BeladyPolicy(lambda k: tr.next_use(k, 1))
+    pol = BeladyPolicy(tr.next_use)
+    pol.now = 1
+    for k in [(0, 1), (0, 2), (0, 3)]:
+        pol.on_insert(k)                 # next uses from position 1: 2, never, 1
     assert pol.victim(0, [(0, 1), (0, 2), (0, 3)]) == (0, 2)        # never used again beats later use
+    assert pol.victim(0, [(0, 1), (0, 3)]) == (0, 1)
 
 
 def test_oracle_plan_never_evicts_an_expert_needed_sooner() -> None:
@@ -234,13 +238,20 @@ def test_oracle_plan_never_evicts_an_expert_needed_sooner() -> None:
     oracle = build_strategy("oracle", {})
     oracle.setup(StrategyContext(shape=type("S", (), {"moe_layers": 1, "num_experts": 4, "top_k": 1})(),
                                  n_slots=3, is_resident=lambda k: False, trace=tr))
-    plan = oracle._plan(0, locked=set(), demand=[])
+
+    def ev(t: int) -> LayerEvent:
+        request, step, layer = tr.positions[t]
+        return LayerEvent(step=step, layer=layer, phase="decode", n_tokens=1, request=request)
+
+    plan = oracle.before_attention(ev(0), None)     # free slots: Belady's first three fetches
     assert [(p.layer, p.experts) for p in plan] == [(0, (0,)), (0, (1,)), (0, (2,))]
     for k in [(0, 0), (0, 1), (0, 2)]:
         oracle.on_insert(k)
-    # at position 2 (experts 0 and 1 used), expert 3 may evict expert 1 (never needed again) but
-    # not expert 0 (needed at 4, after 3): exactly one prefetch, and it is expert 3
-    plan = oracle._plan(2, locked={(0, 2)}, demand=[(0, 2)])
+        oracle.on_access(k, True)
+    # Belady fetches expert 3 at position 3 evicting expert 2 (never needed again; expert 0 is
+    # needed at 4): that copy may start only once expert 2 has had its last use (position 2)
+    assert oracle.before_attention(ev(1), None) == [] and oracle.before_attention(ev(2), None) == []
+    plan = oracle.before_attention(ev(3), None)
     assert [(p.layer, p.experts) for p in plan] == [(0, (3,))]
-    oracle.now = 2.0
-    assert oracle.victim(0, [(0, 0), (0, 1)]) == (0, 1)
+    assert oracle.victim(0, [(0, 0), (0, 1), (0, 2)]) == (0, 2)
+

@@ -247,7 +247,7 @@ def test_baseline_check_passes_unchanged_and_fails_on_slower_hardware(tmp_path: 
     assert r.exit_code == 0, r.output
     # The same profile name on a slower link (4x the copy latency, half the bandwidth): what a
     # change that slows every copy does, under an unchanged clock label.
-    from moebench.profile import load_profile
+    from moebench.offload.profile import load_profile
 
     slow = load_profile("a6000-pcie4")
     prof = tmp_path / "profiles"

@@ -4,7 +4,7 @@ import pytest
 
 from moebench.config import BudgetSpec
 from moebench.errors import UserError
-from moebench.profile import available_profiles, load_profile
+from moebench.offload.profile import available_profiles, load_profile
 
 
 @pytest.mark.parametrize("text,kind,slots", [

@@ -95,8 +95,8 @@ def test_budget_is_never_exceeded_and_pool_is_the_budget(prepared) -> None:
 def test_compute_reads_slots_not_the_model_parameters() -> None:
     """While attached, the model's own expert parameters are empty: compute can only read slots."""
     from moebench.engine.executor import OffloadEngine
-    from moebench.engine.timeline import SimTimeline
-    from moebench.profile import load_profile
+    from moebench.offload.clock import SimTimeline
+    from moebench.offload.profile import load_profile
     from moebench.strategy import build_strategy
 
     loaded = load_model("tiny-qwen3-moe", seed=0)

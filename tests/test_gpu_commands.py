@@ -51,9 +51,9 @@ def test_copy_fit_recovers_latency_and_bandwidth():
 
 
 def test_profile_document_round_trips_into_the_simulator(tmp_path):
-    from moebench.engine import costs
+    from moebench.offload import costs
     from moebench.models.loading import model_shape
-    from moebench.profile import load_profile
+    from moebench.offload.profile import load_profile
     from moebench.profile_calibration import attention_residual_us, fit_copy, profile_document, write_profile
 
     shape = model_shape("qwen3-30b-a3b")
@@ -136,9 +136,9 @@ def test_pinned_store_is_carved_from_power_of_two_slabs(monkeypatch):
 def test_measured_times_grow_with_tokens_and_context_like_the_roofline():
     from dataclasses import replace
 
-    from moebench.engine import costs
+    from moebench.offload import costs
     from moebench.models.loading import model_shape
-    from moebench.profile import load_profile
+    from moebench.offload.profile import load_profile
 
     shape = model_shape("qwen3-30b-a3b")
     public = load_profile("h200-pcie5")

@@ -11,7 +11,7 @@ from moebench import runner
 from moebench.config import RunConfig
 from moebench.errors import UserError
 from moebench.models.loading import model_shape
-from moebench.profile import load_profile
+from moebench.offload.profile import load_profile
 from moebench.replay import build_schedule, replay_one
 from moebench.replay_fast import _lru_layer_exact, _quotas, fast_hit_rates, group_sequence
 from moebench.replay_trace import load_replay_trace, trace_from_rows, trace_rows

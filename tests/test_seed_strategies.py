@@ -200,7 +200,7 @@ def references() -> dict:
 def test_lossless_seed_strategies_reproduce_the_model(models, references, model, name, params) -> None:
     prep = _prep(models[model], budget="0.25")
     strategy = build_strategy(name, params)
-    assert strategy.lossless
+    assert strategy.traits.lossless
     piece = runner.run_strategy(prep, name, params, keep_logits=True)
     ref = references[model]
     for out in piece.outputs:
@@ -212,12 +212,12 @@ def test_lossless_seed_strategies_reproduce_the_model(models, references, model,
 
 
 def test_lossy_speculative_is_marked_lossy() -> None:
-    assert not build_strategy("speculative").lossless
-    assert build_strategy("speculative", {"refetch_on_miss": True}).lossless
-    assert not build_strategy("speculative").keeps_experts
-    assert build_strategy("speculative", {"cache": "lru"}).keeps_experts
+    assert not build_strategy("speculative").traits.lossless
+    assert build_strategy("speculative", {"refetch_on_miss": True}).traits.lossless
+    assert not build_strategy("speculative").traits.keeps_experts
+    assert build_strategy("speculative", {"cache": "lru"}).traits.keeps_experts
     for name in ("pre-attention", "next-gate", "oracle"):
-        assert build_strategy(name).lossless
+        assert build_strategy(name).traits.lossless
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from moebench.engine.timeline import SimTimeline
-from moebench.profile import HardwareProfile
+from moebench.offload.clock import SimTimeline
+from moebench.offload.profile import HardwareProfile
 
 # 1 GB/s and 1 us latency: a 1,000-byte copy takes exactly 2 us.
 HW = HardwareProfile(name="unit", h2d_bandwidth_gbps=1.0, h2d_latency_us=1.0, mem_bandwidth_gbps=100.0,

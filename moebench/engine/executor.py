@@ -11,17 +11,15 @@ Legend: T tokens in the step, H hidden, k experts per token, E experts per layer
 4. adds forward hooks on `norm1` (pre-attention state h, where the attention cost is charged)
    and a pre-hook on `norm2` (the post-attention residual s).
 
-Per MoE layer the executor then asks the strategy for prefetches (`before_attention`), the
-experts to execute (`choose`) and more prefetches (`after_routing`), lets the `SlotScheduler`
-make them resident in the byte-budgeted cache (timed by the timeline), and runs the model's own
-experts kernel over the cache slots (`SlotExperts`), so lossless strategies are bit-identical
-to the unmodified model.
+Per MoE layer the hooks feed the one per-layer protocol (`moebench.offload.protocol`, which
+trace replay executes too): prefetches before attention, the experts to execute and the
+prefetches after routing, residency in the byte-budgeted cache, waits, charges and accounting.
+What is the engine's own is the tensor work: it runs the model's experts kernel over the cache
+slots (`SlotExperts`), so lossless strategies are bit-identical to the unmodified model.
 
 The true router always runs (it is part of the model's graph); for strategies that do not use
-it (`uses_true_router = False`) the simulated clock does not charge it, and on CUDA it is one
+it (`uses_router(ev)` False) the simulated clock does not charge it, and on CUDA it is one
 `E x H` GEMV per layer (microseconds) that stays in the timed path: said in the result.
-A predictor's own work (a speculated router, a pre-attention predictor) is charged on the
-simulated clock from the strategy's `prediction_cost(ev)`, once per prefetch request it returns.
 """
 from __future__ import annotations
 
@@ -30,12 +28,12 @@ from typing import Any
 
 import torch
 
-from moebench.engine import costs
-from moebench.engine.cache import ExpertCache, SlotScheduler
-from moebench.engine.records import StepStats, prediction_seconds
 from moebench.engine.store import DevicePools, HostExpertStore, SlotExperts
 from moebench.models.adapters import adapter_for
-from moebench.strategy import LayerEvent, Routing, StrategyContext
+from moebench.offload.cache import ExpertCache
+from moebench.offload.events import Routing
+from moebench.offload.protocol import LayerProtocol
+from moebench.offload.records import StepStats
 
 IMPL_NAME = "moebench"
 
@@ -95,17 +93,10 @@ class OffloadEngine:
         self.trace_source = trace_source
         self.sim = timeline.kind == "simulated"
         self.trace: list[LayerTrace] = []
-        self._costs: dict = {}
         self._hooks: list[Any] = []
         self._attached = False
-        self._step: StepStats | None = None
         self._s: dict[int, torch.Tensor] = {}
-        self._predicted: dict[int, dict[str, set[int]]] = {}
-        self.pred_stats: dict[int, dict[str, float]] = {}
-        self.layer_late = [0] * self.shape.moe_layers   # decode: prefetched, copy still in flight
-        self.request = 0
-        self.step_index = 0
-        self.context = 0
+        self.protocol: LayerProtocol | None = None
 
     # ------------------------------------------------------------------------------------------
     # attach / detach
@@ -140,18 +131,18 @@ class OffloadEngine:
         self.pools = (make_pools(self.n_slots, self.device) if make_pools is not None
                       else DevicePools(self.store, self.n_slots, self.device))
         self.cache = ExpertCache(self.n_slots, self.store.expert_bytes, mover=self.pools)
-        self.sched = SlotScheduler(self.cache, self.timeline, self.strategy)
-        ctx = StrategyContext(shape=self.shape, adapter=self.adapter, n_slots=self.n_slots,
-                              is_resident=self.cache.is_resident, artifacts=self.artifacts,
-                              trace=self.trace_source, device=self.device)
-        self.strategy.setup(ctx)
+        self.protocol = LayerProtocol(self.strategy, shape=self.shape, profile=self.profile,
+                                      timeline=self.timeline, cache=self.cache, charge=self.sim,
+                                      adapter=self.adapter, artifacts=self.artifacts,
+                                      trace=self.trace_source, device=self.device)
+        self.protocol.setup()
         _register_impl()
         self._prev_impl = getattr(model.config, "_experts_implementation", None)
         model.set_experts_implementation(IMPL_NAME)
         for v in views:
             v.experts._moebench = (self, v.moe_index)
             self._hooks.append(v.norm1.register_forward_hook(self._make_norm1_hook(v.moe_index)))
-            if getattr(self.strategy, "needs_residual", True):   # s_i only for those that read it
+            if "residual" in self.strategy.traits.reads:   # s_i only for those that read it
                 self._hooks.append(v.norm2.register_forward_pre_hook(self._make_norm2_hook(v.moe_index)))
         moe_ids = {v.index for v in views}
         for i, layer in enumerate(self.adapter.decoder_layers):
@@ -162,70 +153,29 @@ class OffloadEngine:
 
     def prefill_warm(self) -> None:
         """Make the cache hold what the strategy wants resident before timing (all-resident)."""
-        want = getattr(self.strategy, "initial_residents", None)
-        if not want:
-            return
-        for key in want(self.n_slots):
-            if not self.cache.is_resident(key):
-                slot = self.sched._insert(key, set())
-                if slot is None:
-                    break
-                self.pools.load(key, slot)
+        self.protocol.prefill_warm(self.pools.load)
 
     # ------------------------------------------------------------------------------------------
     # steps
     # ------------------------------------------------------------------------------------------
     def begin_request(self, request: int) -> None:
-        self.request = request
-        self.context = 0
-        self.strategy.begin_request(request)
+        self.protocol.begin_request(request)
 
     def begin_step(self, phase: str, position: int, n_tokens: int) -> None:
-        self.step_index = position
-        self._n_tokens = n_tokens
-        m = self.shape.moe_layers
-        self._step = StepStats(phase=phase, position=position, layer_hits=[0] * m, layer_acts=[0] * m)
-        self._predicted = {}
-        self.timeline.step_begin()
+        self.protocol.begin_step(phase, position, n_tokens)
 
     def end_step(self) -> StepStats:
-        if self.sim:
-            self.timeline.compute(self._cost(costs.lm_head_seconds))
-        clock = self.timeline.step_end()
-        st = self._step
-        st.latency_s, st.stall_s = clock.latency_s, clock.stall_s
-        st.copy_busy_s, st.compute_s = clock.copy_busy_s, clock.compute_s
-        self.context += self._n_tokens
-        self._step = None
+        st = self.protocol.end_step()
         self._s.clear()
         return st
 
     # ------------------------------------------------------------------------------------------
     # hooks
     # ------------------------------------------------------------------------------------------
-    def _cost(self, fn: Any, *args: Any) -> float:
-        """A simulated cost, memoised: the cost functions are pure in (shape, profile, args)."""
-        key = (fn, args)
-        v = self._costs.get(key)
-        if v is None:
-            v = self._costs[key] = fn(self.shape, self.profile, *args)
-        return v
-
-    def _event(self, moe_index: int) -> LayerEvent:
-        st = self._step
-        return LayerEvent(step=self.step_index, layer=moe_index, phase=st.phase if st else "decode",
-                          n_tokens=self._n_tokens, request=self.request)
-
     def _make_norm1_hook(self, moe_index: int) -> Any:
         def hook(module: Any, args: Any, output: torch.Tensor) -> None:
-            if self._step is None:
-                return
-            ev = self._event(moe_index)
-            req = self.strategy.before_attention(ev, output)   # h = norm1(x_i)  [B, T, H]
-            self._charge_prediction(ev, req)
-            self._issue_prefetch(req, set())
-            if self.sim:
-                self.timeline.compute(self._cost(costs.attention_seconds, self._n_tokens, self.context))
+            if self.protocol.step is not None:
+                self.protocol.before_attention(moe_index, output)   # h = norm1(x_i)  [B, T, H]
         return hook
 
     def _make_norm2_hook(self, moe_index: int) -> Any:
@@ -234,19 +184,8 @@ class OffloadEngine:
         return hook
 
     def _dense_layer_hook(self, module: Any, args: Any) -> None:
-        if self._step is not None and self.sim:
-            self.timeline.compute(self._cost(costs.attention_seconds, self._n_tokens,
-                                                          self.context)
-                                  + self._cost(costs.dense_mlp_seconds, self._n_tokens))
-
-    def _issue_prefetch(self, requests: Any, locked: set) -> None:
-        if not requests:
-            return
-        self._note_predictions(requests)
-        nbytes, _ = self.sched.prefetch(requests, locked)
-        if self._step is not None:
-            self._step.h2d_bytes += nbytes
-            self._step.prefetch_bytes += nbytes
+        if self.protocol.step is not None:
+            self.protocol.dense_layer()
 
     # ------------------------------------------------------------------------------------------
     # the experts call
@@ -254,34 +193,17 @@ class OffloadEngine:
     def run_experts(self, module: Any, moe_index: int, u: torch.Tensor, top_k_index: torch.Tensor,
                     top_k_weights: torch.Tensor) -> torch.Tensor:
         """u [T, H], top_k_index [T, k], top_k_weights [T, k] -> [T, H]."""
-        if self._step is None:
+        proto = self.protocol
+        if proto.step is None:
             raise RuntimeError("the engine ran a forward outside begin_step/end_step")
-        st = self._step
-        ev = self._event(moe_index)
-        s = self._s.get(moe_index)
         true = Routing(top_k_index, top_k_weights)
-        # A strategy may say per layer whether the true router is part of it (`uses_router(ev)`,
-        # e.g. speculative: only the on-demand layers); otherwise the class flag decides.
-        per_layer = getattr(self.strategy, "uses_router", None)
-        uses_router = per_layer(ev) if per_layer is not None else self.strategy.uses_true_router
-        if self.sim and uses_router:
-            self.timeline.compute(self._cost(costs.router_seconds, ev.n_tokens))
-        chosen = self.strategy.choose(ev, true, s, u)
-        experts = chosen.experts()
-        prefetches = self.strategy.after_routing(ev, chosen, s, u)
-        self._charge_prediction(ev, prefetches)
-        self._note_predictions(prefetches or ())
+        ev, chosen, experts, prefetches = proto.route(moe_index, true, self._s.get(moe_index), u)
         # Instrumentation reads routing ids on the host: do it before `prepare` queues the waits
         # for this layer's copies, or on CUDA that D2H read would block the host until they land.
         if self.record_trace:
             self._record_trace(moe_index, true, chosen, experts)
-        if st.phase == "decode":
-            self._record_prediction(moe_index, true, experts)
-        out = self.sched.prepare(moe_index, experts, prefetches or ())
-        st.account(moe_index, out, len(experts))
-        if st.phase == "decode":
-            self.layer_late[moe_index] += out.late
-        self._predicted.pop(moe_index, None)
+        out = proto.prepare(moe_index, experts, prefetches, lambda: (
+            [int(e) for e in true.ids[-1].tolist()], true.weights[-1].float().tolist()))
         # Map expert ids to slot ids and run the model's own kernel over the slot pools,
         # narrowed (a view, no copy) to the slot range this call touches: grouped kernels cost
         # grows with the number of groups, and an all-resident layer is then exactly E wide.
@@ -306,13 +228,7 @@ class OffloadEngine:
             pools = {n: p[lo:hi + 1] for n, p in self.pools.pools.items()}
         proxy = SlotExperts(module, pools)
         y = self._impl(proxy, u, slot_index, chosen.weights)
-        if self.sim:
-            tokens_per_expert = max(1, (ev.n_tokens * self.shape.top_k) // max(1, len(experts)))
-            self.timeline.compute(len(experts) * self._cost(costs.expert_seconds, tokens_per_expert))
-        if not self.strategy.keeps_experts:
-            # Drop everything of this layer, prefetched-but-unused experts included: nothing may
-            # survive to serve a later token (that would be a cross-token cache).
-            self.sched.release(moe_index, [e for (m, e) in self.cache.resident() if m == moe_index])
+        proto.after_experts(moe_index, len(experts))
         return y
 
     def _expert_ordered(self, slots: dict[int, int], ids: torch.Tensor) -> tuple[dict, torch.Tensor]:
@@ -333,54 +249,16 @@ class OffloadEngine:
     # ------------------------------------------------------------------------------------------
     # instrumentation (outside the timed path: pure host bookkeeping, no device work)
     # ------------------------------------------------------------------------------------------
-    def _record_prediction(self, moe_index: int, true: Routing, executed: list[int]) -> None:
-        preds = self._predicted.pop(moe_index, None)
-        if not preds:
-            return
-        ids = true.ids[-1].tolist()                                   # last token's top-k
-        w = true.weights[-1].float().tolist()
-        true_set = set(int(e) for e in ids)
-        used = set(executed)
-        for source, pred in preds.items():
-            acc = self.pred_stats.setdefault(moe_index, {}).setdefault(source, {
-                "n": 0, "recall": 0.0, "precision": 0.0, "exact": 0, "top1": 0, "gw_recall": 0.0,
-                "predicted": 0})
-            inter = pred & true_set
-            acc["n"] += 1
-            acc["recall"] += len(inter) / max(1, len(true_set))
-            acc["precision"] += (len(pred & used) / len(pred)) if pred else 0.0
-            acc["exact"] += int(pred == true_set)
-            acc["top1"] += int(int(ids[0]) in pred)
-            tot = sum(w) or 1.0
-            acc["gw_recall"] += sum(wi for e, wi in zip(ids, w) if int(e) in pred) / tot
-            acc["predicted"] += len(pred)
-
     def _record_trace(self, moe_index: int, true: Routing, chosen: Routing,
                       used: list[int] | None = None) -> None:
-        preds = {k: sorted(v) for k, v in self._predicted.get(moe_index, {}).items()}
+        p = self.protocol
+        preds = {k: sorted(v) for k, v in p.predicted(moe_index).items()}
         self.trace.append(LayerTrace(
-            request=self.request, step=self.step_index, layer=moe_index,
+            request=p.request, step=p.position, layer=moe_index,
             experts=[int(e) for e in true.ids[-1].tolist()],
             weights=[float(x) for x in true.weights[-1].float().tolist()],
             executed=[int(e) for e in chosen.ids[-1].tolist()], predicted=preds,
             used=[int(e) for e in (used or [])]))
-
-    def _note_predictions(self, requests: Any) -> None:
-        """Remember what each predictor asked for, per target layer, to score it against the
-        true routing of that layer in this step. A strategy whose prefetches are not predictions
-        of this step (the oracle plans steps ahead from a recorded trace) sets
-        `scores_predictions = False`."""
-        if not getattr(self.strategy, "scores_predictions", True):
-            return
-        for r in requests:
-            self._predicted.setdefault(r.layer, {}).setdefault(r.source, set()).update(int(e) for e in r.experts)
-
-    def _charge_prediction(self, ev: LayerEvent, requests: Any) -> None:
-        """Charge a predictor's own compute on the simulated clock: each non-empty `Prefetch`
-        costs what the strategy's `prediction_cost(ev)` says, `(flops, bytes, kernels)`. On CUDA
-        the predictor's kernels really ran on the compute stream and are measured."""
-        if self.sim:
-            self.timeline.compute(prediction_seconds(self.strategy, self.profile, ev, requests))
 
     # ------------------------------------------------------------------------------------------
     def detach(self) -> None:

@@ -247,7 +247,7 @@ def load_lazy(folder: Path, *, cfg: dict, name: str, hf_id: str | None = None, d
     from moebench.models.adapters import adapter_for
     from moebench.models.loading import LoadedModel, load_tokenizer
     from moebench.models.mxfp4 import PackedExpertStore
-    from moebench.models.shapes import shape_from_config
+    from moebench.offload.shapes import shape_from_config
 
     dev = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu")

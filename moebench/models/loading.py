@@ -14,7 +14,7 @@ from typing import Any
 
 from moebench.errors import UserError
 from moebench.models import presets as P
-from moebench.models.shapes import ModelShape, shape_from_config
+from moebench.offload.shapes import ModelShape, shape_from_config
 
 
 def _offline() -> None:

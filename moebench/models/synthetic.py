@@ -26,7 +26,7 @@ def random_offloaded(cfg: dict, *, name: str, device: Any = None, seed: int = 0,
     from moebench.engine.store import HostExpertStore
     from moebench.models.adapters import adapter_for
     from moebench.models.loading import LoadedModel, _snapshot, load_tokenizer
-    from moebench.models.shapes import shape_from_config
+    from moebench.offload.shapes import shape_from_config
 
     dev = torch.device(device) if device is not None else torch.device(
         "cuda" if torch.cuda.is_available() else "cpu")

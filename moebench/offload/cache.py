@@ -147,7 +147,7 @@ class SlotScheduler:
         self.cache.ticket[key] = t
         return t
 
-    def _insert(self, key: ExpertKey, locked: set[ExpertKey]) -> int | None:
+    def insert(self, key: ExpertKey, locked: set[ExpertKey]) -> int | None:
         def on_evict(k: ExpertKey) -> None:
             if k in self.cache.prefetched:
                 self.wasted_bytes += self.cache.expert_bytes
@@ -167,7 +167,7 @@ class SlotScheduler:
                 key = (req.layer, int(e))
                 if self.cache.is_resident(key):
                     continue
-                slot = self._insert(key, locked | {key})
+                slot = self.insert(key, locked | {key})
                 if slot is None:
                     dropped += 1
                     continue
@@ -204,7 +204,7 @@ class SlotScheduler:
                     waits.append(t)
                     self.strategy.on_access(key, False)
             else:
-                slot = self._insert(key, locked)
+                slot = self.insert(key, locked)
                 if slot is None:  # cannot happen: len(keys) <= n_slots and only keys are locked
                     raise RuntimeError("no slot for a demanded expert")
                 waits.append(self._copy(key, slot))

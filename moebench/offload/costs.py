@@ -7,8 +7,8 @@ projections, rotary, attention, residual adds; gate_up, activation, down per exp
 """
 from __future__ import annotations
 
-from moebench.models.shapes import ModelShape
-from moebench.profile import HardwareProfile
+from moebench.offload.shapes import ModelShape
+from moebench.offload.profile import HardwareProfile
 
 ATTENTION_KERNELS = 10
 ROUTER_KERNELS = 3

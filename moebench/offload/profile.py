@@ -5,7 +5,7 @@ A profile is a YAML file of public (or `moebench calibrate profile`-measured) fi
     copy   = h2d_latency + bytes / h2d_bandwidth                       (the copy engine)
     kernel = max(flops / peak, bytes / (mem_bandwidth * efficiency)) + launch_overhead
 
-Built-ins live in `moebench/profiles/*.yaml`; a user passes `--profile my.yaml`, or drops files
+Built-ins live in `moebench/offload/profiles/*.yaml`; a user passes `--profile my.yaml`, or drops files
 in `$MOEBENCH_PROFILES` (a folder) to make them known by name.
 """
 from __future__ import annotations
@@ -71,7 +71,7 @@ class HardwareProfile:
 
 
 def _builtin_dir() -> Path:
-    return Path(str(resources.files("moebench") / "profiles"))
+    return Path(str(resources.files("moebench.offload") / "profiles"))
 
 
 def _search_dirs() -> list[Path]:

@@ -1,0 +1,79 @@
+"""The vocabulary between the protocol and a strategy: events in, decisions out.
+
+Public through `moebench.strategy` (the plugin API); defined here, in the core, because the
+protocol that produces the events and executes the decisions lives here and imports nothing above
+it. `ids` and `weights` are tensors on a live run and numpy arrays in replay; both answer
+`reshape` and `tolist`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+ExpertKey = tuple[int, int]   # (moe layer index, expert id)
+
+
+@dataclass(frozen=True)
+class LayerEvent:
+    step: int                           # decode step counter within the request (0 = prefill)
+    layer: int                          # MoE layer index (0..moe_layers-1)
+    phase: Literal["prefill", "decode"]
+    n_tokens: int
+    request: int = 0                    # -1 during the untimed warm-up
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Top-k routing of a layer. `ids [T, k]` (int64) and `weights [T, k]`."""
+
+    ids: Any
+    weights: Any
+
+    def experts(self) -> list[int]:
+        """Distinct expert ids, in first-use order (deterministic)."""
+        seen: dict[int, None] = {}
+        for e in self.ids.reshape(-1).tolist():
+            seen.setdefault(int(e), None)
+        return list(seen)
+
+
+@dataclass(frozen=True)
+class Prefetch:
+    """Ask the engine to start copying `experts` of MoE layer `layer` (a prediction by `source`)."""
+
+    layer: int
+    experts: tuple[int, ...]
+    source: str = "prefetch"
+
+
+class StrategyContext:
+    """What the engine shares with a strategy: read-only views, no clocks, no streams.
+
+    `trace` is a `moebench.trace.RoutingTrace` of the run's routing for strategies that read
+    `trace` (the oracle, Belady, pinning), the same type live and in replay; `adapter` and
+    `device` are None in replay (no model is loaded there)."""
+
+    def __init__(self, *, shape: Any, n_slots: int, is_resident: Any, adapter: Any = None,
+                 artifacts: dict | None = None, trace: Any = None, device: Any = None):
+        self.shape = shape
+        self.adapter = adapter
+        self.n_slots = n_slots
+        self._is_resident = is_resident
+        self.artifacts = artifacts or {}
+        self.trace = trace
+        self.device = device
+
+    def is_resident(self, layer: int, expert: int) -> bool:
+        return self._is_resident((layer, expert))
+
+    @property
+    def moe_layers(self) -> int:
+        return self.shape.moe_layers
+
+    @property
+    def num_experts(self) -> int:
+        return self.shape.num_experts
+
+    @property
+    def top_k(self) -> int:
+        return self.shape.top_k

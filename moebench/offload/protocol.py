@@ -1,0 +1,247 @@
+"""The per-layer protocol of a run: the one sequence of strategy calls, copies, waits and charges
+that both the live engine (`moebench.engine.executor`) and trace replay (`moebench.replay`)
+execute. The engines differ only in where the inputs come from (a transformers forward's hooks,
+or a recorded trace) and in what computes the experts (the model's kernel over cache slots, or
+nothing); the decisions, the cache, the clock and the accounting are this object's.
+
+Per forward step (a prefill or one decode token):
+
+    begin_step(phase, position, n_tokens)
+    for each decoder layer:
+      dense layer:  dense_layer()                    attention + dense MLP charge
+      MoE layer m:  before_attention(m, h)           strategy.before_attention -> prediction charge
+                                                     -> prefetch -> attention charge
+                    route(m, true, s, u)             router charge (if the strategy uses it)
+                                                     -> strategy.choose -> strategy.after_routing
+                                                     -> prediction charge
+                    prepare(layer, ...)              prediction scoring (decode) -> demand fetches,
+                                                     then prefetches, then waits -> accounting
+                    (the engine runs the experts here)
+                    after_experts(layer)             expert compute charge -> release (keep-nothing
+                                                     strategies)
+    end_step() -> StepStats                          LM-head charge, the step's clock
+
+`charge=False` (the CUDA clock) skips every simulated charge: the kernels really ran and the
+events measured them. A simulated timeline is a pure function of this call sequence, so a live
+`--clock sim` run and the replay of its trace give the same numbers bit for bit.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from moebench.offload import costs
+from moebench.offload.cache import ExpertCache, LayerOutcome, SlotScheduler
+from moebench.offload.records import StepStats, prediction_metrics, prediction_seconds
+from moebench.offload.events import LayerEvent, Prefetch, Routing, StrategyContext
+
+LastToken = Callable[[], tuple[list[int], list[float]]]   # the true router's last-token ids, weights
+
+
+class LayerProtocol:
+    """One strategy, one cache, one clock: the protocol above, with its counters."""
+
+    def __init__(self, strategy: Any, *, shape: Any, profile: Any, timeline: Any,
+                 cache: ExpertCache, charge: bool, adapter: Any = None, artifacts: dict | None = None,
+                 trace: Any = None, device: Any = None):
+        self.strategy, self.shape, self.profile, self.timeline = strategy, shape, profile, timeline
+        self.cache = cache
+        self.charge = charge
+        self.sched = SlotScheduler(cache, timeline, strategy)
+        self.ctx = StrategyContext(shape=shape, adapter=adapter, n_slots=cache.n_slots,
+                                   is_resident=cache.is_resident, artifacts=artifacts or {},
+                                   trace=trace, device=device)
+        self.pred_stats: dict[int, dict[str, dict]] = {}
+        self.layer_late = [0] * shape.moe_layers       # decode: prefetched, copy still in flight
+        self.step: StepStats | None = None
+        self.request = 0
+        self.position = 0
+        self.n_tokens = 1
+        self.context = 0
+        self._predicted: dict[int, dict[str, set[int]]] = {}
+        self._costs: dict = {}
+
+    def setup(self) -> None:
+        self.strategy.setup(self.ctx)
+
+    # -- costs --------------------------------------------------------------------------------
+    def cost(self, fn: Any, *args: Any) -> float:
+        """A simulated cost, memoised: the cost functions are pure in (shape, profile, args)."""
+        key = (fn, args)
+        v = self._costs.get(key)
+        if v is None:
+            v = self._costs[key] = fn(self.shape, self.profile, *args)
+        return v
+
+    def _charge_prediction(self, ev: LayerEvent, requests: Sequence[Prefetch]) -> None:
+        """A predictor's own compute (its `prediction_cost(ev)` per non-empty prefetch); on CUDA
+        the predictor's kernels really ran on the compute stream and are measured."""
+        if self.charge:
+            self.timeline.compute(prediction_seconds(self.strategy, self.profile, ev, requests))
+
+    # -- run and request ----------------------------------------------------------------------
+    def prefill_warm(self, load: Callable[[Any, int], None] | None = None) -> None:
+        """Make the cache hold what the strategy wants resident before timing (all-resident,
+        pinning); `load(key, slot)` copies the weights on a live engine."""
+        for key in self.strategy.initial_residents(self.cache.n_slots):
+            if not self.cache.is_resident(key):
+                slot = self.sched.insert(key, set())
+                if slot is None:
+                    break
+                if load is not None:
+                    load(key, slot)
+
+    def reset_counters(self) -> None:
+        """Warm-up over: the counters of the measured run start now."""
+        s = self.sched
+        s.prefetch_issued = s.prefetch_used = s.wasted_bytes = 0
+        s.layer_counts.clear()
+        self.layer_late = [0] * len(self.layer_late)
+        self.pred_stats.clear()
+
+    def begin_request(self, request: int) -> None:
+        self.request = request
+        self.context = 0
+        self.strategy.begin_request(request)
+
+    # -- step ---------------------------------------------------------------------------------
+    def begin_step(self, phase: str, position: int, n_tokens: int) -> None:
+        m = self.shape.moe_layers
+        self.position, self.n_tokens = position, n_tokens
+        self.step = StepStats(phase=phase, position=position, layer_hits=[0] * m, layer_acts=[0] * m)
+        self._predicted = {}
+        self.timeline.step_begin()
+
+    def end_step(self) -> StepStats:
+        if self.charge:
+            self.timeline.compute(self.cost(costs.lm_head_seconds))
+        clock = self.timeline.step_end()
+        st = self.step
+        st.latency_s, st.stall_s = clock.latency_s, clock.stall_s
+        st.copy_busy_s, st.compute_s = clock.copy_busy_s, clock.compute_s
+        self.context += self.n_tokens
+        self.step = None
+        return st
+
+    def event(self, layer: int) -> LayerEvent:
+        st = self.step
+        return LayerEvent(step=self.position, layer=layer, phase=st.phase if st else "decode",
+                          n_tokens=self.n_tokens, request=self.request)
+
+    # -- layers -------------------------------------------------------------------------------
+    def dense_layer(self) -> None:
+        if self.charge:
+            self.timeline.compute(self.cost(costs.attention_seconds, self.n_tokens, self.context)
+                                  + self.cost(costs.dense_mlp_seconds, self.n_tokens))
+
+    def before_attention(self, layer: int, h: Any) -> None:
+        """At norm1 of MoE layer `layer`: `h = norm1(x_i)` [T, H] (None in replay)."""
+        ev = self.event(layer)
+        req = self.strategy.before_attention(ev, h)
+        self._charge_prediction(ev, req)
+        self._issue_prefetch(req, set())
+        if self.charge:
+            self.timeline.compute(self.cost(costs.attention_seconds, self.n_tokens, self.context))
+
+    def route(self, layer: int, true: Routing, s: Any, u: Any
+              ) -> tuple[LayerEvent, Routing, list[int], Sequence[Prefetch]]:
+        """The experts to execute and the prefetches issued after routing."""
+        ev = self.event(layer)
+        if self.charge and self.strategy.uses_router(ev):
+            self.timeline.compute(self.cost(costs.router_seconds, ev.n_tokens))
+        chosen = self.strategy.choose(ev, true, s, u)
+        experts = chosen.experts()
+        prefetches = self.strategy.after_routing(ev, chosen, s, u) or ()
+        self._charge_prediction(ev, prefetches)
+        self._note_predictions(prefetches)
+        return ev, chosen, experts, prefetches
+
+    def prepare(self, layer: int, experts: list[int], prefetches: Sequence[Prefetch],
+                last_token: LastToken) -> LayerOutcome:
+        """Make `experts` resident (demand fetches first, then `prefetches`), wait, account."""
+        st = self.step
+        if st.phase == "decode":
+            self._score_predictions(layer, last_token, experts)
+        out = self.sched.prepare(layer, experts, prefetches)
+        st.account(layer, out, len(experts))
+        if st.phase == "decode":
+            self.layer_late[layer] += out.late
+        self._predicted.pop(layer, None)
+        return out
+
+    def after_experts(self, layer: int, n_experts: int) -> None:
+        if self.charge:
+            tokens_per_expert = max(1, (self.n_tokens * self.shape.top_k) // max(1, n_experts))
+            self.timeline.compute(n_experts * self.cost(costs.expert_seconds, tokens_per_expert))
+        if not self.strategy.traits.keeps_experts:
+            # Drop everything of this layer, prefetched-but-unused experts included: nothing may
+            # survive to serve a later token (that would be a cross-token cache).
+            self.sched.release(layer, [e for (m, e) in self.cache.resident() if m == layer])
+
+    # -- prefetches and their scoring ---------------------------------------------------------
+    def predicted(self, layer: int) -> dict[str, set[int]]:
+        """What each predictor has asked for layer `layer` in this step so far (for the trace)."""
+        return self._predicted.get(layer, {})
+
+    def _issue_prefetch(self, requests: Sequence[Prefetch], locked: set) -> None:
+        if not requests:
+            return
+        self._note_predictions(requests)
+        nbytes, _ = self.sched.prefetch(requests, locked)
+        if self.step is not None:
+            self.step.h2d_bytes += nbytes
+            self.step.prefetch_bytes += nbytes
+
+    def _note_predictions(self, requests: Sequence[Prefetch]) -> None:
+        """Remember what each predictor asked for, per target layer, to score it against the
+        true routing of that layer in this step (not for strategies whose prefetches are plans
+        rather than predictions of this step: `scores_predictions` False)."""
+        if not requests or not self.strategy.scores_predictions:
+            return
+        for r in requests:
+            self._predicted.setdefault(r.layer, {}).setdefault(r.source, set()).update(
+                int(e) for e in r.experts)
+
+    def _score_predictions(self, layer: int, last_token: LastToken, executed: list[int]) -> None:
+        preds = self._predicted.pop(layer, None)
+        if not preds:
+            return
+        ids, w = last_token()                                     # last token's top-k
+        true_set = set(ids)
+        used = set(executed)
+        tot = sum(w) or 1.0
+        for source, pred in preds.items():
+            acc = self.pred_stats.setdefault(layer, {}).setdefault(source, {
+                "n": 0, "recall": 0.0, "precision": 0.0, "exact": 0, "top1": 0, "gw_recall": 0.0,
+                "predicted": 0})
+            acc["n"] += 1
+            acc["recall"] += len(pred & true_set) / max(1, len(true_set))
+            acc["precision"] += (len(pred & used) / len(pred)) if pred else 0.0
+            acc["exact"] += int(pred == true_set)
+            acc["top1"] += int(ids[0] in pred)
+            acc["gw_recall"] += sum(wi for e, wi in zip(ids, w) if e in pred) / tot
+            acc["predicted"] += len(pred)
+
+    def prediction(self) -> dict | None:
+        """`metrics.prediction` of result.json: per predictor and layer, plus per target layer the
+        late, issued, used, wasted and never-used prefetches."""
+        sched, cache = self.sched, self.cache
+        if not self.pred_stats and not sched.prefetch_issued:
+            return None
+        pred = prediction_metrics(self.pred_stats, late=sum(self.layer_late),
+                                  wasted_bytes=sched.wasted_bytes, issued=sched.prefetch_issued,
+                                  used=sched.prefetch_used)
+        # late = prefetched but still copying when needed (decode steps); wasted = evicted or
+        # dropped before any use; unused_at_end = still resident, never used, when the run ended.
+        counts = sched.layer_counts
+        pending: dict[int, int] = {}
+        for layer, _ in cache.prefetched:
+            pending[layer] = pending.get(layer, 0) + 1
+        pred["per_layer"] = [
+            {"layer": m, "late_prefetches": self.layer_late[m],
+             "prefetches_issued": counts.get(m, {}).get("issued", 0),
+             "prefetches_used": counts.get(m, {}).get("used", 0),
+             "wasted_bytes": counts.get(m, {}).get("wasted_bytes", 0),
+             "unused_at_end_bytes": pending.get(m, 0) * cache.expert_bytes}
+            for m in range(len(self.layer_late))]
+        return pred
