@@ -9,6 +9,8 @@ this run sees; a mismatch is logged and planning stops); in replay, the trace re
 1. Plan. From the cache's real contents at the first position, simulate Belady's MIN with demand
    fetches over the rest of the trace (the `belady` policy, exactly: same locking, same victims).
    That yields its fetches in need order: `(key, needed at t, victim v, v's last use before t)`.
+   The experts it fetches into free slots are loaded before timing, as `pin` and
+   `all-resident` load theirs.
 2. Issue. Before each layer's attention (position h), issue the planned fetches in need order
    while the next one's victim is no longer needed before its eviction (its last use `< h`);
    the cache evicts exactly the planned victim.
@@ -19,8 +21,11 @@ Belady would evict it, so no access that hits under Belady misses here. The copi
 copies, in the same (need) order on the one copy engine, each issued no later than Belady's
 demand fetch, so by induction each completes no later, every wait is no longer, and the compute
 is the same (same experts, the router charged, no predictor cost). Hence hit rate >= Belady's and
-time <= Belady's; Belady's MIN has the fewest misses of any demand-fetch policy, so it is at or
-below every lossless demand-fetch strategy too. tests/core/test_oracle.py checks the bound on
+every step ends no later than under Belady; Belady's MIN has the fewest misses of any demand-fetch
+policy on every prefix of the trace, and a demand-fetch run's time is its compute plus one copy
+per miss, so every step also ends no later than under any lossless demand-fetch strategy. (Per
+request, with several requests, a TPOT is a difference of two such times and is not bounded by
+this argument; with one request it is.) tests/core/test_oracle.py checks the bound on
 random traces at tight budgets with hypothesis, and the live tests check it against every
 lossless strategy on the tiny presets.
 
@@ -124,6 +129,16 @@ class OracleStrategy(Strategy):
     def on_evict(self, key: ExpertKey) -> None:
         self.resident.pop(key, None)
         self.policy.on_evict(key)
+
+    def initial_residents(self, n_slots: int) -> list[ExpertKey]:
+        """Like `pin` and `all-resident`, the oracle may fill the cache before timing: with the
+        first experts Belady's schedule fetches into free slots (it would fetch them anyway)."""
+        if len(self.trace) == 0:
+            return []
+        self.plan = belady_fetches(self.trace, 0, list(self.resident), n_slots)
+        while self.next < len(self.plan) and self.plan[self.next].victim is None:
+            self.next += 1
+        return [f.key for f in self.plan[:self.next]]
 
     # -- decisions ---------------------------------------------------------------------------
     def before_attention(self, ev: LayerEvent, h: Any) -> list[Prefetch]:

@@ -1,6 +1,11 @@
-"""Shared fixtures. Tests run on CPU with tiny presets; one torch thread keeps 2-core CI steady."""
+"""Shared fixtures. Tests run on CPU with tiny presets; one torch thread keeps 2-core CI steady.
+
+Nothing here imports torch at module level: `tests/core` (the torch-free core: cache, policies,
+protocol, replay, oracle) runs in an environment without torch or transformers.
+"""
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
@@ -10,9 +15,10 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    import torch
+    if importlib.util.find_spec("torch") is not None:   # absent where only tests/core runs
+        import torch
 
-    torch.set_num_threads(1)
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
