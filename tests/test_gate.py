@@ -395,3 +395,17 @@ def test_load_run_refuses_a_report_folder_with_a_hint(tmp_path):
     rep = write_report(tmp_path / "rep", [make_run(noisy(6))])
     with pytest.raises(UserError, match="is a comparison report, not a result folder.*rep/lru"):
         load_run(rep)
+
+
+# ---------------------------------------------------------------------------- the one rule
+def test_compat_budget_rule_between_strategies_and_within_one():
+    from moebench.errors import MismatchError
+    from moebench.results.compat import BUDGET, check_comparable, mismatches
+
+    base = noisy(6)
+    forced = make_run(base, strategy="all-resident", budget=99)    # same spec "0.25", its own bytes
+    assert mismatches(make_run(base, strategy="sync"), forced) == []
+    check_comparable([make_run(base, strategy="sync"), forced])
+    assert [m.field for m in mismatches(make_run(base), make_run(base, budget=99))] == [BUDGET]
+    with pytest.raises(MismatchError, match="both strategy 'lru'.*strategy.version of 'lru' differs"):
+        check_comparable([make_run(base), make_run(base, version=2)])
