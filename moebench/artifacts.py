@@ -112,7 +112,7 @@ def save(key: ArtifactKey, tensors: dict[str, Any], meta: dict | None = None) ->
                "tensors": {n: {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
                            for n, t in clean.items()},
                "sha256": _sha256_file(tpath), "meta": meta or {}}
-    from moebench.results import write_json
+    from moebench.results.folders import write_json
 
     write_json(spath, sidecar)
     return Artifact(key, clean, sidecar, tpath)

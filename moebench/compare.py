@@ -15,13 +15,14 @@ What makes the comparison fair (MEASUREMENT.md, "Identical workloads"):
 - request samples pair by `(prompt_id, repetition)` across strategies; the report uses the pairs
   for a paired CI of each strategy's ratio to the baseline.
 
-Results written earlier (`compare_existing`, from `moebench.report.folders`) are compared only
-when their workload hash, model, budget and clock agree (`check_comparable`); anything else
-raises `MismatchError` (exit 2) naming the difference. The same module reads report folders back
-for the gate, so `moebench gate` accepts a result folder or a whole report folder on either side.
+Results written earlier (`compare_existing`) are read with `moebench.results.model.load_run`
+and compared only when `moebench.results.compat.check_comparable` (the rule the gate uses too)
+finds their workload hash, model, clock, budget and strategy versions in agreement; anything
+else raises `MismatchError` (exit 2) naming the difference.
 """
 from __future__ import annotations
 
+import os
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -31,7 +32,10 @@ from typing import Any
 
 from moebench.config import RunConfig, field_names, parse_overrides
 from moebench.errors import UserError, did_you_mean
-from moebench.report.folders import check_comparable, compare_existing, load_results, new_report_dir
+from moebench.report import build_report
+from moebench.results.compat import check_comparable
+from moebench.results.folders import new_report_dir, write_report
+from moebench.results.model import load_report, load_run
 
 SWEEP_KEYS = ("cache_budget", "profile", "bandwidth")
 
@@ -346,8 +350,6 @@ def _accuracy_hook(plan: ComparePlan, notes: list[str]) -> Any:
 
 
 def _write(d: Path, entries: list[dict], plan: ComparePlan, *, schedule: list, notes: list[str]) -> None:
-    from moebench.report import build_report, write_report
-
     doc = build_report(entries, baseline=plan.baseline, plan=plan.to_dict(),
                        sweep=None if plan.sweep is None else plan.sweep.key, schedule=schedule,
                        skipped=list(plan.skipped), notes=notes, alpha=plan.alpha, seed=plan.base.seed)
@@ -356,14 +358,29 @@ def _write(d: Path, entries: list[dict], plan: ComparePlan, *, schedule: list, n
 
 def plan_from_report(path: str | Path, *, plots: bool = True) -> ComparePlan:
     """The plan recorded in a report folder (`compare --plan-from`, `baseline check`)."""
-    from moebench.report.folders import read_report
-
-    doc = read_report(path)
-    if not isinstance(doc.get("plan"), dict):
+    report = load_report(path)
+    if report.plan is None:
         raise UserError(f"{path} records no comparison plan (it compared existing folders).")
-    return ComparePlan.from_dict(doc["plan"], plots=plots)
+    return ComparePlan.from_dict(dict(report.plan), plots=plots)
 
 
-__all__ = ["SMOKE", "SWEEP_KEYS", "ComparePlan", "SweepSpec", "check_comparable", "choose_baseline",
-           "compare_existing", "interleaved_schedule", "load_results", "plan_from_report",
-           "resolve_strategies", "route_sets", "run_compare"]
+def compare_existing(paths: Sequence[str | Path], out: Path, *, name: str | None = None,
+                     baseline: str | None = None, plots: bool = True, alpha: float = 0.05) -> Path:
+    """A report over result folders written earlier (they stay where they are), after
+    `check_comparable` refused any that cannot share one table."""
+    runs = [load_run(p) for p in paths]
+    check_comparable(runs)
+    base = choose_baseline([str(r.strategy.name) for r in runs], baseline)
+    d = new_report_dir(out, name, str(runs[0].model.name))
+    entries = [{"dir": Path(os.path.relpath(Path(r.dir).resolve(), d.resolve())).as_posix(),
+                "point": "", "sweep_value": None, "result": r.raw, "samples": list(r.samples)}
+               for r in runs]
+    doc = build_report(entries, baseline=base, plan=None, sweep=None, schedule=[], skipped=[],
+                       notes=["compared from existing result folders"], alpha=alpha, seed=0)
+    write_report(d, doc, entries, plots=plots)
+    return d
+
+
+__all__ = ["SMOKE", "SWEEP_KEYS", "ComparePlan", "SweepSpec", "choose_baseline", "compare_existing",
+           "interleaved_schedule", "plan_from_report", "resolve_strategies", "route_sets",
+           "run_compare"]

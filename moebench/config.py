@@ -231,5 +231,4 @@ class RunConfig:
     record_trace: bool = False
     accuracy: bool = False
     calibrate: bool = True
-    warmup_steps: int = 1
     device: str = "auto"

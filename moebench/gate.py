@@ -26,21 +26,33 @@ How each metric is judged
 - Scalar metrics (``hit_rate``, ``h2d_bytes_per_token`` or any other number in
   ``result["metrics"]``) are compared directly against the threshold.
 
-Everything here is pure (``load_result_dir`` is in ``moebench.gate_io``); printing and exit
-codes belong to the CLI.
+Which results are compared is ``moebench.results.compat``'s one rule (the same as ``moebench
+compare``'s). A strategy whose ``version`` differs between baseline and candidate (a deliberate
+behaviour change) is **not gated**: it is listed with status ``not gated`` and a note to refresh
+the baseline, it is left out of the verdict, and it does not fail the gate by itself (only when
+nothing at all is left to gate is the result inconclusive). Every other mismatch is
+inconclusive, as above.
+
+``gate(baseline_path, candidate_path)`` is the one entry point (``moebench gate`` and
+``moebench baseline check`` call it): it loads result or report folders through
+``moebench.results.model.load_runs`` and decides with ``decide`` / ``decide_many``, which are
+pure; printing and exit codes belong to the CLI.
 """
 from __future__ import annotations
 
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from enum import IntEnum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from moebench.errors import UserError, did_you_mean
+from moebench.results.compat import VERSION, mismatches
+from moebench.results.model import RunResult, load_runs
 from moebench.stats import MIN_SAMPLES, RatioEstimate, paired_ratio, unpaired_ratio
 
 
@@ -58,10 +70,9 @@ class ExitCode(IntEnum):
 
 
 PASS, REGRESSION, INCONCLUSIVE = "pass", "regression", "inconclusive"
+NOT_GATED = "not gated"       # a verdict's status only: a strategy whose version changed
 _EXIT = {PASS: ExitCode.PASS, REGRESSION: ExitCode.REGRESSION,
          INCONCLUSIVE: ExitCode.INCONCLUSIVE}
-
-SCHEMA_VERSION = 1
 
 # metric -> (sample kind, sample field, fields that identify a pair)
 _SAMPLE_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -70,10 +81,6 @@ _SAMPLE_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "e2e_ms": ("request", "e2e_ms", ("prompt_id", "repetition")),
     "step_ms": ("step", "latency_ms", ("prompt_id", "repetition", "position")),
 }
-
-# Results that differ in any of these measure different things; the gate will not compare them.
-_IDENTITY = (("workload", "sha256"), ("model", "name"), ("clock", "label"),
-             ("budget", "bytes"), ("strategy", "name"))
 
 
 # ------------------------------------------------------------------------------------------
@@ -153,18 +160,22 @@ class MetricVerdict:
 
 @dataclass(frozen=True)
 class GateReport:
-    """The aggregate: any regression -> regression; else any inconclusive -> inconclusive."""
+    """The aggregate over the gated verdicts: any regression -> regression; else any
+    inconclusive -> inconclusive; else pass. ``not gated`` verdicts are left out of it and
+    listed in ``notes`` (nothing gated at all is inconclusive)."""
 
     status: str
     exit_code: int
     verdicts: list[MetricVerdict]
     reason: str
+    notes: tuple[str, ...] = field(default=())
 
     def to_dict(self) -> dict:
         return {
             "status": self.status,
             "exit_code": int(self.exit_code),
             "reason": self.reason,
+            "notes": list(self.notes),
             "verdicts": [
                 {**asdict(v), "ci95": None if v.ci95 is None else list(v.ci95)}
                 for v in self.verdicts
@@ -174,17 +185,23 @@ class GateReport:
 
 def _report(verdicts: list[MetricVerdict], reason: str | None = None,
             status: str | None = None) -> GateReport:
+    gated = [v for v in verdicts if v.status != NOT_GATED]
+    notes = tuple(v.reason for v in verdicts if v.status == NOT_GATED)
     if status is None:
-        statuses = {v.status for v in verdicts}
+        statuses = {v.status for v in gated}
         status = (REGRESSION if REGRESSION in statuses
-                  else INCONCLUSIVE if INCONCLUSIVE in statuses else PASS)
+                  else INCONCLUSIVE if INCONCLUSIVE in statuses or not gated else PASS)
     if reason is None:
-        if status == PASS:
-            reason = f"pass: {len(verdicts)} metric(s) within their thresholds"
+        if not gated:
+            reason = "inconclusive: nothing was gated"
+        elif status == PASS:
+            reason = f"pass: {len(gated)} metric(s) within their thresholds"
         else:
             reason = f"{status}: " + "; ".join(
-                f"{v.metric}: {v.reason}" for v in verdicts if v.status == status)
-    return GateReport(status, int(_EXIT[status]), list(verdicts), reason)
+                f"{v.metric}: {v.reason}" for v in gated if v.status == status)
+        if notes:
+            reason += "; " + "; ".join(notes)
+    return GateReport(status, int(_EXIT[status]), list(verdicts), reason, notes)
 
 
 def _fmt(change: float, relative: bool) -> str:
@@ -273,11 +290,11 @@ def _inconclusive(rule: Rule, reason: str, base: float | None = None,
                          rule.threshold, reason, rule.relative)
 
 
-def _judge_sampled(rule: Rule, base: dict, cand: dict, *, alpha: float, seed: int,
+def _judge_sampled(rule: Rule, base: RunResult, cand: RunResult, *, alpha: float, seed: int,
                    simulated: bool) -> MetricVerdict:
-    kind, field, key_fields = _SAMPLE_METRICS[rule.metric]
-    b = _sample_pairs(base.get("samples") or [], kind, field, key_fields)
-    c = _sample_pairs(cand.get("samples") or [], kind, field, key_fields)
+    kind, name, key_fields = _SAMPLE_METRICS[rule.metric]
+    b = _sample_pairs(base.samples, kind, name, key_fields)
+    c = _sample_pairs(cand.samples, kind, name, key_fields)
 
     if simulated:
         bv, cv = _central(b, base, rule.metric), _central(c, cand, rule.metric)
@@ -319,35 +336,34 @@ def _judge_sampled(rule: Rule, base: dict, cand: dict, *, alpha: float, seed: in
     return _interval_verdict(rule, bmed, cmed, change, ci, est.p_value, alpha, est.method)
 
 
-def _central(pairs: list[tuple[tuple, float]], loaded: dict, metric: str) -> float | None:
+def _central(pairs: list[tuple[tuple, float]], run: RunResult, metric: str) -> float | None:
     """Median of the raw samples, else the median stored in result.json."""
     if pairs:
         return float(np.median([v for _, v in pairs]))
-    summary = loaded["result"].get("metrics", {}).get(metric)
+    summary = run.metrics.get(metric)
     if isinstance(summary, dict) and _is_number(summary.get("median")):
         return float(summary["median"])
     return None
 
 
-def _scalar(loaded: dict, metric: str) -> float | None:
-    value = loaded["result"].get("metrics", {}).get(metric)
+def _scalar(run: RunResult, metric: str) -> float | None:
+    value = run.metrics.get(metric)
     if _is_number(value):
         return float(value)
     return None
 
 
-def _known_metrics(*loaded: dict) -> set[str]:
+def _known_metrics(*runs: RunResult) -> set[str]:
     names = set(_SAMPLE_METRICS)
-    for ld in loaded:
-        for k, v in ld["result"].get("metrics", {}).items():
+    for run in runs:
+        for k, v in run.metrics.items():
             if _is_number(v) or isinstance(v, dict):
                 names.add(k)
     return names
 
 
-def _judge(rule: Rule, base: dict, cand: dict, *, alpha: float, seed: int) -> MetricVerdict:
-    simulated = (base["result"].get("clock", {}).get("kind") == "simulated"
-                 and cand["result"].get("clock", {}).get("kind") == "simulated")
+def _judge(rule: Rule, base: RunResult, cand: RunResult, *, alpha: float, seed: int) -> MetricVerdict:
+    simulated = base.clock.simulated and cand.clock.simulated
     if rule.metric in _SAMPLE_METRICS:
         return _judge_sampled(rule, base, cand, alpha=alpha, seed=seed, simulated=simulated)
     if rule.metric not in _known_metrics(base, cand):
@@ -367,36 +383,10 @@ def _judge(rule: Rule, base: dict, cand: dict, *, alpha: float, seed: int) -> Me
 # ------------------------------------------------------------------------------------------
 # decisions
 # ------------------------------------------------------------------------------------------
-def _field(result: dict, section: str, key: str) -> Any:
-    part = result.get(section)
-    return part.get(key) if isinstance(part, dict) else None
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 20 else text[:14] + "…'"
-
-
-def comparability_problems(baseline: dict, candidate: dict) -> list[str]:
-    """Why two result.json dicts cannot be compared (empty when they can)."""
-    problems = []
-    for section, key in _IDENTITY:
-        bv, cv = _field(baseline, section, key), _field(candidate, section, key)
-        if bv is None or cv is None:
-            side = "baseline" if bv is None else "candidate"
-            problems.append(f"mismatch: {section}.{key} is missing from the {side}")
-        elif bv != cv:
-            problems.append(f"mismatch: {section}.{key} differs ({_short(bv)} vs {_short(cv)})")
-    for side, res in (("baseline", baseline), ("candidate", candidate)):
-        if res.get("status") == "incomplete":
-            problems.append(f"the {side} run is incomplete")
-    return problems
-
-
-def _check_loaded(loaded: Any, side: str) -> dict:
-    if not isinstance(loaded, dict) or not isinstance(loaded.get("result"), dict):
-        raise GateUsageError(f"The {side} is not a loaded result (expected a dict with 'result').")
-    return loaded
+def _check_run(run: Any, side: str) -> RunResult:
+    if not isinstance(run, RunResult):
+        raise GateUsageError(f"The {side} is not a loaded result (a moebench.results.model.RunResult).")
+    return run
 
 
 def _rules(rules: Sequence[Rule] | None) -> tuple[Rule, ...]:
@@ -408,45 +398,56 @@ def _check_alpha(alpha: float) -> None:
         raise GateUsageError(f"alpha must lie strictly between 0 and 1, got {alpha}.")
 
 
-def decide(baseline: dict, candidate: dict, rules: Sequence[Rule] | None = None, *,
-           alpha: float = 0.05, seed: int = 0) -> GateReport:
-    """Gate one candidate result against one baseline result.
+def not_gated_note(name: str, old: int | None, new: int | None) -> str:
+    return (f"{name}: not gated: strategy version changed {old} -> {new}; refresh the baseline "
+            "with `moebench baseline update`")
 
-    Both are ``{"result": <result.json>, "samples": [<samples.jsonl rows>]}``. Incomparable or
-    incomplete results are inconclusive before any metric is looked at.
+
+def decide(baseline: RunResult, candidate: RunResult, rules: Sequence[Rule] | None = None, *,
+           alpha: float = 0.05, seed: int = 0) -> GateReport:
+    """Gate one candidate run against one baseline run (`moebench.results.model.RunResult`s).
+
+    Incomparable or incomplete runs are inconclusive before any metric is looked at; a changed
+    strategy version alone gives one ``not gated`` verdict (see the module docstring).
     """
     _check_alpha(alpha)
-    base, cand = _check_loaded(baseline, "baseline"), _check_loaded(candidate, "candidate")
-    problems = comparability_problems(base["result"], cand["result"])
-    if problems:
+    base, cand = _check_run(baseline, "baseline"), _check_run(candidate, "candidate")
+    found = mismatches(base, cand, one_strategy=True, where=("the baseline", "the candidate"))
+    problems = [f"mismatch: {m.text}" for m in found]
+    problems += [f"the {side} run is incomplete"
+                 for side, run in (("baseline", base), ("candidate", cand)) if not run.complete]
+    version_only = bool(found) and all(m.field == VERSION for m in found) and len(problems) == len(found)
+    if problems and not version_only:
         return _report([], reason="; ".join(problems), status=INCONCLUSIVE)
+    if version_only:
+        note = not_gated_note(base.key, base.strategy.version, cand.strategy.version)
+        return _report([MetricVerdict(base.key, NOT_GATED, None, None, None, None, None, 0.0, note)])
     verdicts = [_judge(r, base, cand, alpha=alpha, seed=seed) for r in _rules(rules)]
     return _report(verdicts)
 
 
-def _by_strategy(results: Sequence[dict], side: str) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for loaded in results:
-        name = _field(_check_loaded(loaded, side)["result"], "strategy", "name")
-        if name is None:
+def _by_key(runs: Sequence[RunResult], side: str) -> dict[str, RunResult]:
+    out: dict[str, RunResult] = {}
+    for run in runs:
+        if _check_run(run, side).strategy.name is None:
             raise GateUsageError(f"A {side} result has no strategy.name.")
-        if name in out:
-            raise GateUsageError(f"The {side} holds strategy {name!r} twice; gate one run per strategy.")
-        out[name] = loaded
+        if run.key in out:
+            raise GateUsageError(f"The {side} holds strategy {run.key!r} twice; gate one run per strategy.")
+        out[run.key] = run
     return out
 
 
-def decide_many(baseline_results: Sequence[dict], candidate_results: Sequence[dict],
+def decide_many(baseline_runs: Sequence[RunResult], candidate_runs: Sequence[RunResult],
                 rules: Sequence[Rule] | None = None, *, alpha: float = 0.05,
                 seed: int = 0) -> GateReport:
-    """Gate every baseline strategy against the candidate's run of the same strategy.
+    """Gate every baseline run against the candidate's run of the same strategy (and sweep point).
 
-    Verdicts are named ``<strategy>/<metric>``. A baseline strategy the candidate lacks is
-    inconclusive; strategies only the candidate has are not gated (there is nothing to compare).
+    Verdicts are named ``<strategy>/<metric>`` (``<point>/<strategy>/<metric>`` in a sweep). A
+    baseline strategy the candidate lacks is inconclusive; strategies only the candidate has
+    are not gated (there is nothing to compare); a strategy whose version changed is not gated.
     """
     _check_alpha(alpha)
-    base, cand = _by_strategy(baseline_results, "baseline"), _by_strategy(candidate_results,
-                                                                           "candidate")
+    base, cand = _by_key(baseline_runs, "baseline"), _by_key(candidate_runs, "candidate")
     if not base:
         raise GateUsageError("The baseline holds no results to gate against.")
     threshold = 0.0
@@ -460,38 +461,19 @@ def decide_many(baseline_results: Sequence[dict], candidate_results: Sequence[di
         if not sub.verdicts:
             verdicts.append(MetricVerdict(name, sub.status, None, None, None, None, None,
                                           threshold, sub.reason))
-        verdicts.extend(replace(v, metric=f"{name}/{v.metric}") for v in sub.verdicts)
+        verdicts.extend(replace(v, metric=name if v.status == NOT_GATED else f"{name}/{v.metric}")
+                        for v in sub.verdicts)
     return _report(verdicts)
 
 
-def results_of(loaded: dict) -> list[dict]:
-    """The per-strategy loaded results inside a loaded input: one result, or a report's list.
-
-    A report entry may be ``{"result": ..., "samples": [...]}`` or a bare result.json dict
-    (optionally carrying its ``samples``).
-    """
-    if isinstance(loaded, dict) and isinstance(loaded.get("report"), dict):
-        entries = loaded["report"].get("results")
-        if not isinstance(entries, list):
-            raise GateUsageError("The report has no 'results' list to gate.")
-        out = []
-        for e in entries:
-            if not isinstance(e, dict):
-                raise GateUsageError("A report entry is not a JSON object.")
-            out.append(e if isinstance(e.get("result"), dict)
-                       else {"result": e, "samples": e.get("samples") or []})
-        return out
-    return [_check_loaded(loaded, "input")]
-
-
-def gate(baseline: dict, candidate: dict, rules: Sequence[Rule] | None = None, *,
+def gate(baseline: str | Path, candidate: str | Path, rules: Sequence[Rule] | None = None, *,
          alpha: float = 0.05, seed: int = 0) -> GateReport:
-    """Dispatch: two results -> ``decide``; a report on either side -> ``decide_many``."""
-    if "report" in baseline or "report" in candidate:
-        return decide_many(results_of(baseline), results_of(candidate), rules,
-                           alpha=alpha, seed=seed)
-    return decide(baseline, candidate, rules, alpha=alpha, seed=seed)
-
-
-# Loading result and report folders (the one impure part) lives in moebench.gate_io.
-from moebench.gate_io import load_result_dir  # noqa: E402,F401  (re-exported)
+    """The gate on two result or report folders: what ``moebench gate`` and ``moebench baseline
+    check`` run. Two result folders -> ``decide``; a report on either side -> ``decide_many``.
+    Unreadable folders, unknown schema versions and bad rules raise a ``UserError`` (exit 2)."""
+    _check_alpha(alpha)
+    b_report, b = load_runs(baseline)
+    c_report, c = load_runs(candidate)
+    if b_report is None and c_report is None:
+        return decide(b[0], c[0], rules, alpha=alpha, seed=seed)
+    return decide_many(b, c, rules, alpha=alpha, seed=seed)

@@ -350,7 +350,7 @@ def write_profile(doc: dict, path: Any) -> Any:
 
     import yaml
 
-    from moebench.results import atomic_write
+    from moebench.results.folders import atomic_write
 
     path = Path(path)
     atomic_write(path, f"# measured by `moebench calibrate profile`; use with --profile {path}\n"

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from moebench.results import atomic_write, write_json
+from moebench.results.folders import atomic_write, write_json
 
 BOUND_HIT = "belady"
 BOUND_TPOT = "oracle"

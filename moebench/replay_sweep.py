@@ -206,7 +206,7 @@ def write_replay(out: ReplayOutcome, folder: Path) -> dict[str, Path]:
     """Result folders (full mode) and the report into `folder` (refuses one that holds a report)."""
     from moebench.environment import environment
     from moebench.replay_report import summary_rows, write_replay_report
-    from moebench.results import new_run_dir, write_json, write_jsonl
+    from moebench.results.folders import new_run_dir, write_json, write_jsonl
 
     folder = Path(folder)
     if (folder / "report.md").exists():
@@ -238,7 +238,8 @@ def _compare_report(folder: Path, out: ReplayOutcome) -> dict[str, Path]:
     """The same results as a `moebench compare` report (report.json / .md / .html, plots) in
     `folder/compare`, through `moebench.report`; policy names label the rows (`lru-global`)."""
     try:
-        from moebench.report import build_report, write_report
+        from moebench.report import build_report
+        from moebench.results.folders import write_report
     except ImportError:
         return {}
     done = [r for r in out.runs if r.result is not None]

@@ -308,7 +308,7 @@ def build_result(prep: Prepared, pieces: list[Piece], *, source: str = "run") ->
 
 def write_run(prep: Prepared, result: dict, pieces: list[Piece], out_dir: Path | None = None) -> Path:
     from moebench.environment import environment
-    from moebench.results import new_run_dir, write_json, write_jsonl
+    from moebench.results.folders import new_run_dir, write_json, write_jsonl
 
     d = out_dir or new_run_dir(prep.cfg.out, result["strategy"]["name"], prep.loaded.name)
     cfg = to_dict(prep.cfg)

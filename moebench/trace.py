@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from moebench.errors import UserError
-from moebench.results import atomic_write
+from moebench.results.folders import atomic_write
 
 REQUIRED = ("step", "layer", "experts")
 EXPORT_KEYS = ("request", "step", "layer", "experts", "weights", "executed", "used", "predicted")

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from moebench.cli import app
 from moebench.compare import SweepSpec, interleaved_schedule, route_sets
 from moebench.errors import UserError
-from moebench.results import load_result
+from moebench.results.model import load_run
 
 TINY = ["--model", "tiny-qwen3-moe", "--set", "max_new_tokens=4", "--set", "limit=2", "--clock", "sim"]
 runner = CliRunner()
@@ -76,10 +76,10 @@ def test_compare_writes_the_report_and_one_result_folder_per_strategy(report: Pa
                 "efficiency_vs_oracle", "accuracy"):
         assert key in rows["lru"], key
     # the report agrees with the result folders it was built from
-    sync, lru = load_result(report / "sync"), load_result(report / "lru")
-    assert rows["lru"]["tpot_ms"]["median"] == lru["result"]["metrics"]["tpot_ms"]["median"]
-    assert lru["result"]["workload"]["sha256"] == sync["result"]["workload"]["sha256"]
-    m = lru["result"]["metrics"]
+    sync, lru = load_run(report / "sync"), load_run(report / "lru")
+    assert rows["lru"]["tpot_ms"]["median"] == lru.metrics["tpot_ms"]["median"]
+    assert lru.workload.sha256 == sync.workload.sha256
+    m = lru.metrics
     assert rows["lru"]["stall_share"] == pytest.approx(m["stall_ms_per_token"] / m["tpot_ms"]["mean"])
 
 
@@ -89,7 +89,7 @@ def test_ratio_is_paired_by_prompt_and_repetition(report: Path):
     tp = {}
     for s in ("sync", "lru"):
         tp[s] = {(x["prompt_id"], x["repetition"]): x["tpot_ms"]
-                 for x in load_result(report / s)["samples"] if x["kind"] == "request"}
+                 for x in load_run(report / s).samples if x["kind"] == "request"}
     assert sorted(tp["sync"]) == sorted(tp["lru"]) and len(tp["sync"]) == 6   # 2 prompts x 3 reps
     assert ratio["paired"] and ratio["n_pairs"] == 6
     expect = np.median(list(tp["lru"].values())) / np.median(list(tp["sync"].values()))
@@ -104,7 +104,7 @@ def test_runs_are_interleaved_and_every_repetition_starts_cold(report: Path):
     for rep in range(3):
         assert sorted(s for _, s, r in sched if r == rep) == ["lru", "sync"]
     # cold cache per run under a deterministic clock: every repetition measures the same TPOTs
-    lru = load_result(report / "lru")["samples"]
+    lru = load_run(report / "lru").samples
     by_rep = {r: sorted(x["tpot_ms"] for x in lru if x["kind"] == "request" and x["repetition"] == r)
               for r in range(3)}
     assert by_rep[0] == by_rep[1] == by_rep[2]
@@ -161,7 +161,7 @@ def test_compare_refuses_results_with_different_workload_hashes(report: Path, tm
                   edit=lambda res: res["workload"].update(sha256="0" * 64))
     r = invoke("compare", report / "sync", other, "--out", tmp_path / "out")
     assert r.exit_code == 2
-    assert "workload hash differs" in r.output
+    assert "workload.sha256 differs" in r.output
     assert not (tmp_path / "out").exists()                   # nothing written for a refusal
 
 
@@ -172,7 +172,31 @@ def test_compare_refuses_to_mix_measured_and_simulated_clocks(report: Path, tmp_
     other = _copy(report / "lru", tmp_path / "lru-cuda", edit=measured)
     r = invoke("compare", report / "sync", other, "--out", tmp_path / "out")
     assert r.exit_code == 2
-    assert "clock differs" in r.output
+    assert "clock.label differs" in r.output
+
+
+def test_compare_refuses_two_versions_of_one_strategy(report: Path, tmp_path: Path):
+    bumped = _copy(report / "lru", tmp_path / "lru-v2",
+                   edit=lambda res: res["strategy"].update(version=2))
+    r = invoke("compare", report / "lru", bumped, "--out", tmp_path / "out")
+    assert r.exit_code == 2
+    assert "strategy.version of 'lru' differs: 1 in" in r.output.replace("\n", " ")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda res: res.pop("schema_version"), "has no schema_version"),
+    (lambda res: res.update(schema_version=99), "has schema_version 99"),
+])
+def test_compare_and_gate_refuse_a_missing_or_unknown_schema_version(report: Path, tmp_path: Path,
+                                                                      edit, needle):
+    bad = _copy(report / "lru", tmp_path / "lru-bad", edit=edit)
+    for args in (("compare", report / "sync", bad, "--out", tmp_path / "out"),
+                 ("gate", report / "lru", bad), ("gate", bad, report / "lru")):
+        r = invoke(*args)
+        assert r.exit_code == 2, (args, r.output)
+        assert needle in r.output and "result.json" in r.output
+        assert "Traceback" not in r.output
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,6 +229,61 @@ def test_gate_exit_2_for_a_malformed_rule_or_a_missing_folder(report: Path, tmp_
     assert r.exit_code == 2 and "Malformed --fail-on rule" in r.output
     r = invoke("gate", report, tmp_path / "nowhere")
     assert r.exit_code == 2
+
+
+def test_gate_skips_a_strategy_whose_version_changed_and_still_catches_a_regression(
+        report: Path, tmp_path: Path):
+    """What `baseline check` sees after a deliberate behaviour change bumps one strategy's
+    version: that strategy is listed as not gated (table, note, JSON); the others are gated."""
+    def bump(res):
+        res["strategy"]["version"] += 1
+
+    def slower(row):
+        if row["kind"] == "request":
+            row["tpot_ms"] *= 1.2
+        return row
+
+    cand = tmp_path / "cand"
+    shutil.copytree(report, cand)
+    shutil.rmtree(cand / "sync")
+    _copy(report / "sync", cand / "sync", edit=bump)
+    r = invoke("gate", report, cand)
+    assert r.exit_code == 0, r.output
+    assert "not gated" in r.output and "strategy version changed 1 -> 2" in r.output
+    assert "moebench baseline update" in r.output
+    r = invoke("gate", report, cand, "--json")
+    doc = json.loads(r.stdout)
+    assert doc["exit_code"] == 0 and any("sync: not gated" in n for n in doc["notes"])
+    assert {v["metric"]: v["status"] for v in doc["verdicts"]}["sync"] == "not gated"
+    assert not any(v["metric"].startswith("sync/") for v in doc["verdicts"])
+    shutil.rmtree(cand / "lru")
+    _copy(report / "lru", cand / "lru", samples_edit=slower)
+    r = invoke("gate", report, cand)
+    assert r.exit_code == 1, r.output
+    assert "lru/tpot_ms" in r.output and "REGRESSION" in r.output and "not gated" in r.output
+
+
+def test_gate_skips_a_bumped_strategy_against_the_committed_baseline(tmp_path: Path):
+    """The committed CI baseline against a copy of itself in which one strategy (oracle) is at
+    version 2, everything else unchanged: the gate passes and says why oracle is not gated."""
+    base = Path(__file__).resolve().parents[1] / "reports" / "baselines" / "smoke"
+    cand = tmp_path / "smoke"
+    shutil.copytree(base, cand)
+    res = json.loads((cand / "oracle" / "result.json").read_text())
+    res["strategy"]["version"] = 2
+    (cand / "oracle" / "result.json").write_text(json.dumps(res))
+    doc = json.loads((cand / "report.json").read_text())
+    for e in doc["results"]:
+        if e["strategy"] == "oracle":
+            e["result"]["strategy"]["version"] = 2
+    (cand / "report.json").write_text(json.dumps(doc))
+    r = invoke("gate", base, cand, "--json")
+    out = json.loads(r.stdout)
+    assert r.exit_code == 0, r.output
+    assert out["notes"] == ["oracle: not gated: strategy version changed 1 -> 2; refresh the "
+                            "baseline with `moebench baseline update`"]
+    assert not any(v["metric"].startswith("oracle/") for v in out["verdicts"])
+    assert any(v["metric"] == "lru/tpot_ms" and v["status"] == "pass" for v in out["verdicts"])
 
 
 def test_gate_exit_3_when_the_workloads_differ(report: Path, tmp_path: Path):

@@ -1,4 +1,5 @@
-"""moebench.gate: rules, comparability, noisy and deterministic decisions, loading."""
+"""moebench.gate: rules, comparability, noisy and deterministic decisions, the one gate path
+(`gate` on folders, what the CLI runs), and the result loader it reads through."""
 from __future__ import annotations
 
 import json
@@ -6,9 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from moebench.errors import UserError
 from moebench.gate import (
     DEFAULT_RULES,
     INCONCLUSIVE,
+    NOT_GATED,
     PASS,
     REGRESSION,
     ExitCode,
@@ -18,9 +21,9 @@ from moebench.gate import (
     decide,
     decide_many,
     gate,
-    load_result_dir,
     parse_rule,
 )
+from moebench.results.model import RunResult, load_run, load_runs
 from moebench.stats import summarize
 
 TPOT = [parse_rule("tpot_ms:+3%")]
@@ -28,8 +31,8 @@ TPOT = [parse_rule("tpot_ms:+3%")]
 
 def make_run(tpots, *, clock="measured", sha="w" * 64, strategy="lru", model="tiny-qwen3-moe",
              budget=1572864, status="complete", hit_rate=0.5, h2d=123.0, repetitions=1,
-             prompt_ids=None):
-    """A loaded result ({"result", "samples"}) filled from docs/RESULT_FORMAT.md.
+             prompt_ids=None, version=1):
+    """A loaded result (`RunResult`) filled from docs/RESULT_FORMAT.md.
 
     ``tpots`` are per-request TPOTs, assigned to prompts p0, p1, ... (or ``prompt_ids``) and
     repetitions 0..repetitions-1 in order.
@@ -57,7 +60,7 @@ def make_run(tpots, *, clock="measured", sha="w" * 64, strategy="lru", model="ti
         "model": {"name": model, "arch": "qwen3_moe", "hf_id": None, "num_layers": 4,
                   "moe_layers": 4, "num_experts": 16, "top_k": 4, "expert_bytes": 24576,
                   "dtype": "float32", "snapshot": "s"},
-        "strategy": {"name": strategy, "version": 1, "params": {}, "lossless": True},
+        "strategy": {"name": strategy, "version": version, "params": {}, "lossless": True},
         "workload": {"name": "smoke", "sha256": sha, "n_prompts": n_prompts,
                      "max_new_tokens": 16, "task": "generate"},
         "clock": {"kind": clock, "profile": None if clock == "measured" else "a6000-pcie4",
@@ -77,7 +80,7 @@ def make_run(tpots, *, clock="measured", sha="w" * 64, strategy="lru", model="ti
         "accuracy": None,
         "outputs": [],
     }
-    return {"result": result, "samples": samples}
+    return RunResult.from_dict(result, samples=samples)
 
 
 def noisy(n=30, seed=0):
@@ -265,43 +268,144 @@ def test_decide_many_pairs_by_strategy():
     assert missing.status == INCONCLUSIVE and "'sync' missing" in missing.reason
 
 
-def test_gate_dispatches_reports():
+def test_a_changed_strategy_version_is_not_gated_but_other_regressions_still_fail():
     base = noisy()
-    report = {"report": {"results": [make_run(base, strategy="lru")["result"]
-                                     | {"samples": make_run(base)["samples"]}]}}
-    assert gate(report, make_run(base)).status == PASS
-    assert gate(make_run(base), make_run(base * 1.2)).status == REGRESSION
+    baseline = [make_run(base, strategy="lru"), make_run(base, strategy="oracle")]
+    bumped = [make_run(base, strategy="lru"), make_run(base * 1.5, strategy="oracle", version=2)]
+    report = decide_many(baseline, bumped, TPOT)
+    assert report.status == PASS and report.exit_code == 0        # oracle's change is not judged
+    (skipped,) = [v for v in report.verdicts if v.status == NOT_GATED]
+    assert skipped.metric == "oracle"
+    note = "not gated: strategy version changed 1 -> 2; refresh the baseline with `moebench baseline update`"
+    assert note in skipped.reason and note in report.reason
+    assert report.notes == (skipped.reason,) and report.to_dict()["notes"] == [skipped.reason]
+    worse = [make_run(base * 1.2, strategy="lru"), make_run(base, strategy="oracle", version=2)]
+    report = decide_many(baseline, worse, TPOT)
+    assert report.status == REGRESSION and report.exit_code == 1
+    assert "lru/tpot_ms" in report.reason and note in report.reason
 
 
-# ---------------------------------------------------------------------------- loading
-def write_run(folder, loaded):
+def test_a_version_change_with_another_mismatch_is_inconclusive():
+    base = noisy()
+    report = decide(make_run(base), make_run(base, version=2, sha="x" * 64))
+    assert report.status == INCONCLUSIVE and "workload.sha256" in report.reason
+    assert "strategy.version" in report.reason and not report.notes
+
+
+def test_nothing_left_to_gate_is_inconclusive():
+    base = noisy()
+    report = decide(make_run(base), make_run(base, version=2))
+    assert report.status == INCONCLUSIVE and report.exit_code == 3
+    assert [v.status for v in report.verdicts] == [NOT_GATED]
+    assert "nothing was gated" in report.reason and "1 -> 2" in report.reason
+
+
+# ---------------------------------------------------------------------------- the one gate path
+def write_run(folder, run):
     folder.mkdir(parents=True)
-    (folder / "result.json").write_text(json.dumps(loaded["result"]))
-    (folder / "samples.jsonl").write_text("".join(json.dumps(s) + "\n"
-                                                  for s in loaded["samples"]))
+    (folder / "result.json").write_text(json.dumps(run.raw))
+    (folder / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in run.samples))
     return folder
 
 
-def test_load_result_dir_round_trip(tmp_path):
-    loaded = make_run(noisy(6))
-    folder = write_run(tmp_path / "run", loaded)
-    assert load_result_dir(folder) == loaded
+def write_report(folder, runs):
+    folder.mkdir(parents=True)
+    for run in runs:
+        write_run(folder / run.strategy.name, run)
+    doc = {"schema_version": 1, "kind": "comparison", "plan": None, "baseline": None,
+           "results": [{"dir": r.strategy.name, "point": "", "strategy": r.strategy.name,
+                        "result": r.raw} for r in runs]}
+    (folder / "report.json").write_text(json.dumps(doc))
+    return folder
 
 
-def test_load_result_dir_errors(tmp_path):
-    with pytest.raises(GateUsageError, match="does not exist|not a result folder"):
-        load_result_dir(tmp_path / "nope")
+def test_gate_on_folders_dispatches_results_and_reports(tmp_path):
+    base = noisy()
+    one = write_run(tmp_path / "one", make_run(base))
+    slower = write_run(tmp_path / "slower", make_run(base * 1.2))
+    assert gate(one, one).status == PASS
+    assert gate(one / "result.json", slower).status == REGRESSION
+    rep = write_report(tmp_path / "rep", [make_run(base, strategy="lru"),
+                                          make_run(base, strategy="sync")])
+    report = gate(rep, one)                        # a report on one side: pair by strategy
+    assert report.status == INCONCLUSIVE and "'sync' missing" in report.reason
+    assert gate(rep, rep / "report.json").status == PASS
+
+
+def test_a_report_whose_folders_moved_gates_on_its_summaries(tmp_path):
+    base = [1.0, 1.2, 1.4]
+    rep = write_report(tmp_path / "rep", [make_run(base, clock="simulated")])
+    import shutil
+    shutil.rmtree(rep / "lru")
+    _, runs = load_runs(rep)
+    assert [r.key for r in runs] == ["lru"] and runs[0].samples == ()
+    assert gate(rep, rep, TPOT).status == PASS
+
+
+# ---------------------------------------------------------------------------- loading
+def test_load_run_round_trip(tmp_path):
+    run = make_run(noisy(6))
+    folder = write_run(tmp_path / "run", run)
+    loaded = load_run(folder)
+    assert loaded.raw == run.raw and loaded.samples == run.samples and loaded.dir == folder
+    assert load_run(folder / "result.json").raw == run.raw
+    assert (loaded.strategy.name, loaded.strategy.version, loaded.strategy.lossless) == ("lru", 1, True)
+    assert loaded.workload.sha256 == "w" * 64 and loaded.budget.bytes == 1572864
+    assert loaded.clock.label == "cuda-events" and not loaded.clock.simulated
+
+
+def test_load_run_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_run(tmp_path / "nope")
     folder = write_run(tmp_path / "run", make_run(noisy(6)))
     (folder / "samples.jsonl").write_text("{not json\n")
-    with pytest.raises(GateUsageError, match="line 1 is not valid JSON"):
-        load_result_dir(folder)
+    with pytest.raises(UserError, match="line 1 is not valid JSON"):
+        load_run(folder)
+    (folder / "samples.jsonl").write_text("[1]\n")
+    with pytest.raises(UserError, match="line 1 is not a JSON object"):
+        load_run(folder)
     (folder / "result.json").write_text("[")
-    with pytest.raises(GateUsageError, match="not valid JSON"):
-        load_result_dir(folder)
-    (folder / "result.json").write_text(json.dumps({"schema_version": 2}))
-    with pytest.raises(ValueError, match="schema_version 2"):
-        load_result_dir(folder)
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_run(folder)
     (folder / "result.json").write_text(json.dumps({"schema_version": 1}))
     (folder / "samples.jsonl").unlink()
-    with pytest.raises(GateUsageError, match="samples.jsonl does not exist"):
-        load_result_dir(folder)
+    with pytest.raises(UserError, match="samples.jsonl does not exist"):
+        load_run(folder)
+
+
+@pytest.mark.parametrize("doc, needle", [
+    ({"status": "complete"}, "has no schema_version"),
+    ({"schema_version": 2}, "has schema_version 2; this moebench reads version 1"),
+    ({"schema_version": "1"}, "has schema_version '1'"),
+    ({"schema_version": True}, "has schema_version True"),
+])
+def test_one_schema_rule_for_results_and_reports(tmp_path, doc, needle):
+    folder = write_run(tmp_path / "run", make_run(noisy(6)))
+    (folder / "result.json").write_text(json.dumps(doc))
+    for load in (load_run, load_runs, lambda p: gate(p, p)):
+        with pytest.raises(UserError, match=needle):
+            load(folder)
+    rep = write_report(tmp_path / "rep", [make_run(noisy(6))])
+    (rep / "report.json").write_text(json.dumps({**doc, "results": []}))
+    with pytest.raises(UserError, match=needle):
+        load_runs(rep)
+
+
+def test_load_run_refuses_a_report_folder_with_a_hint(tmp_path):
+    rep = write_report(tmp_path / "rep", [make_run(noisy(6))])
+    with pytest.raises(UserError, match="is a comparison report, not a result folder.*rep/lru"):
+        load_run(rep)
+
+
+# ---------------------------------------------------------------------------- the one rule
+def test_compat_budget_rule_between_strategies_and_within_one():
+    from moebench.errors import MismatchError
+    from moebench.results.compat import BUDGET, check_comparable, mismatches
+
+    base = noisy(6)
+    forced = make_run(base, strategy="all-resident", budget=99)    # same spec "0.25", its own bytes
+    assert mismatches(make_run(base, strategy="sync"), forced) == []
+    check_comparable([make_run(base, strategy="sync"), forced])
+    assert [m.field for m in mismatches(make_run(base), make_run(base, budget=99))] == [BUDGET]
+    with pytest.raises(MismatchError, match="both strategy 'lru'.*strategy.version of 'lru' differs"):
+        check_comparable([make_run(base), make_run(base, version=2)])

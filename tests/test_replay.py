@@ -316,7 +316,7 @@ def test_cli_synth_then_replay_writes_results_and_a_report(tmp_path) -> None:
     from typer.testing import CliRunner
 
     from moebench.cli import app
-    from moebench.results import load_result
+    from moebench.results.model import load_run
 
     cli = CliRunner()
     trace = tmp_path / "t.jsonl"
@@ -330,7 +330,7 @@ def test_cli_synth_then_replay_writes_results_and_a_report(tmp_path) -> None:
     for f in ("report.md", "replay.json", "hit_rate_vs_budget.png", "tpot_vs_budget.png",
               "hit_rate_per_layer.png"):
         assert (out / f).exists(), f
-    results = [load_result(p)["result"] for p in out.iterdir() if (p / "result.json").exists()]
+    results = [load_run(p).raw for p in out.iterdir() if (p / "result.json").exists()]
     assert {(x["strategy"]["name"], x["budget"]["spec"]) for x in results} == {
         (s, b) for s in ("sync", "lru", "belady", "oracle") for b in ("0.25", "0.5")}
     assert all(x["source"] == "replay" and x["clock"]["label"] == f"simulated:{PROFILE}" for x in results)

@@ -56,7 +56,9 @@ def _run_plan(plan: Any, out: Path, name: str | None, quiet: bool) -> Path:
 
 
 def _show_report(d: Path, json_out: bool) -> None:
-    doc = json.loads((d / "report.json").read_text())
+    from moebench.results.model import load_report
+
+    doc = load_report(d).raw
     if json_out:
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
         return
@@ -143,11 +145,11 @@ def gate(
     json_out: Annotated[bool, typer.Option("--json", help="print the verdicts as JSON")] = False,
 ) -> None:
     """Is the candidate worse than the baseline, beyond noise? Exit 0 pass, 1 regression, 2 usage, 3 inconclusive/mismatch."""
-    from moebench.report.folders import gate_paths
+    from moebench.gate import gate as run_gate
     from moebench.gate import parse_rule
 
     rules = [parse_rule(r) for r in fail_on or []]
-    report = gate_paths(baseline, candidate, rules or None, alpha=alpha, seed=seed)
+    report = run_gate(baseline, candidate, rules or None, alpha=alpha, seed=seed)
     if json_out:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
     else:
@@ -165,9 +167,12 @@ def _show_gate(report: Any) -> None:
             t.add_column(c)
         for v in report.verdicts:
             change = "–" if v.change is None else (f"{v.change * 100:+.2f}%" if v.relative else f"{v.change:+.4g}")
-            t.add_row(v.metric, v.status, "–" if v.baseline is None else f"{v.baseline:.4g}",
+            t.add_row(v.metric, f"[yellow]{v.status}[/]" if v.status == "not gated" else v.status,
+                      "–" if v.baseline is None else f"{v.baseline:.4g}",
                       "–" if v.candidate is None else f"{v.candidate:.4g}", change)
         con.print(t)
+    for note in report.notes:
+        con.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     style = {"pass": "bold green", "regression": "bold red"}.get(report.status, "bold yellow")
     con.print(f"[{style}]{report.status.upper()}[/] (exit {int(report.exit_code)}): {report.reason}",
               highlight=False, soft_wrap=True)
@@ -255,15 +260,15 @@ def baseline_check(
 ) -> None:
     """Rerun the comparison recorded in the baseline and gate it (what CI runs). Exit codes as `gate`."""
     from moebench.compare import plan_from_report
+    from moebench.gate import gate as run_gate
     from moebench.gate import parse_rule
-    from moebench.report.folders import gate_paths
 
     rules = [parse_rule(r) for r in fail_on or []]
     plan = plan_from_report(dir_, plots=plots)
     with _reproducible():
         cand = _run_plan(plan, out, name, quiet=False)
     _show_report(cand, json_out=False)
-    report = gate_paths(dir_, cand, rules or None, alpha=alpha)
+    report = run_gate(dir_, cand, rules or None, alpha=alpha)
     _show_gate(report)
     raise typer.Exit(int(report.exit_code))
 

@@ -89,7 +89,7 @@ def validate_sim(
     from moebench.config import RunConfig, parse_overrides
     from moebench.models.synthetic import load_for_gpu
     from moebench.offload.profile import load_profile
-    from moebench.results import write_json
+    from moebench.results.folders import write_json
     from moebench.runner import prepare
     from moebench.simcheck import markdown, validate
 

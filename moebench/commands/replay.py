@@ -148,7 +148,7 @@ def synth(
     """Write a synthetic routing trace (JSONL) shaped like MODEL: popularity skew, temporal reuse, cross-layer correlation."""
     from moebench.models.loading import model_shape
     from moebench.replay_trace import trace_rows
-    from moebench.results import atomic_write
+    from moebench.results.folders import atomic_write
     from moebench.synth import SynthSpec, synthesize
 
     shape = model_shape(model)

@@ -28,23 +28,17 @@ def export(
     out: Annotated[Optional[Path], typer.Option(help="write here instead of stdout")] = None,
 ) -> None:
     """Write the routing trace of a run as JSONL (one object per step and layer)."""
-    import json
-
     from moebench.errors import UserError
-    from moebench.results import atomic_write
+    from moebench.results.folders import atomic_write
+    from moebench.results.model import load_run
     from moebench.trace import export_jsonl, export_rows, read_trace
 
     if fmt != "jsonl":
         raise UserError(f"--format must be jsonl, not '{fmt}'.")
     if not result_dir.exists():
         raise UserError(f"{result_dir} does not exist.")
-    strategy = None
-    rp = (result_dir if result_dir.is_dir() else result_dir.parent) / "result.json"
-    if rp.exists():
-        try:
-            strategy = json.loads(rp.read_text()).get("strategy", {}).get("name")
-        except (OSError, json.JSONDecodeError):
-            strategy = None
+    folder = result_dir if result_dir.is_dir() else result_dir.parent
+    strategy = load_run(folder).strategy.name if (folder / "result.json").exists() else None
     text = export_jsonl(export_rows(read_trace(result_dir), strategy=strategy))
     if out is None:
         sys.stdout.write(text)

@@ -1,4 +1,5 @@
-"""report.json: the comparison as one document (pure; `write.py` puts it on disk).
+"""report.json: the comparison as one document (pure; `moebench.results.folders.write_report`
+puts it on disk).
 
     {
       "schema_version": 1, "kind": "comparison", "moebench_version": "0.1.0",
