@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moebench.errors import UserError
+from moebench.offload.budget import strategy_slots
 
 # Legend: n scored positions of one item, V vocabulary, T prompt tokens.
 
@@ -139,12 +140,11 @@ def teacher_forced(prep: Any, strategy: dict, ref_tokens: dict) -> Forced:
     from moebench.calibration import artifacts_for
     from moebench.engine.executor import OffloadEngine
     from moebench.engine.timeline import make_timeline
-    from moebench.runner import slots_for
     from moebench.strategy import build_strategy
 
     strat = build_strategy(strategy["name"], strategy.get("params") or {})
     artifacts, trace = artifacts_for(prep, strat)
-    engine = OffloadEngine(prep.loaded, strat, n_slots=slots_for(prep, strat),
+    engine = OffloadEngine(prep.loaded, strat, n_slots=strategy_slots(prep.budget.text, prep.loaded.shape, strat),
                            timeline=make_timeline(prep.clock, prep.profile, prep.device),
                            profile=prep.profile, device=prep.device, artifacts=artifacts,
                            record_trace=False, trace_source=trace)

@@ -297,13 +297,39 @@ def recorded_trace(prep: Any, strategy: Any, notes: list[str]) -> tuple[Any, A.A
 
         piece = run_strategy(prep, "sync", record_trace=True, artifacts={}, trace_source=None)
         trace = RoutingTrace(piece.warmup_trace + piece.trace)
-        return A.save(key, trace.to_tensors(), {"positions": len(trace)})
+        return A.save(key, trace_tensors(trace), {"positions": len(trace)})
 
     art = _obtain(prep, key, build, notes, "recording the workload's routing with a sync pass")
     memo_key = ("routing-trace", key.digest())
     if memo_key not in prep.memo:
-        prep.memo[memo_key] = RoutingTrace.from_tensors(art.tensors)
+        prep.memo[memo_key] = trace_from_tensors(art.tensors)
     return prep.memo[memo_key], art
+
+
+def trace_tensors(trace: Any) -> dict[str, Any]:
+    """A `RoutingTrace` as flat int64 tensors for the artifact cache (ragged demand as values +
+    offsets)."""
+    import torch
+
+    flat = [e for d in trace.demand for e in d]
+    offsets = [0]
+    for d in trace.demand:
+        offsets.append(offsets[-1] + len(d))
+    return {"positions": torch.tensor(trace.positions, dtype=torch.int64).reshape(-1, 3),
+            "offsets": torch.tensor(offsets, dtype=torch.int64),
+            "experts": torch.tensor(flat, dtype=torch.int64)}
+
+
+def trace_from_tensors(t: dict[str, Any]) -> Any:
+    from moebench.trace import RoutingTrace
+
+    pos = t["positions"].tolist()
+    off = t["offsets"].tolist()
+    flat = t["experts"].tolist()
+    if len(off) != len(pos) + 1 or (off and off[-1] != len(flat)):
+        raise UserError("routing-trace artifact is inconsistent (offsets do not match).")
+    return RoutingTrace({"request": p[0], "step": p[1], "layer": p[2], "experts": flat[off[i]:off[i + 1]]}
+                        for i, p in enumerate(pos))
 
 
 def _check(art: A.Artifact, name: str, shape: tuple[int, ...]) -> None:

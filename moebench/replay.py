@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from moebench.errors import UserError
+from moebench.offload.budget import strategy_slots
 from moebench.offload.cache import ExpertCache
 from moebench.offload.clock import SimTimeline
 from moebench.offload.events import Routing
@@ -162,7 +163,7 @@ class ReplayRun:
 
 
 def _shim_prep(trace: Any, shape: Any, profile: Any, budget: str, seed: int) -> Any:
-    """The fields of `runner.Prepared` that `slots_for` and `build_result` read, for a replay."""
+    """The fields of `runner.Prepared` that `build_result` reads, for a replay."""
     from moebench.config import BudgetSpec
     from moebench.models import presets as P
 
@@ -206,7 +207,7 @@ def replay_one(trace: Any, policy: str, *, shape: Any, profile: Any, budget: str
                warmup_steps: int | None = None, seed: int = 0,
                progress: Callable[[int], None] | None = None) -> ReplayRun:
     """Replay `trace` through `policy` at one budget on one profile (a `ReplayRun`)."""
-    from moebench.runner import Piece, build_result, slots_for
+    from moebench.runner import Piece, build_result
     from moebench.stats import summarize
 
     check_trace_fits(trace, shape)
@@ -215,7 +216,7 @@ def replay_one(trace: Any, policy: str, *, shape: Any, profile: Any, budget: str
         warmup_steps = rec.warmup_steps if rec and rec.warmup_steps is not None else 0
     strategy = build_policy(policy, trace)
     prep = _shim_prep(trace, shape, profile, budget, seed)
-    n_slots = slots_for(prep, strategy)
+    n_slots = strategy_slots(budget, shape, strategy)
     schedule = build_schedule(trace, warmup_steps)
     engine = ReplayEngine(trace, strategy, shape=shape, profile=profile, n_slots=n_slots,
                           schedule=schedule)

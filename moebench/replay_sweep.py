@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from moebench.errors import UserError
+from moebench.offload.budget import strategy_slots
 
 DEFAULT_POLICIES = ("sync", "lru", "lru-global", "lfu", "pin", "belady", "oracle")
 
@@ -157,10 +158,9 @@ def _hit_rate_only(trace: Any, policies: Sequence[str], points: Sequence[SweepPo
                    warm: int, seed: int, progress: Callable[[int], None] | None) -> list:
     """Hit rates without the clock: fast paths where they exist, the general replay otherwise
     (prefetching policies then run at the first profile, whose timing decides lateness)."""
-    from moebench.replay import ReplayRun, _shim_prep, build_schedule, replay_one
+    from moebench.replay import ReplayRun, build_schedule, replay_one
     from moebench.replay_fast import FAST, fast_hit_rates, group_sequence
     from moebench.replay_policies import build_policy
-    from moebench.runner import slots_for
 
     schedule = build_schedule(trace, warm)
     seq = group_sequence(trace, schedule, shape.num_experts)
@@ -170,8 +170,7 @@ def _hit_rate_only(trace: Any, policies: Sequence[str], points: Sequence[SweepPo
         for name in policies:
             try:
                 if name in FAST:
-                    prep = _shim_prep(trace, shape, first_profile, budget, seed)
-                    n_slots = slots_for(prep, build_policy(name, trace))
+                    n_slots = strategy_slots(budget, shape, build_policy(name, trace))
                     hr = fast_hit_rates(seq, name, n_slots)
                     result = _hit_result(name, budget, n_slots, shape, hr, first_profile)
                     runs.append(ReplayRun(name, budget, "hit-rate-only", result))

@@ -20,6 +20,7 @@ from typing import Any
 from moebench import SCHEMA_VERSION, __version__
 from moebench.config import BudgetSpec, RunConfig, to_dict
 from moebench.errors import UserError
+from moebench.offload.budget import strategy_slots
 
 log = logging.getLogger("moebench")
 
@@ -91,20 +92,6 @@ def prepare(cfg: RunConfig, loaded: Any = None) -> Prepared:
     return Prepared(cfg, wl, reqs, workload_sha256(wl, reqs), loaded, budget, profile, clock, device)
 
 
-def slots_for(prep: Prepared, strategy: Any) -> int:
-    shape = prep.loaded.shape
-    budget = BudgetSpec.parse(getattr(strategy, "forces_budget", None) or prep.budget.text)
-    n = budget.slots(moe_layers=shape.moe_layers, num_experts=shape.num_experts,
-                     expert_bytes=shape.expert_bytes)
-    need = strategy.min_slots(shape.top_k, shape.moe_layers)
-    if n < need:
-        raise UserError(
-            f"cache budget '{prep.budget.text}' holds {n} experts ({n * shape.expert_bytes:,} bytes), "
-            f"but '{strategy.name}' needs at least {need} (one layer's top-{shape.top_k} is "
-            f"{shape.top_k * shape.expert_bytes:,} bytes).")
-    return n
-
-
 def run_strategy(prep: Prepared, name: str, params: dict | None = None, *, repetition: int = 0,
                  progress: Callable[[int], None] | None = None, keep_logits: bool = False,
                  record_trace: bool | None = None, artifacts: dict | None = None,
@@ -117,7 +104,7 @@ def run_strategy(prep: Prepared, name: str, params: dict | None = None, *, repet
     from moebench.strategy import build_strategy
 
     strategy = build_strategy(name, params)
-    n_slots = slots_for(prep, strategy)
+    n_slots = strategy_slots(prep.budget.text, prep.loaded.shape, strategy)
     record = prep.cfg.record_trace if record_trace is None else record_trace
     if artifacts is None or trace_source is None:
         from moebench.calibration import artifacts_for  # strategies that need training or a trace

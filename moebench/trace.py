@@ -153,25 +153,3 @@ class RoutingTrace:
                 for e in ids:
                     counts[layer][e] += 1
         return counts
-
-    def to_tensors(self) -> dict[str, Any]:
-        """Flat int64 tensors for the artifact cache (ragged demand as values + offsets)."""
-        import torch
-
-        flat = [e for d in self.demand for e in d]
-        offsets = [0]
-        for d in self.demand:
-            offsets.append(offsets[-1] + len(d))
-        return {"positions": torch.tensor(self.positions, dtype=torch.int64).reshape(-1, 3),
-                "offsets": torch.tensor(offsets, dtype=torch.int64),
-                "experts": torch.tensor(flat, dtype=torch.int64)}
-
-    @classmethod
-    def from_tensors(cls, t: dict[str, Any]) -> RoutingTrace:
-        pos = t["positions"].tolist()
-        off = t["offsets"].tolist()
-        flat = t["experts"].tolist()
-        if len(off) != len(pos) + 1 or (off and off[-1] != len(flat)):
-            raise UserError("routing-trace artifact is inconsistent (offsets do not match).")
-        return cls({"request": p[0], "step": p[1], "layer": p[2], "experts": flat[off[i]:off[i + 1]]}
-                   for i, p in enumerate(pos))

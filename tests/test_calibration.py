@@ -19,6 +19,7 @@ from moebench.offload.policies import BeladyPolicy
 from moebench.errors import UserError
 from moebench.models.loading import load_model
 from moebench.predictors import DefaultVectors, TwoLinear, ranking_loss, recall_at_k
+from moebench.calibration import trace_from_tensors, trace_tensors
 from moebench.strategy import LayerEvent, StrategyContext, build_strategy
 from moebench.trace import RoutingTrace
 
@@ -221,7 +222,7 @@ def test_routing_trace_next_use_and_belady_victim() -> None:
     tr = _trace([(0, [1, 2]), (0, [3]), (0, [1])])
     assert tr.next_use((0, 1), 0) == 0 and tr.next_use((0, 1), 1) == 2
     assert tr.next_use((0, 3), 2) == math.inf and tr.next_use((0, 9), 0) == math.inf
-    back = RoutingTrace.from_tensors(tr.to_tensors())
+    back = trace_from_tensors(trace_tensors(tr))
     assert back.positions == tr.positions and back.demand == tr.demand
     pol = BeladyPolicy(tr.next_use)
     pol.now = 1
