@@ -10,10 +10,12 @@ field, so a typo in a workload file never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 from moebench.errors import UserError, did_you_mean
@@ -232,3 +234,25 @@ class RunConfig:
     accuracy: bool = False
     calibrate: bool = True
     device: str = "auto"
+
+
+def read_jsonl(path: Path, what: str = "") -> list[dict]:
+    """Every object of a JSONL file (blank lines skipped); one sentence (UserError) naming the
+    file and line for an unreadable file, a line that is not JSON, or one that is not an object."""
+    where = f"{what} {path}".strip()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{where} cannot be read ({exc.__class__.__name__}).") from None
+    rows = []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"{where} line {i} is not valid JSON.") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{where} line {i} is not a JSON object.")
+        rows.append(row)
+    return rows

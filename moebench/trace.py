@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from moebench.config import read_jsonl
 from moebench.errors import UserError
 from moebench.results.folders import atomic_write
 
@@ -59,20 +60,11 @@ def read_trace(path: str | Path) -> list[dict]:
     if not p.exists():
         raise UserError(f"no routing trace at {p} (record one with `moebench run --record-trace`, "
                         "or make one with `moebench trace synth`).")
-    rows = []
-    for i, line in enumerate(p.read_text().splitlines()):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f"trace {p} line {i + 1} is not valid JSON.") from None
-        if not isinstance(d, dict):
-            raise UserError(f"trace {p} line {i + 1} is not a JSON object.")
+    rows = read_jsonl(p, "trace")
+    for i, d in enumerate(rows):
         missing = [k for k in REQUIRED if k not in d]
         if missing:
-            raise UserError(f"trace {p} line {i + 1} lacks {', '.join(missing)}.")
-        rows.append(d)
+            raise UserError(f"trace {p} row {i + 1} lacks {', '.join(missing)}.")
     return rows
 
 

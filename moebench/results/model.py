@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from moebench import SCHEMA_VERSION
+from moebench.config import read_jsonl
 from moebench.errors import UserError
 
 RESULT_FILE, SAMPLES_FILE, REPORT_FILE = "result.json", "samples.jsonl", "report.json"
@@ -59,22 +60,7 @@ def check_schema(doc: Any, where: str) -> dict:
 def _read_samples(path: Path) -> tuple[dict, ...]:
     if not path.exists():
         raise UserError(f"{path} does not exist.")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} cannot be read ({exc.__class__.__name__}).") from None
-    rows = []
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f"{path} line {i} is not valid JSON.") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path} line {i} is not a JSON object.")
-        rows.append(row)
-    return tuple(rows)
+    return tuple(read_jsonl(path))
 
 
 # ----------------------------------------------------------------------------------------------
