@@ -130,11 +130,13 @@ def strategies(json_out: Annotated[bool, typer.Option("--json")] = False) -> Non
         try:
             cls = REGISTRY.get(name)
         except UserError as exc:  # a broken plugin is listed, not fatal
-            rows.append({"name": name, "version": None, "lossless": None, "needs": [], "params": {},
-                         "source": f"unavailable: {exc}"})
+            rows.append({"name": name, "version": None, "lossless": None, "reads": [],
+                         "replayable": None, "needs": [], "params": {}, "source": f"unavailable: {exc}"})
             continue
-        rows.append({"name": name, "version": cls.version, "lossless": cls.lossless,
-                     "needs": list(cls.needs), "params": params_dataclass_defaults(cls),
+        traits = cls.traits_for(cls.Params())          # with its default parameters
+        rows.append({"name": name, "version": cls.version, "lossless": traits.lossless,
+                     "reads": sorted(traits.reads), "replayable": traits.replayable,
+                     "needs": list(traits.needs), "params": params_dataclass_defaults(cls),
                      "source": cls.source})
     if json_out:
         sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
@@ -142,10 +144,11 @@ def strategies(json_out: Annotated[bool, typer.Option("--json")] = False) -> Non
     from rich.table import Table
 
     t = Table(title="strategies")
-    for c in ("name", "lossless", "needs", "params", "published source"):
+    for c in ("name", "lossless", "reads", "needs", "params", "published source"):
         t.add_column(c)
     for r in rows:
-        t.add_row(r["name"], {True: "yes", False: "no"}.get(r["lossless"], "?"), ", ".join(r["needs"]) or "-",
+        t.add_row(r["name"], {True: "yes", False: "no"}.get(r["lossless"], "?"), ", ".join(r["reads"]) or "-",
+                  ", ".join(r["needs"]) or "-",
                   ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-", r["source"])
     _console().print(t)
 

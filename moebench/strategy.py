@@ -47,9 +47,9 @@ from moebench.errors import UserError, did_you_mean
 from moebench.offload.events import ExpertKey, LayerEvent, Prefetch, Routing, StrategyContext
 from moebench.offload.policies import BeladyPolicy, CachePolicy, LFUPolicy, LRUPolicy
 
-__all__ = ["READS", "REGISTRY", "BeladyPolicy", "CachePolicy", "ExpertKey", "LFUPolicy", "LRUPolicy",
-           "LayerEvent", "NoParams", "Prefetch", "Routing",
-           "Strategy", "StrategyContext", "Traits", "build_strategy", "register"]
+__all__ = ["ENTRY_POINT_GROUP", "READS", "REGISTRY", "BeladyPolicy", "CachePolicy", "ExpertKey",
+           "LFUPolicy", "LRUPolicy", "LayerEvent", "NoParams", "Prefetch", "Registry", "Routing",
+           "Strategy", "StrategyContext", "Traits", "UserError", "build_strategy", "register"]
 
 ENTRY_POINT_GROUP = "moebench.strategies"
 READS = frozenset({"routing", "hidden", "residual", "trace"})
@@ -98,7 +98,7 @@ class Strategy:
     def __init__(self, params: Any = None):
         self.params = params if params is not None else self.Params()
         self.traits = type(self).traits_for(self.params)
-        self.ctx: StrategyContext | None = None
+        self.ctx: StrategyContext = None   # type: ignore[assignment]  # set by setup(), before any hook
         self.policy: Any = None
 
     @classmethod
@@ -239,6 +239,12 @@ class Registry:
                 self._entries.pop(name, None)
             else:
                 self._entries[name] = before
+
+    def reload(self) -> None:
+        """Scan the entry points again (a plugin installed while this process runs); what was
+        registered explicitly stays."""
+        self._loaded_eps = False
+        self._load_entry_points()
 
     def _load_entry_points(self) -> None:
         if self._loaded_eps:

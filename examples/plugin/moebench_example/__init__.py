@@ -1,0 +1,1 @@
+"""An example moebench strategy plugin (see docs/writing-a-strategy.md)."""
