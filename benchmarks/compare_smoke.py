@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/compare_smoke.py [--threads 1] [--no-plots] [--keep DIR]
 
-Runs the same comparison the CI gate runs (`moebench.compare.SMOKE`: default model, smoke
+Runs the same comparison the CI gate runs (`moebench.bench.compare.SMOKE`: default model, smoke
 workload, cache budget 0.25, simulated clock on a6000-pcie4) through the library, report and plots
 included, and prints the wall time of the whole comparison — model load, every strategy's run,
 statistics, report files — as `compare_smoke_seconds=<x>` on the last line. The Python and torch
@@ -18,7 +18,7 @@ from pathlib import Path
 t_import = time.perf_counter()
 import torch  # noqa: E402
 
-from moebench import compare as C  # noqa: E402
+from moebench.bench import compare as C  # noqa: E402
 
 t_import = time.perf_counter() - t_import
 

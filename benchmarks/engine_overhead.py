@@ -18,7 +18,7 @@ import torch
 
 
 def decode_steps(model, prompt, steps, engine=None):
-    from moebench.runner import _cache_kwarg
+    from moebench.bench.run import _cache_kwarg
 
     kw = _cache_kwarg(model)
     times = []

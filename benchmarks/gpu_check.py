@@ -7,9 +7,9 @@ at 8):
 2. builds a random model at Qwen3-30B-A3B's real per-layer sizes (hidden 2048, 128 experts of
    width 768, top-8, bf16): weights created on the device, each layer's experts copied to
    pinned host memory (`moebench.models.synthetic.random_offloaded`);
-3. calibrates a hardware profile on this GPU for this model (`moebench.profile_calibration`);
+3. calibrates a hardware profile on this GPU for this model (`moebench.hardware.measure`);
 4. runs `sync`, `lru`, `speculative`, `oracle` under the CUDA clock and under the simulated
-   clock with that profile (`moebench.simcheck.validate`), and `all-resident` (CUDA clock) for
+   clock with that profile (`moebench.bench.validate_sim.validate`), and `all-resident` (CUDA clock) for
    the compute term of the `sync` floor when every expert fits on the device;
 5. writes `gpu_check.json`, `gpu_check.md`, `profile.yaml`, `validate-sim.json` under `--out`
    (default `$OUT`, else `results/gpu_check`) and prints a short table, then `name=value` lines.
@@ -130,12 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from moebench.config import RunConfig
-    from moebench.environment import environment
+    from moebench.hardware.environment import environment
     from moebench.models.presets import PRESETS
     from moebench.models.synthetic import random_offloaded
     from moebench.offload.profile import load_profile
-    from moebench.runner import build_result, prepare, run_strategy
-    from moebench.simcheck import validate
+    from moebench.bench.run import build_result, prepare, run_strategy
+    from moebench.bench.validate_sim import validate
 
     env = environment()
     dev = torch.device("cpu" if dry else "cuda")
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if dry:
         layers = DRY_CONFIG["num_hidden_layers"] if args.layers == "auto" else int(args.layers)
     else:
-        from moebench.profile_calibration import fit_copy, measure_h2d
+        from moebench.hardware.measure import fit_copy, measure_h2d
 
         probe_gbps = fit_copy(measure_h2d(dev, (1 << 23, 1 << 26), reps=3)).bandwidth_gbps
         eb = 3 * base_cfg["hidden_size"] * base_cfg["moe_intermediate_size"] * 2
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         profile_ref = "h200-pcie5"
         profile = load_profile(profile_ref)
     else:
-        from moebench.profile_calibration import (calibrate, calibration_prep, profile_from_doc,
+        from moebench.hardware.measure import (calibrate, calibration_prep, profile_from_doc,
                                                   write_profile)
 
         doc = calibrate(calibration_prep(loaded, out, cache_budget=args.cache_budget), progress=log)
@@ -251,7 +251,7 @@ def summarize(rows: list[dict], compute_ms: float | None, compute_from: str | No
 
 
 def render(summary: dict, report: dict) -> str:
-    from moebench.simcheck import markdown
+    from moebench.bench.validate_sim import markdown
 
     f = summary["figures"]
     gpu = summary.get("gpu") or {}

@@ -2,7 +2,7 @@
 
 A synthetic trace shaped like Qwen3-30B-A3B (48 MoE layers x 128 experts, top-8) of 20,000
 decode steps (7.68 M expert activations) is replayed through the exact fast paths of
-`moebench.replay_fast` (`lru`: per-layer LRU as `moebench run --strategy lru` keeps it, and
+`moebench.replay.fast` (`lru`: per-layer LRU as `moebench run --strategy lru` keeps it, and
 `belady`: global MIN) at one cache budget. The figure is activations replayed per second of CPU
 time of this single-threaded process (`time.process_time`, so other jobs on a shared machine do
 not count against it; the wall-clock rate is printed beside it). The trace's generation is not
@@ -30,9 +30,9 @@ def main() -> None:
 
     from moebench.config import BudgetSpec
     from moebench.models.loading import model_shape
-    from moebench.replay import build_schedule
-    from moebench.replay_fast import fast_hit_rates, group_sequence
-    from moebench.synth import SynthSpec, synthesize
+    from moebench.replay.engine import build_schedule
+    from moebench.replay.fast import fast_hit_rates, group_sequence
+    from moebench.replay.synth import SynthSpec, synthesize
 
     shape = model_shape("qwen3-30b-a3b")
     spec = SynthSpec(steps=args.steps, zipf=1.0, reuse=0.5, cross_layer=0.3, seed=args.seed)

@@ -70,7 +70,7 @@ class PreAttentionStrategy(Strategy):
         self.source_name = self.name if self.params.predictor == "trained" else f"{self.name}:router"
 
     def setup(self, ctx: StrategyContext) -> None:
-        from moebench.predictors import TwoLinear
+        from moebench.calibration.predictors import TwoLinear
 
         super().setup(ctx)
         self.predictors: dict[int, Any] = {}

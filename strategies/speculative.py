@@ -147,7 +147,7 @@ class SpeculativeStrategy(Strategy):
 
     def speculate(self, i: int, executed: Routing, s: Any) -> Routing:
         """Layer i+1's routing from layer i's residual s [.., T, H] and executed routing."""
-        from moebench.predictors import default_vector_estimate, route_with
+        from moebench.calibration.predictors import default_vector_estimate, route_with
 
         adapter = self.ctx.adapter
         s2 = s.reshape(-1, s.shape[-1])                                        # [T, H]

@@ -1,4 +1,4 @@
-"""Hand-checked cases for moebench.accuracy: answer parsing, prompts, data files, fidelity."""
+"""Hand-checked cases for moebench.accuracy.fidelity: answer parsing, prompts, data files, fidelity."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from moebench.accuracy import (
+from moebench.accuracy.fidelity import (
     DatasetError,
     Fidelity,
     FidelityAccumulator,

@@ -1,4 +1,4 @@
-"""Accuracy against the lossless reference (`moebench.accuracy_run`): lossless strategies cost
+"""Accuracy against the lossless reference (`moebench.accuracy.run`): lossless strategies cost
 exactly nothing on real GSM8K items; a lossy strategy's deltas are measured and reported with
 intervals; teacher-forced scores (choice log-likelihood, text perplexity) agree with the
 unmodified model computed independently."""
@@ -12,9 +12,9 @@ from typing import ClassVar
 import pytest
 import torch
 
-from moebench import runner
-from moebench.accuracy_run import Reference, attach_accuracy, prepare_reference
-from moebench.accuracy_scoring import score_generation
+from moebench.bench import run as runner
+from moebench.accuracy.run import Reference, attach_accuracy, prepare_reference
+from moebench.accuracy.scoring import score_generation
 from moebench.config import RunConfig
 from moebench.errors import UserError
 from moebench.models.loading import load_model, load_tokenizer
@@ -112,7 +112,7 @@ def test_without_a_reference_sync_is_run_and_an_incomplete_candidate_pairs_what_
 
 
 def test_a_reference_piece_is_forced_once_for_every_candidate(gsm8k, monkeypatch) -> None:
-    import moebench.accuracy_run as AR
+    import moebench.accuracy.run as AR
 
     prep, _ = gsm8k
     base, _ = _run(prep, "sync")                         # as compare passes it: no logits kept

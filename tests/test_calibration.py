@@ -10,16 +10,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from moebench import artifacts as A
-from moebench import runner
-from moebench.calibration import calibrate_speculative, calibration_set, dv_key
+from moebench.calibration import artifacts as A
+from moebench.bench import run as runner
+from moebench.calibration.provision import calibrate_speculative, calibration_set, dv_key
 from moebench.cli import app
 from moebench.config import RunConfig
 from moebench.offload.policies import BeladyPolicy
 from moebench.errors import UserError
 from moebench.models.loading import load_model
-from moebench.predictors import DefaultVectors, TwoLinear, ranking_loss, recall_at_k
-from moebench.calibration import trace_from_tensors, trace_tensors
+from moebench.calibration.predictors import DefaultVectors, TwoLinear, ranking_loss, recall_at_k
+from moebench.calibration.provision import trace_from_tensors, trace_tensors
 from moebench.strategy import LayerEvent, StrategyContext, build_strategy
 from moebench.trace import RoutingTrace
 

@@ -37,7 +37,7 @@ def saved(tmp_path_factory):
 
 
 def _run(loaded, strategy="sync"):
-    from moebench.runner import prepare, run_strategy
+    from moebench.bench.run import prepare, run_strategy
 
     prep = prepare(RUN, loaded=loaded)
     piece = run_strategy(prep, strategy, {}, keep_logits=True)
@@ -182,7 +182,7 @@ def test_missing_checkpoint_names_where_it_looked(tmp_path, monkeypatch):
 def _mxfp4_folder(saved, dst: Path) -> tuple[dict, Path]:
     from safetensors.torch import load_file, save_file
 
-    from moebench.models.mxfp4 import quantize
+    from moebench.weights.mxfp4 import quantize
 
     _, folder = saved["tiny-gpt-oss"]
     sd = load_file(str(folder / "model.safetensors"))
@@ -203,7 +203,7 @@ def _mxfp4_folder(saved, dst: Path) -> tuple[dict, Path]:
 def test_mxfp4_experts_stay_packed_and_match_transformers_dequantisation(saved, tmp_path):
     from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
-    from moebench.runner import build_result, prepare, run_strategy
+    from moebench.bench.run import build_result, prepare, run_strategy
 
     tensors, folder = _mxfp4_folder(saved, tmp_path)
     lazy = load_model(str(folder))                           # MXFP4: lazy by default
@@ -232,7 +232,7 @@ def test_mxfp4_experts_stay_packed_and_match_transformers_dequantisation(saved, 
 
 
 def test_mxfp4_roundtrip_is_exact_on_the_grid():
-    from moebench.models.mxfp4 import FP4_VALUES, dequantize, quantize
+    from moebench.weights.mxfp4 import FP4_VALUES, dequantize, quantize
 
     torch.manual_seed(0)
     codes = torch.randint(0, 16, (3, 5, 64))

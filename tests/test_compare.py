@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from moebench.cli import app
-from moebench.compare import SweepSpec, interleaved_schedule, route_sets
+from moebench.bench.compare import SweepSpec, interleaved_schedule, route_sets
 from moebench.errors import UserError
 from moebench.results.model import load_run
 
@@ -343,7 +343,7 @@ def test_baseline_check_passes_unchanged_and_fails_on_slower_hardware(tmp_path: 
 
 def test_the_committed_baseline_records_a_rerunnable_simulated_plan():
     """CI reruns this plan (scripts/ci_gate.sh -> `moebench baseline check`) and gates it."""
-    from moebench.compare import plan_from_report
+    from moebench.bench.compare import plan_from_report
 
     base = Path(__file__).resolve().parents[1] / "reports" / "baselines" / "smoke"
     plan = plan_from_report(base)

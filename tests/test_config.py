@@ -49,7 +49,7 @@ def test_run_config_has_no_warmup_steps_and_old_config_json_still_reads(tmp_path
     from pathlib import Path
 
     from moebench.config import RunConfig, field_names, to_dict
-    from moebench.replay_trace import recorded_run
+    from moebench.replay.traces import recorded_run
 
     assert "warmup_steps" not in field_names(RunConfig) and "warmup_steps" not in to_dict(RunConfig())
     base = Path(__file__).resolve().parents[1] / "reports" / "baselines" / "smoke" / "sync"

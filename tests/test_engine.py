@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from moebench import runner
+from moebench.bench import run as runner
 from moebench.config import RunConfig
 from moebench.models.loading import load_model
 from tests.helpers import generate_greedy, reference_decode

@@ -22,7 +22,7 @@ def lazy_cuda(tmp_path_factory):
 
 def _prep(loaded, clock, profile="h200-pcie5"):
     from moebench.config import RunConfig
-    from moebench.runner import prepare
+    from moebench.bench.run import prepare
 
     cfg = RunConfig(model=loaded.name, workload="smoke", clock=clock, profile=profile,
                     workload_overrides={"max_new_tokens": "6", "limit": "2"})
@@ -38,7 +38,7 @@ def test_lazy_load_puts_weights_on_the_device_and_experts_in_pinned_memory(lazy_
 
 @pytest.mark.parametrize("strategy", ["sync", "lru"])
 def test_cuda_clock_and_simulated_clock_agree_on_tokens(lazy_cuda, strategy):
-    from moebench.runner import build_result, run_strategy
+    from moebench.bench.run import build_result, run_strategy
 
     results = {}
     for clock in ("cuda", "sim"):
@@ -54,8 +54,8 @@ def test_cuda_clock_and_simulated_clock_agree_on_tokens(lazy_cuda, strategy):
 
 
 def test_calibrated_profile_loads_and_validate_sim_runs(lazy_cuda, tmp_path):
-    from moebench.profile_calibration import calibrate, calibration_prep, profile_from_doc, write_profile
-    from moebench.simcheck import validate
+    from moebench.hardware.measure import calibrate, calibration_prep, profile_from_doc, write_profile
+    from moebench.bench.validate_sim import validate
 
     doc = calibrate(calibration_prep(lazy_cuda, tmp_path))
     assert doc["source"] == "measured" and doc["h2d_bandwidth_gbps"] > 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moebench import runner
+from moebench.bench import run as runner
 from moebench.config import RunConfig
 from tests.helpers import generate_greedy
 

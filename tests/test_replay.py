@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from moebench import runner
+from moebench.bench import run as runner
 from moebench.config import RunConfig
 from moebench.errors import UserError
 from moebench.models.loading import model_shape
 from moebench.offload.profile import load_profile
-from moebench.replay import build_schedule, replay_one
-from moebench.replay_fast import _lru_layer_exact, _quotas, fast_hit_rates, group_sequence
-from moebench.replay_trace import load_replay_trace, trace_from_rows, trace_rows
-from moebench.synth import SynthSpec, synthesize
+from moebench.replay.engine import build_schedule, replay_one
+from moebench.replay.fast import _lru_layer_exact, _quotas, fast_hit_rates, group_sequence
+from moebench.replay.traces import load_replay_trace, trace_from_rows, trace_rows
+from moebench.replay.synth import SynthSpec, synthesize
 
 PROFILE = "a6000-pcie4"
 SMALL = {"max_new_tokens": "5", "limit": "2"}   # the smoke workload's 2 warm-up steps stay on
@@ -102,7 +102,7 @@ def _general(trace, policy, shape, budget):
 def _fast(trace, policy, shape, n_slots):
     seq = group_sequence(trace, build_schedule(trace, 0), shape.num_experts)
     hr = fast_hit_rates(seq, policy, n_slots)
-    from moebench.replay_fast import FAST
+    from moebench.replay.fast import FAST
     per_group = FAST[policy](seq, n_slots).reshape(-1, shape.moe_layers)     # [T, L]
     per_step = per_group[seq.counted.reshape(-1, shape.moe_layers)[:, 0]].sum(1)
     per_layer = [h / a if a else None for h, a in zip(hr["layer_hits"], hr["layer_acts"])]
@@ -290,7 +290,7 @@ def _brute_sch(X: np.ndarray, E: int, m: int, c: int) -> float:
 
 
 def test_consistency_figures_follow_the_paper_definitions() -> None:
-    from moebench.consistency import routing_consistency, sch_layer, srp
+    from moebench.replay.consistency import routing_consistency, sch_layer, srp
 
     tr = synthesize(2, 16, 2, SynthSpec(steps=40, zipf=0.5, reuse=0.3, seed=4))
     got = srp(tr, 16, [2, 4, 8])

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moebench.metrics import compute_metrics
+from moebench.results.metrics import compute_metrics
 from moebench.report import build_report
 from moebench.results.folders import write_report
 

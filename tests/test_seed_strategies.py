@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from moebench import runner
-from moebench.calibration import artifacts_for
+from moebench.bench import run as runner
+from moebench.calibration.provision import artifacts_for
 from moebench.config import RunConfig
 from moebench.models.loading import load_model
 from moebench.strategy import REGISTRY, build_strategy

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from moebench.cli import app
 from moebench.errors import UserError
-from moebench.workloads import available_workloads, build_items, load_workload, workload_sha256
+from moebench.workloads.spec import available_workloads, build_items, load_workload, workload_sha256
 
 GSM8K_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 needs_gsm8k = pytest.mark.skipif(not (GSM8K_DIR / "test.jsonl").exists(),
@@ -85,7 +85,7 @@ def test_a_users_own_jsonl_is_accepted_and_every_line_checked(tmp_path: Path) ->
 
 
 def test_answers_are_part_of_the_workload_hash() -> None:
-    from moebench.workloads import Item, Request
+    from moebench.workloads.spec import Item, Request
 
     wl = load_workload("gsm8k", {"limit": "1", "n_shot": "0"})
     a = [Request("x", (1, 2, 3), Item("x", "t", answer="4"))]
@@ -192,7 +192,7 @@ def test_tiny_presets_use_the_bundled_tokenizer_and_folders_their_own(tmp_path: 
 
 def test_item_ids_must_be_unique(tmp_path: Path) -> None:
     from moebench.models.loading import load_tokenizer
-    from moebench.workloads import build_requests
+    from moebench.workloads.spec import build_requests
 
     wl = load_workload(str(_write(tmp_path, "name: x\nprompts:\n  - {id: a, text: one}\n"
                                             "  - {id: a, text: two}\n")))

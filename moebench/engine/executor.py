@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from moebench.engine.store import DevicePools, HostExpertStore, SlotExperts
+from moebench.weights.store import DevicePools, HostExpertStore, SlotExperts
 from moebench.models.adapters import adapter_for
 from moebench.offload.cache import ExpertCache
 from moebench.offload.events import Routing

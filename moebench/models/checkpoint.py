@@ -243,10 +243,10 @@ def load_lazy(folder: Path, *, cfg: dict, name: str, hf_id: str | None = None, d
     """A `LoadedModel` whose experts live only in `loaded.expert_store` (see the module doc)."""
     import torch
 
-    from moebench.engine.store import HostExpertStore
+    from moebench.weights.store import HostExpertStore
     from moebench.models.adapters import adapter_for
     from moebench.models.loading import LoadedModel, load_tokenizer
-    from moebench.models.mxfp4 import PackedExpertStore
+    from moebench.weights.mxfp4 import PackedExpertStore
     from moebench.offload.shapes import shape_from_config
 
     dev = torch.device(device) if device is not None else torch.device(

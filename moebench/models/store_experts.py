@@ -25,7 +25,7 @@ def _store_forward(self: Any, hidden_states: Any, top_k_index: Any, top_k_weight
     """hidden_states [T, H], top_k_index [T, k], top_k_weights [T, k] -> [T, H]."""
     import torch
 
-    from moebench.engine.store import SlotExperts
+    from moebench.weights.store import SlotExperts
 
     kernel = self._moebench_base_kernel
     first = getattr(self, self._moebench_param_names[0])
@@ -45,7 +45,7 @@ def _store_forward(self: Any, hidden_states: Any, top_k_index: Any, top_k_weight
                 dst[i].copy_(t[e], non_blocking=store.pinned)
             tensors[n] = dst
     if getattr(store, "layout", "") == "mxfp4":
-        from moebench.models.mxfp4 import PACKED, dequantize
+        from moebench.weights.mxfp4 import PACKED, dequantize
 
         for p in PACKED:
             tensors[p] = dequantize(tensors.pop(f"{p}_blocks"), tensors.pop(f"{p}_scales"),

@@ -23,7 +23,7 @@ def random_offloaded(cfg: dict, *, name: str, device: Any = None, seed: int = 0,
     """A `LoadedModel` with random weights and `expert_store` filled (see the module doc)."""
     import torch
 
-    from moebench.engine.store import HostExpertStore
+    from moebench.weights.store import HostExpertStore
     from moebench.models.adapters import adapter_for
     from moebench.models.loading import LoadedModel, _snapshot, load_tokenizer
     from moebench.offload.shapes import shape_from_config

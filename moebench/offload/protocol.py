@@ -1,5 +1,5 @@
 """The per-layer protocol of a run: the one sequence of strategy calls, copies, waits and charges
-that both the live engine (`moebench.engine.executor`) and trace replay (`moebench.replay`)
+that both the live engine (`moebench.engine.executor`) and trace replay (`moebench.replay.engine`)
 execute. The engines differ only in where the inputs come from (a transformers forward's hooks,
 or a recorded trace) and in what computes the experts (the model's kernel over cache slots, or
 nothing); the decisions, the cache, the clock and the accounting are this object's.

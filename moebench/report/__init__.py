@@ -6,7 +6,7 @@ writes a folder (`moebench.results.folders.write_report` puts a report on disk).
     write_report(folder, doc, entries)                                  # moebench.results.folders
 
 `entries` are loaded results, `{"dir", "point", "result", "samples"}` (one per strategy and sweep
-point); `moebench.compare` produces them from a live comparison or from result folders, and
+point); `moebench.bench.compare` produces them from a live comparison or from result folders, and
 trace replay can hand in its own. Modules: `summary` (per-strategy rows and their statistics),
 `document` (report.json), `table` (the cells every renderer shows), `markdown`, `html_page`,
 `plots` (matplotlib, Agg canvas).

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moebench.render import fmt_bytes
+from moebench.cli.render import fmt_bytes
 
 
 def _g(x: float | None, digits: int = 4) -> str:

@@ -5,9 +5,9 @@ from typing import Any
 
 from moebench.offload.profile import load_profile
 from moebench.offload.shapes import ModelShape
-from moebench.replay import ReplayEngine, build_schedule
-from moebench.replay_policies import build_policy
-from moebench.replay_trace import trace_from_rows
+from moebench.replay.engine import ReplayEngine, build_schedule
+from moebench.replay.policies import build_policy
+from moebench.replay.traces import trace_from_rows
 
 
 def make_shape(moe_layers: int = 2, num_experts: int = 8, top_k: int = 2,

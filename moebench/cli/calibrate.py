@@ -23,7 +23,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from moebench.cli import _console, handle_errors, split_overrides
+from moebench.cli.common import console, handle_errors, split_overrides
 
 calibrate_app = typer.Typer(no_args_is_help=True, add_completion=False,
                             help="Build calibration artifacts (default vectors, predictors, profiles).")
@@ -37,7 +37,7 @@ SeedOpt = Annotated[int, typer.Option(help="seed of the tiny presets' random ini
 
 
 def _prepare(strategy_name: str, model: str, workload: str, sets: list[str], seed: int) -> tuple:
-    from moebench.calibration import calibration_set
+    from moebench.calibration.provision import calibration_set
     from moebench.models.loading import load_model
     from moebench.strategy import build_strategy
 
@@ -48,7 +48,7 @@ def _prepare(strategy_name: str, model: str, workload: str, sets: list[str], see
 
 
 def _existing(keys: list, force: bool) -> list | None:
-    from moebench import artifacts as A
+    from moebench.calibration import artifacts as A
 
     if force:
         return None
@@ -68,7 +68,7 @@ def _render(doc: dict, json_out: bool, title: str) -> None:
         return
     from rich.table import Table
 
-    con = _console()
+    con = console()
     for a in doc["artifacts"]:
         con.print(f"[bold]{a['kind']}[/] {'(cached) ' if doc['reused'] else ''}{a['path']}", highlight=False)
         con.print(f"  model {a['model']}, calibration workload {a['calibration_workload']} "
@@ -92,7 +92,7 @@ def default_vectors(model: ModelOpt = "default", workload: WorkloadOpt = "smoke"
                     seed: SeedOpt = 0) -> None:
     """Per-layer (experts x hidden) tables of unweighted expert outputs for `speculative`
     (and, with --set estimator=linear, its early-layer estimator)."""
-    from moebench.calibration import calibrate_speculative, dv_key, estimator_key
+    from moebench.calibration.provision import calibrate_speculative, dv_key, estimator_key
 
     strategy, loaded, cal = _prepare("speculative", model, workload, set_ or [], seed)
     keys = [dv_key(loaded, cal, strategy)]
@@ -112,7 +112,7 @@ def pre_attention(model: ModelOpt = "default", workload: WorkloadOpt = "smoke",
                   seed: SeedOpt = 0) -> None:
     """Per-layer pre-attention predictors (two linear functions, ranking-aware loss), with
     held-out recall@k against the zero-training router variant."""
-    from moebench.calibration import calibrate_pre_attention, pre_attention_key
+    from moebench.calibration.provision import calibrate_pre_attention, pre_attention_key
 
     strategy, loaded, cal = _prepare("pre-attention", model, workload, set_ or [], seed)
     arts = _existing([pre_attention_key(loaded, cal, strategy)], force)

@@ -6,8 +6,7 @@
     moebench replay trace.jsonl --model qwen3-30b-a3b --hit-rate-only --sweep cache_budget=0.05,0.1
     moebench trace synth --model qwen3-30b-a3b --steps 512 --zipf 1.1 --reuse 0.6 --out t.jsonl
 
-`synth` joins the `trace` sub-command group of `moebench.commands.trace` when that module
-exists (it does: `trace export`); otherwise this module creates the group itself.
+`synth` joins the `trace` sub-command group of `moebench.cli.trace` (next to `trace export`).
 """
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from moebench.cli import _console, handle_errors
+from moebench.cli.common import console, handle_errors
 
 
 def _csv(values: list[str] | None) -> list[str]:
@@ -66,7 +65,7 @@ def replay(
     import time
 
     from moebench.errors import UserError
-    from moebench.replay_sweep import ReplaySpec, run_replay, write_replay
+    from moebench.replay.sweep import ReplaySpec, run_replay, write_replay
 
     sw = _parse_sweep(sweep or [])
     budgets = sw.get("cache_budget", []) + ([cache_budget] if cache_budget else [])
@@ -85,7 +84,7 @@ def replay(
     folder = out or Path("reports") / f"replay-{time.strftime('%Y%m%d-%H%M%S')}"
     if (folder / "report.md").exists():
         raise UserError(f"{folder} already holds a replay report; pass a new --out folder.")
-    with _console(stderr=True).status("replaying", spinner="dots") if not json_out else _null():
+    with console(stderr=True).status("replaying", spinner="dots") if not json_out else _null():
         outcome = run_replay(spec)
         files = write_replay(outcome, folder)
     if json_out:
@@ -105,7 +104,7 @@ class _null:
 def _render(outcome: Any, folder: Path) -> None:
     from rich.table import Table
 
-    from moebench.render import fmt_bytes
+    from moebench.cli.render import fmt_bytes
 
     ctx = outcome.context
     clock = "none (hit rate only)" if ctx["hit_rate_only"] else \
@@ -121,7 +120,7 @@ def _render(outcome: Any, folder: Path) -> None:
         t.add_row(r["policy"], r["budget"], r["profile"], "-" if hr is None else f"{hr:.3f}",
                   "-" if tp is None else f"{tp:.4g}", "-" if eff is None else f"{eff:.3f}",
                   fmt_bytes(r.get("h2d_bytes_per_token")))
-    con = _console()
+    con = console()
     con.print(t)
     c = outcome.consistency
     if c and c["segment_lengths"]:
@@ -147,9 +146,9 @@ def synth(
 ) -> None:
     """Write a synthetic routing trace (JSONL) shaped like MODEL: popularity skew, temporal reuse, cross-layer correlation."""
     from moebench.models.loading import model_shape
-    from moebench.replay_trace import trace_rows
+    from moebench.replay.traces import trace_rows
     from moebench.results.folders import atomic_write
-    from moebench.synth import SynthSpec, synthesize
+    from moebench.replay.synth import SynthSpec, synthesize
 
     shape = model_shape(model)
     spec = SynthSpec(steps=steps, requests=requests, zipf=zipf, reuse=reuse,
@@ -162,24 +161,11 @@ def synth(
         sys.stdout.write(text)
         return
     atomic_write(out, text)
-    _console(stderr=True).print(f"wrote {tr.n_steps} steps x {shape.moe_layers} layers to {out}",
+    console(stderr=True).print(f"wrote {tr.n_steps} steps x {shape.moe_layers} layers to {out}",
                                 highlight=False)
 
 
-def _trace_group(app: Any) -> Any:
-    """The `trace` sub-command group: `moebench.commands.trace`'s when it exists, else ours."""
-    try:
-        from moebench.commands.trace import trace_app
-        return trace_app
-    except ImportError:
-        for info in getattr(app, "registered_groups", []):
-            if info.name == "trace":
-                return info.typer_instance
-        group = typer.Typer(no_args_is_help=True, add_completion=False, help="Routing traces.")
-        app.add_typer(group, name="trace")
-        return group
-
-
-def register(app: Any) -> None:
+def register(app: Any, trace_app: Any) -> None:
+    """`replay`, and `synth` in the `trace` group."""
     app.command("replay")(handle_errors(replay))
-    _trace_group(app).command("synth")(handle_errors(synth))
+    trace_app.command("synth")(handle_errors(synth))

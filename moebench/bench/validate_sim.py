@@ -62,7 +62,7 @@ def validate(prep: Any, profile: Any, strategies: list[str], *, params: dict | N
              allow_sim_reference: bool = False, progress: Any = None) -> dict:
     """Run every strategy under `prep`'s clock (CUDA) and under the simulator with `profile`."""
     from moebench.errors import UserError
-    from moebench.runner import build_result, run_strategy
+    from moebench.bench.run import build_result, run_strategy
 
     if prep.clock != "cuda" and not allow_sim_reference:
         raise UserError("validate-sim compares against the CUDA clock, and this run is not on one.")

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from moebench.cli import _console, handle_errors
+from moebench.cli.common import console, handle_errors
 
 BASELINE_DIR = Path("reports/baselines/smoke")
 
@@ -39,7 +39,7 @@ def _progress(disable: bool) -> Any:
 
 
 def _run_plan(plan: Any, out: Path, name: str | None, quiet: bool) -> Path:
-    from moebench.compare import run_compare
+    from moebench.bench.compare import run_compare
 
     with _progress(quiet) as bar:
         task = None
@@ -67,7 +67,7 @@ def _show_report(d: Path, json_out: bool) -> None:
     from moebench.report.markdown import clock_sentence
     from moebench.report.table import summary_cells
 
-    con = _console()
+    con = console()
     con.print(clock_sentence(doc).replace("**", ""), highlight=False)
     for p in doc["points"]:
         t = Table(title=f"{doc['model']['name']} — {doc['workload']['name']}"
@@ -105,7 +105,7 @@ def compare(
     json_out: Annotated[bool, typer.Option("--json", help="print report.json alone on stdout")] = False,
 ) -> None:
     """Run strategies side by side on one model and workload (or compare result folders); write a report."""
-    from moebench import compare as C
+    from moebench.bench import compare as C
     from moebench.config import RunConfig
     from moebench.errors import UserError
 
@@ -160,7 +160,7 @@ def gate(
 def _show_gate(report: Any) -> None:
     from rich.table import Table
 
-    con = _console()
+    con = console()
     if report.verdicts:
         t = Table(title="gate")
         for c in ("metric", "verdict", "baseline", "candidate", "change"):
@@ -219,7 +219,7 @@ def baseline_update(
     import shutil
     from dataclasses import replace
 
-    from moebench import compare as C
+    from moebench.bench import compare as C
     from moebench.errors import UserError
 
     names, skipped = C.resolve_strategies(strategies.split(",") if strategies else None)
@@ -245,7 +245,7 @@ def baseline_update(
     new.rename(dir_)
     shutil.rmtree(old, ignore_errors=True)
     _show_report(dir_, json_out=False)
-    _console().print(f"baseline rewritten: {dir_} (commit it to make it the CI baseline)")
+    console().print(f"baseline rewritten: {dir_} (commit it to make it the CI baseline)")
 
 
 @baseline_app.command("check")
@@ -259,7 +259,7 @@ def baseline_check(
     plots: Annotated[bool, typer.Option("--plots", help="draw the candidate's plots")] = False,
 ) -> None:
     """Rerun the comparison recorded in the baseline and gate it (what CI runs). Exit codes as `gate`."""
-    from moebench.compare import plan_from_report
+    from moebench.bench.compare import plan_from_report
     from moebench.gate import gate as run_gate
     from moebench.gate import parse_rule
 

@@ -9,7 +9,7 @@ profile, warm-up); otherwise `model` is required. The bounds (`belady` for the h
 `oracle` for TPOT) are added unless `bounds=False`.
 
 `hit_rate_only=True` skips the clock: `lru`, `lru-global` and `belady` go through the fast
-paths of `moebench.replay_fast` (exact, much faster), the other policies through the general
+paths of `moebench.replay.fast` (exact, much faster), the other policies through the general
 replay; no result folders are written then (a result needs a TPOT), only the report.
 """
 from __future__ import annotations
@@ -70,7 +70,7 @@ def replay_sweep(trace: Any, policies: Sequence[str], points: Sequence[SweepPoin
                  progress: Callable[[int], None] | None = None) -> list:
     """Every policy at every point. A budget too small for a policy is skipped (and said); when
     nothing can run, that is an error."""
-    from moebench.replay import ReplayRun, replay_one
+    from moebench.replay.engine import ReplayRun, replay_one
 
     runs = []
     for pt in points:
@@ -88,7 +88,7 @@ def replay_sweep(trace: Any, policies: Sequence[str], points: Sequence[SweepPoin
 
 
 def _resolve(spec: ReplaySpec, trace: Any) -> tuple[str, list[str], list[str], list[str]]:
-    from moebench.replay_policies import policy_names
+    from moebench.replay.policies import policy_names
 
     rec = trace.recorded
     model = spec.model or (rec.model if rec else None)
@@ -109,10 +109,10 @@ def _resolve(spec: ReplaySpec, trace: Any) -> tuple[str, list[str], list[str], l
 def run_replay(spec: ReplaySpec, progress: Callable[[int], None] | None = None) -> ReplayOutcome:
     from moebench.models.loading import model_shape
     from moebench.offload.profile import load_profile
-    from moebench.replay import build_schedule, check_trace_fits
-    from moebench.replay_policies import build_policy
-    from moebench.replay_trace import load_replay_trace
-    from moebench.replay_report import summary_rows
+    from moebench.replay.engine import build_schedule, check_trace_fits
+    from moebench.replay.policies import build_policy
+    from moebench.replay.traces import load_replay_trace
+    from moebench.replay.report import summary_rows
 
     trace = load_replay_trace(spec.trace)
     model, policies, budgets, profiles = _resolve(spec, trace)
@@ -137,7 +137,7 @@ def run_replay(spec: ReplaySpec, progress: Callable[[int], None] | None = None) 
     elapsed = time.perf_counter() - t0
     out.rows = summary_rows(out.runs, shape.total_experts)
     if spec.consistency:
-        from moebench.consistency import routing_consistency
+        from moebench.replay.consistency import routing_consistency
         out.consistency = routing_consistency(trace, shape.num_experts)
     notes = sorted({n for r in out.runs if r.result for n in r.result.get("notes", [])})
     schedule = build_schedule(trace, warm)
@@ -158,9 +158,9 @@ def _hit_rate_only(trace: Any, policies: Sequence[str], points: Sequence[SweepPo
                    warm: int, seed: int, progress: Callable[[int], None] | None) -> list:
     """Hit rates without the clock: fast paths where they exist, the general replay otherwise
     (prefetching policies then run at the first profile, whose timing decides lateness)."""
-    from moebench.replay import ReplayRun, build_schedule, replay_one
-    from moebench.replay_fast import FAST, fast_hit_rates, group_sequence
-    from moebench.replay_policies import build_policy
+    from moebench.replay.engine import ReplayRun, build_schedule, replay_one
+    from moebench.replay.fast import FAST, fast_hit_rates, group_sequence
+    from moebench.replay.policies import build_policy
 
     schedule = build_schedule(trace, warm)
     seq = group_sequence(trace, schedule, shape.num_experts)
@@ -203,8 +203,8 @@ def _hit_result(name: str, budget: str, n_slots: int, shape: Any, hr: dict, prof
 
 def write_replay(out: ReplayOutcome, folder: Path) -> dict[str, Path]:
     """Result folders (full mode) and the report into `folder` (refuses one that holds a report)."""
-    from moebench.environment import environment
-    from moebench.replay_report import summary_rows, write_replay_report
+    from moebench.hardware.environment import environment
+    from moebench.replay.report import summary_rows, write_replay_report
     from moebench.results.folders import new_run_dir, write_json, write_jsonl
 
     folder = Path(folder)

@@ -139,7 +139,7 @@ def route_sets(strategies: Sequence[str], sets: Sequence[str]) -> tuple[dict, di
     """`--set K=V` to the workload or to every strategy with a parameter K; `--set lru.scope=global`
     targets one strategy."""
     from moebench.strategy import strategy_params_fields
-    from moebench.workloads import Workload
+    from moebench.workloads.spec import Workload
 
     wl_fields = field_names(Workload)
     fields_of = {s: strategy_params_fields(s) for s in strategies}
@@ -233,7 +233,7 @@ def run_compare(plan: ComparePlan, out: Path, *, name: str | None = None,
     A Ctrl-C keeps every finished run: the report is written from them, marked interrupted, and
     `KeyboardInterrupt(<report folder>)` is raised for the CLI to say where.
     """
-    from moebench import runner
+    from moebench.bench import run as runner
     from moebench.strategy import build_strategy
 
     if plan.repetitions < 1:
@@ -299,7 +299,7 @@ def _execute(plan: ComparePlan, points: list[Point], schedule: list, progress: P
     A UserError in one run (say, a budget too small for a strategy's prefill at one sweep point)
     drops that (point, strategy) and the others go on; Ctrl-C stops with what finished.
     """
-    from moebench import runner
+    from moebench.bench import run as runner
 
     pieces: dict[tuple[int, str], list] = {}
     failed: dict[tuple[int, str], str] = {}
@@ -342,10 +342,10 @@ def _accuracy_hook(plan: ComparePlan, notes: list[str]) -> Any:
     if not plan.accuracy:
         return None
     try:
-        from moebench.accuracy_run import attach_accuracy
+        from moebench.accuracy.run import attach_accuracy
     except ImportError:
         notes.append("accuracy was requested, but this build has no accuracy runner "
-                     "(moebench.accuracy_run): accuracy was not measured")
+                     "(moebench.accuracy.run): accuracy was not measured")
         return None
     return attach_accuracy
 

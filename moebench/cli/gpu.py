@@ -5,11 +5,11 @@
     moebench validate-sim --strategies sync,lru,speculative,oracle --model qwen3-30b-a3b \\
         --profile h200-qwen3.yaml
 
-`calibrate profile` measures this GPU for one model (see `moebench.profile_calibration`) and writes
+`calibrate profile` measures this GPU for one model (see `moebench.hardware.measure`) and writes
 a profile YAML the simulator reads (`--profile FILE` anywhere). `validate-sim` runs each strategy
 under the CUDA clock and under the simulated clock with that profile (calibrating first when no
 `--profile` is given) and reports, per strategy, the relative error of TPOT, stall and hit rate
-(`moebench.simcheck`). Without a CUDA GPU both end with one sentence and exit code 2.
+(`moebench.bench.validate_sim`). Without a CUDA GPU both end with one sentence and exit code 2.
 
 `profile` joins the `moebench calibrate` sub-app when another module registered one; otherwise
 it is the top-level command `moebench calibrate-profile`.
@@ -24,7 +24,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from moebench.cli import _console, handle_errors
+from moebench.cli.common import console, handle_errors
 
 NO_CUDA_VALIDATE = ("validate-sim compares the simulator with the CUDA clock, and no CUDA GPU is "
                     "available here (the simulated clock alone is `moebench run --clock sim`).")
@@ -49,7 +49,7 @@ def calibrate_profile(
 ) -> None:
     """Measure this CUDA GPU for one model -> a profile YAML the simulator reads."""
     from moebench.models.synthetic import load_for_gpu
-    from moebench.profile_calibration import NO_CUDA, calibrate, calibration_prep, write_profile
+    from moebench.hardware.measure import NO_CUDA, calibrate, calibration_prep, write_profile
 
     _require_cuda(NO_CUDA)
     import torch
@@ -58,13 +58,13 @@ def calibrate_profile(
     loaded = load_for_gpu(model, synthetic_layers=synthetic_layers, device=dev)
     target = out or Path("results") / f"calibrated-{loaded.name}.yaml"
     prep = calibration_prep(loaded, target.parent)
-    err = _console(stderr=True)
+    err = console(stderr=True)
     doc = calibrate(prep, name=name, progress=lambda m: err.print(f"calibrate: {m}"))
     write_profile(doc, target)
     if json_out:
         sys.stdout.write(json.dumps(doc, indent=2, default=str) + "\n")
         return
-    _console().print(f"profile [bold]{doc['name']}[/] written to {target}: pinned H2D "
+    console().print(f"profile [bold]{doc['name']}[/] written to {target}: pinned H2D "
                      f"{doc['h2d_bandwidth_gbps']:.1f} GB/s, {doc['h2d_latency_us']:.1f} us per "
                      f"expert copy, attention {doc['attention_us']:.1f} us/layer, expert "
                      f"{doc['expert_us']:.1f} us", highlight=False)
@@ -90,8 +90,8 @@ def validate_sim(
     from moebench.models.synthetic import load_for_gpu
     from moebench.offload.profile import load_profile
     from moebench.results.folders import write_json
-    from moebench.runner import prepare
-    from moebench.simcheck import markdown, validate
+    from moebench.bench.run import prepare
+    from moebench.bench.validate_sim import markdown, validate
 
     names = [s.strip() for s in strategies.split(",") if s.strip()]
     from moebench.strategy import REGISTRY
@@ -101,9 +101,9 @@ def validate_sim(
     d = out / f"{time.strftime('%Y%m%d-%H%M%S')}-validate-sim"
     d.mkdir(parents=True, exist_ok=False)
     loaded = load_for_gpu(model, synthetic_layers=synthetic_layers, device=dev)
-    err = _console(stderr=True)
+    err = console(stderr=True)
     if profile is None:
-        from moebench.profile_calibration import calibrate, calibration_prep, write_profile
+        from moebench.hardware.measure import calibrate, calibration_prep, write_profile
 
         doc = calibrate(calibration_prep(loaded, d, cache_budget=cache_budget),
                         progress=lambda m: err.print(f"calibrate: {m}"))
@@ -118,21 +118,11 @@ def validate_sim(
     if json_out:
         sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
         return
-    _console().print(markdown(report), highlight=False)
-    _console().print(f"written to {d}", highlight=False)
+    console().print(markdown(report), highlight=False)
+    console().print(f"written to {d}", highlight=False)
 
 
-def _calibrate_group(app: Any) -> Any:
-    for info in getattr(app, "registered_groups", []):
-        if info.name == "calibrate" and info.typer_instance is not None:
-            return info.typer_instance
-    return None
-
-
-def register(app: Any) -> None:
+def register(app: Any, calibrate_app: Any) -> None:
+    """`validate-sim`, and `profile` in the `calibrate` group (whatever the import order)."""
     app.command("validate-sim")(validate_sim)
-    group = _calibrate_group(app)
-    if group is not None:
-        group.command("profile")(calibrate_profile)
-    else:
-        app.command("calibrate-profile")(calibrate_profile)
+    calibrate_app.command("profile")(calibrate_profile)

@@ -80,7 +80,7 @@ def resolve_device_and_clock(clock: str, device: str = "auto") -> tuple[Any, str
 def prepare(cfg: RunConfig, loaded: Any = None) -> Prepared:
     from moebench.models.loading import load_model
     from moebench.offload.profile import load_profile
-    from moebench.workloads import build_requests, load_workload, workload_sha256
+    from moebench.workloads.spec import build_requests, load_workload, workload_sha256
 
     wl = load_workload(cfg.workload, cfg.workload_overrides)
     budget = BudgetSpec.parse(cfg.cache_budget)
@@ -107,7 +107,7 @@ def run_strategy(prep: Prepared, name: str, params: dict | None = None, *, repet
     n_slots = strategy_slots(prep.budget.text, prep.loaded.shape, strategy)
     record = prep.cfg.record_trace if record_trace is None else record_trace
     if artifacts is None or trace_source is None:
-        from moebench.calibration import artifacts_for  # strategies that need training or a trace
+        from moebench.calibration.provision import artifacts_for  # strategies that need training or a trace
         a, t = artifacts_for(prep, strategy)
         artifacts = a if artifacts is None else artifacts
         trace_source = t if trace_source is None else trace_source
@@ -232,7 +232,7 @@ def _finish_request(piece: Piece, rows: list[dict], req: Any, tokens: list[int],
 
 def build_result(prep: Prepared, pieces: list[Piece], *, source: str = "run") -> dict:
     """result.json for one strategy (pieces = its repetitions)."""
-    from moebench.metrics import compute_metrics
+    from moebench.results.metrics import compute_metrics
 
     shape = prep.loaded.shape
     first = pieces[0]
@@ -294,7 +294,7 @@ def build_result(prep: Prepared, pieces: list[Piece], *, source: str = "run") ->
 
 
 def write_run(prep: Prepared, result: dict, pieces: list[Piece], out_dir: Path | None = None) -> Path:
-    from moebench.environment import environment
+    from moebench.hardware.environment import environment
     from moebench.results.folders import new_run_dir, write_json, write_jsonl
 
     d = out_dir or new_run_dir(prep.cfg.out, result["strategy"]["name"], prep.loaded.name)
@@ -321,7 +321,7 @@ def run(cfg: RunConfig, progress: Callable[[int], None] | None = None,
                          progress=progress)
     result = build_result(prep, [piece])
     if cfg.accuracy:
-        from moebench.accuracy_run import attach_accuracy
+        from moebench.accuracy.run import attach_accuracy
         attach_accuracy(prep, result, piece)
     d = write_run(prep, result, [piece])
     if not piece.complete:

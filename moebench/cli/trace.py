@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from moebench.cli import _console, handle_errors
+from moebench.cli.common import console, handle_errors
 
 trace_app = typer.Typer(no_args_is_help=True, add_completion=False,
                         help="Routing traces recorded with `moebench run --record-trace`.")
@@ -44,7 +44,7 @@ def export(
         sys.stdout.write(text)
     else:
         atomic_write(out, text)
-        _console(stderr=True).print(f"wrote {text.count(chr(10))} rows to {out}", highlight=False)
+        console(stderr=True).print(f"wrote {text.count(chr(10))} rows to {out}", highlight=False)
 
 
 def register(app: Any) -> None:

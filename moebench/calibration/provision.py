@@ -3,7 +3,7 @@ pre-attention predictors, and the oracle's recorded routing.
 
 `artifacts_for(prep, strategy) -> (artifacts, trace)` is what the runner calls before attaching
 the engine. For each entry of `strategy.traits.needs` it looks the artifact up in the cache
-(`moebench.artifacts`, keyed by model snapshot + calibration workload hash + params + strategy
+(`moebench.calibration.artifacts`, keyed by model snapshot + calibration workload hash + params + strategy
 version); when it is missing it calibrates (and logs a warning, and leaves a note in the result)
 unless the run said `--no-calibrate`, in which case a missing artifact is a `UserError` (exit 2).
 
@@ -25,7 +25,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from moebench import artifacts as A
+from moebench.calibration import artifacts as A
 from moebench.errors import UserError
 
 log = logging.getLogger("moebench")
@@ -39,7 +39,7 @@ class CalibrationSet:
 
 
 def calibration_set(loaded: Any, name: str, overrides: dict | None = None) -> CalibrationSet:
-    from moebench.workloads import build_requests, load_workload, workload_sha256
+    from moebench.workloads.spec import build_requests, load_workload, workload_sha256
 
     wl = load_workload(name, overrides)
     reqs = build_requests(wl, loaded.tokenizer, loaded.model.config.vocab_size)
@@ -168,7 +168,7 @@ def calibrate_speculative(loaded: Any, cal: CalibrationSet, strategy: Any
     """Default-vector tables (and, with `estimator=linear`, the early-layer estimator)."""
     import torch
 
-    from moebench import predictors as P
+    from moebench.calibration import predictors as P
     from moebench.models.adapters import adapter_for
 
     p, shape = strategy.params, loaded.shape
@@ -218,7 +218,7 @@ def calibrate_pre_attention(loaded: Any, cal: CalibrationSet, strategy: Any) -> 
     """Per-layer two-linear predictors on h = norm1(x), with held-out recall@k."""
     import torch
 
-    from moebench import predictors as P
+    from moebench.calibration import predictors as P
     from moebench.models.adapters import adapter_for
 
     p, shape = strategy.params, loaded.shape
@@ -293,7 +293,7 @@ def recorded_trace(prep: Any, strategy: Any, notes: list[str]) -> tuple[Any, A.A
                         strategy.version)
 
     def build() -> A.Artifact:
-        from moebench.runner import run_strategy
+        from moebench.bench.run import run_strategy
 
         piece = run_strategy(prep, "sync", record_trace=True, artifacts={}, trace_source=None)
         trace = RoutingTrace(piece.warmup_trace + piece.trace)

@@ -228,8 +228,8 @@ def _snippet(text: str, limit: int = 80) -> str:
     return repr(text if len(text) <= limit else text[: limit - 3] + "...")
 
 
-# Few-shot prompts and data files live in moebench.datasets (re-exported here).
-from moebench.datasets import (  # noqa: E402,F401
+# Few-shot prompts and data files live in moebench.workloads.datasets (re-exported here).
+from moebench.workloads.datasets import (  # noqa: E402,F401
     DatasetError, DatasetNotFoundError, build_gsm8k_prompt, load_jsonl, select_shots)
 
 

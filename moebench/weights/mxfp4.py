@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from moebench.engine.store import DevicePools, HostExpertStore
+from moebench.weights.store import DevicePools, HostExpertStore
 
 FP4_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
               -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)

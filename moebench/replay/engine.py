@@ -37,7 +37,7 @@ from moebench.offload.clock import SimTimeline
 from moebench.offload.events import Routing
 from moebench.offload.protocol import LayerProtocol
 from moebench.offload.records import StepStats
-from moebench.replay_policies import build_policy
+from moebench.replay.policies import build_policy
 from moebench.trace import RoutingTrace
 
 
@@ -207,7 +207,7 @@ def replay_one(trace: Any, policy: str, *, shape: Any, profile: Any, budget: str
                warmup_steps: int | None = None, seed: int = 0,
                progress: Callable[[int], None] | None = None) -> ReplayRun:
     """Replay `trace` through `policy` at one budget on one profile (a `ReplayRun`)."""
-    from moebench.runner import Piece, build_result
+    from moebench.bench.run import Piece, build_result
     from moebench.stats import summarize
 
     check_trace_fits(trace, shape)

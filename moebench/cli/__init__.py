@@ -14,36 +14,11 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from moebench.cli import calibrate, compare, gpu, replay, trace
+from moebench.cli.common import console, handle_errors, split_overrides
+
 app = typer.Typer(no_args_is_help=False, add_completion=False, pretty_exceptions_enable=False,
                   help="Compare MoE expert-offloading and prefetching strategies on identical workloads.")
-
-
-def _console(stderr: bool = False) -> Any:
-    from rich.console import Console
-
-    return Console(stderr=stderr)
-
-
-def handle_errors(fn: Any) -> Any:
-    """Map a UserError to one sentence and its exit code; Ctrl-C to 130 (results kept)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from moebench.errors import UserError
-
-        try:
-            return fn(*args, **kwargs)
-        except UserError as exc:
-            if os.environ.get("MOEBENCH_DEBUG"):
-                raise
-            msg = str(exc).strip()
-            _console(stderr=True).print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-            raise typer.Exit(getattr(exc, "exit_code", 2)) from None
-        except KeyboardInterrupt as exc:
-            where = str(exc)
-            _console(stderr=True).print("interrupted" + (f"; finished work kept in {where}" if where else ""))
-            raise typer.Exit(130) from None
-    return wrapper
 
 
 @app.callback(invoke_without_command=True)
@@ -54,27 +29,6 @@ def _main(ctx: typer.Context) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
-
-
-def split_overrides(strategy: str, sets: list[str]) -> tuple[dict, dict]:
-    """Route each `--set KEY=VALUE` to the workload or the strategy, by field name."""
-    from moebench.config import field_names, parse_overrides
-    from moebench.errors import UserError, did_you_mean
-    from moebench.strategy import strategy_params_fields
-    from moebench.workloads import Workload
-
-    wl_fields = field_names(Workload)
-    st_fields = strategy_params_fields(strategy)
-    wl, st = {}, {}
-    for k, v in parse_overrides(sets).items():
-        if k in st_fields:
-            st[k] = v
-        elif k in wl_fields:
-            wl[k] = v
-        else:
-            raise UserError(f"--set {k}: no workload field or '{strategy}' parameter of that name"
-                            f"{did_you_mean(k, wl_fields | st_fields)}.")
-    return wl, st
 
 
 @app.command()
@@ -97,7 +51,7 @@ def run(
     """Run one strategy on one model and workload; write a result folder."""
     from moebench.config import RunConfig
     from moebench.errors import UserError
-    from moebench.runner import run as do_run
+    from moebench.bench.run import run as do_run
 
     if clock not in ("auto", "cuda", "sim"):
         raise UserError(f"--clock must be auto, cuda or sim, not '{clock}'.")
@@ -106,14 +60,14 @@ def run(
                     workload_overrides=wl_over, cache_budget=cache_budget, clock=clock,
                     profile=profile, seed=seed, out=str(out), record_trace=record_trace,
                     accuracy=accuracy, calibrate=not no_calibrate)
-    from moebench.render import progress_bar, render_result
+    from moebench.cli.render import progress_bar, render_result
 
     with progress_bar(disable=json_out) as bar:
         d, result = do_run(cfg, progress=bar.advance, on_prepared=bar.start)
     if json_out:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
-        render_result(_console(), result, d)
+        render_result(console(), result, d)
 
 
 @app.command()
@@ -150,7 +104,7 @@ def strategies(json_out: Annotated[bool, typer.Option("--json")] = False) -> Non
         t.add_row(r["name"], {True: "yes", False: "no"}.get(r["lossless"], "?"), ", ".join(r["reads"]) or "-",
                   ", ".join(r["needs"]) or "-",
                   ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-", r["source"])
-    _console().print(t)
+    console().print(t)
 
 
 @app.command()
@@ -177,14 +131,14 @@ def models(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     for r in rows:
         t.add_row(r["name"] + (" (default)" if r["default"] else ""), r["hf_id"] or "-", r["arch"],
                   "yes" if r["available"] else "no", r["local_path"] or "-", r["description"])
-    _console().print(t)
+    console().print(t)
 
 
 @app.command()
 @handle_errors
 def env(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Show versions, the GPU, driver, PCIe link (NVML) and which clock `auto` picks."""
-    from moebench.environment import environment
+    from moebench.hardware.environment import environment
 
     e = environment()
     e["clock_auto"] = "cuda-events" if e["cuda_available"] else "simulated"
@@ -200,16 +154,19 @@ def env(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
                 t.add_row(f"gpu.{gk}", str(gv))
         else:
             t.add_row(k, str(v))
-    _console().print(t)
+    console().print(t)
 
 
 def main() -> None:
     app()
 
 
-from moebench.commands import register_all  # noqa: E402  (sub-commands of other modules)
-
-register_all(app)
+# The other command groups, registered in one fixed order (no discovery, no import-order effects).
+calibrate.register(app)
+compare.register(app)
+gpu.register(app, calibrate.calibrate_app)
+trace.register(app)
+replay.register(app, trace.trace_app)
 
 
 if __name__ == "__main__":

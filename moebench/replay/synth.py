@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moebench.errors import UserError
-from moebench.replay_trace import ReplayTrace, routing_sha256
+from moebench.replay.traces import ReplayTrace, routing_sha256
 
 
 @dataclass(frozen=True)

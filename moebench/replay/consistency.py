@@ -136,7 +136,7 @@ def routing_consistency(trace, num_experts: int, *, lengths: Sequence[int] = (2,
                         cache_multiples: Sequence[int] = (1, 2, 4), max_steps: int = 4096) -> dict:
     """SRP and SCH for the trace (JSON-ready). Sequences longer than `max_steps` tokens are cut
     (said in `notes`); lengths longer than every sequence are left out."""
-    from moebench.replay_trace import ReplayTrace
+    from moebench.replay.traces import ReplayTrace
 
     k = trace.top_k
     notes = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moebench.accuracy import (FidelityAccumulator, answers_match, extract_model_answer,
+from moebench.accuracy.fidelity import (FidelityAccumulator, answers_match, extract_model_answer,
                                token_agreement)
 
 # Legend: n scored positions of one item, V vocabulary.

@@ -128,7 +128,7 @@ def layer0_store(loaded: Any) -> Any:
     store = getattr(loaded, "expert_store", None)
     if store is not None:
         return store
-    from moebench.engine.store import HostExpertStore
+    from moebench.weights.store import HostExpertStore
     from moebench.models.adapters import adapter_for
 
     ad = adapter_for(loaded.model)
@@ -138,7 +138,7 @@ def layer0_store(loaded: Any) -> Any:
 def measure_expert_copy(store: Any, device: Any, reps: int = 5) -> float:
     """Seconds per expert for a layer's top-k copied the engine's way (one copy per tensor)."""
     torch = require_cuda()
-    from moebench.engine.store import DevicePools
+    from moebench.weights.store import DevicePools
 
     k = min(8, store.num_experts)
     pools = DevicePools(store, k, device)
@@ -186,7 +186,7 @@ def measure_model_parts(loaded: Any, device: Any, reps: int = 50) -> dict[str, f
     divided by k), its router and its final norm + LM head; all on the device."""
     torch = require_cuda()
     from moebench.engine.executor import reference_impl
-    from moebench.engine.store import DevicePools, SlotExperts
+    from moebench.weights.store import DevicePools, SlotExperts
     from moebench.models.adapters import adapter_for
 
     model = loaded.model
@@ -221,7 +221,7 @@ def measure_model_parts(loaded: Any, device: Any, reps: int = 50) -> dict[str, f
 
 def measure_decode_compute(prep: Any, strategy: str = "sync") -> dict[str, float]:
     """Median per-step compute (latency - stall) and latency of decode steps, CUDA clock."""
-    from moebench.runner import run_strategy
+    from moebench.bench.run import run_strategy
 
     piece = run_strategy(prep, strategy, {})
     steps = [s for s in piece.samples if s.get("kind") == "step"]
@@ -282,7 +282,7 @@ def profile_document(*, name: str, gpu: dict, model: str, pinned: list, pageable
 def calibrate(prep: Any, *, name: str | None = None, progress: Any = None) -> dict:
     """Measure everything above on `prep`'s CUDA device and model; the profile mapping."""
     require_cuda()
-    from moebench.environment import gpu_info
+    from moebench.hardware.environment import gpu_info
 
     say = progress or (lambda msg: None)
     dev = prep.device
@@ -333,7 +333,7 @@ def calibration_prep(loaded: Any, out_dir: Any, *, cache_budget: str = "0.25") -
     from pathlib import Path
 
     from moebench.config import RunConfig
-    from moebench.runner import prepare
+    from moebench.bench.run import prepare
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,7 @@ def attach_accuracy(prep: Any, result: dict, piece: Any, reference: Any = None) 
     `reference` is a `Reference` (from `prepare_reference`, reused across strategies), a Piece of
     a lossless strategy on the same `prep`, or None to run `sync` here as the reference.
     """
-    from moebench.runner import Piece
+    from moebench.bench.run import Piece
 
     if reference is None or isinstance(reference, Piece):
         reference = _memo_reference(prep, reference)
@@ -84,7 +84,7 @@ def prepare_reference(prep: Any, piece: Any = None) -> Reference:
     """The reference: `piece` (a lossless strategy's run on `prep`) or a fresh `sync` run."""
     import torch
 
-    from moebench.runner import run_strategy
+    from moebench.bench.run import run_strategy
 
     if piece is None:
         piece = run_strategy(prep, "sync", {}, keep_logits=True)
@@ -137,7 +137,7 @@ def teacher_forced(prep: Any, strategy: dict, ref_tokens: dict) -> Forced:
     """
     import torch
 
-    from moebench.calibration import artifacts_for
+    from moebench.calibration.provision import artifacts_for
     from moebench.engine.executor import OffloadEngine
     from moebench.engine.timeline import make_timeline
     from moebench.strategy import build_strategy
@@ -187,7 +187,7 @@ def _forced_logits(engine: Any, model: Any, prefix: tuple, forced: tuple, device
     decode step each with the KV cache. Row j is the distribution that predicts `forced[j]`."""
     import torch
 
-    from moebench.runner import _cache_kwarg
+    from moebench.bench.run import _cache_kwarg
 
     rows = []
     if not forced:
@@ -231,7 +231,7 @@ def _log_likelihood(rows: Any, targets: tuple) -> float:
 # ------------------------------------------------------------------------------------------
 def accuracy_block(prep: Any, piece: Any, ref: Reference, cand: Forced) -> dict:
     """result["accuracy"] from the two runs' tokens and forced logits (docs/accuracy.md)."""
-    from moebench.accuracy_scoring import (add_item_fidelity, fidelity_summary, greedy_summary,
+    from moebench.accuracy.scoring import (add_item_fidelity, fidelity_summary, greedy_summary,
                                            item_fidelity, summary_lines, task_summary)
 
     wl = prep.workload

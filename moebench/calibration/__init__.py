@@ -1,0 +1,1 @@
+"""Artifacts a strategy needs before it runs: `provision` (what to build, cache lookups, the recorded routing), `artifacts` (the safetensors cache), `predictors` (the learned parts and their fitting)."""

@@ -1,0 +1,1 @@
+"""Trace replay and what-if sweeps on the core alone (no torch): `engine` feeds a trace to the one per-layer protocol, `policies` names what can be replayed, `fast` the exact hit-rate-only paths, `traces` reads traces and recordings, `sweep` and `report` the sweeps, `synth` synthetic traces, `consistency` the locality figures."""
