@@ -18,7 +18,7 @@ import torch
 
 
 def decode_steps(model, prompt, steps, engine=None):
-    from moebench.bench.run import _cache_kwarg
+    from moebench.engine.session import _cache_kwarg
 
     kw = _cache_kwarg(model)
     times = []

@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     from moebench.models.presets import PRESETS
     from moebench.models.synthetic import random_offloaded
     from moebench.offload.profile import load_profile
-    from moebench.bench.run import build_result, prepare, run_strategy
+    from moebench.bench.run import build_result, run_strategy
+    from moebench.engine.session import prepare
     from moebench.bench.validate_sim import validate
 
     env = environment()

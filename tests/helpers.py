@@ -9,7 +9,7 @@ def reference_decode(model: Any, prompt: list[int], n_new: int) -> tuple[list[in
     as the runner): tokens and the last-position logits of every step."""
     import torch
 
-    from moebench.bench.run import _cache_kwarg
+    from moebench.engine.session import _cache_kwarg
 
     with torch.inference_mode():
         out = model(input_ids=torch.tensor([prompt]), use_cache=True)

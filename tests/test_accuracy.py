@@ -11,23 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from moebench.accuracy.fidelity import (
-    DatasetError,
-    Fidelity,
-    FidelityAccumulator,
-    answers_match,
-    build_gsm8k_prompt,
-    exact_match_rate,
-    extract_model_answer,
-    extract_reference_answer,
-    fidelity_from_logits,
-    kl_per_token,
-    load_jsonl,
-    merge_fidelity,
-    normalize_number,
-    select_shots,
-    token_agreement,
-)
+from moebench.accuracy.fidelity import Fidelity, FidelityAccumulator, exact_match_rate, fidelity_from_logits, kl_per_token, merge_fidelity, token_agreement
+from moebench.workloads.answers import answers_match, extract_model_answer, extract_reference_answer, normalize_number
+from moebench.workloads.datasets import DatasetError, build_gsm8k_prompt, load_jsonl, select_shots
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 needs_gsm8k = pytest.mark.skipif(

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from moebench.bench import run as runner
+from moebench.engine import session
 from moebench.accuracy.run import Reference, attach_accuracy, prepare_reference
 from moebench.accuracy.scoring import score_generation
 from moebench.config import RunConfig
@@ -40,7 +41,7 @@ def _lossless_names() -> list[str]:
     return names
 
 
-def _run(prep: runner.Prepared, name: str) -> tuple[object, dict]:
+def _run(prep: session.Prepared, name: str) -> tuple[object, dict]:
     try:
         piece = runner.run_strategy(prep, name)
     except NotImplementedError as exc:   # needs calibration artifacts moebench cannot build yet
@@ -49,10 +50,10 @@ def _run(prep: runner.Prepared, name: str) -> tuple[object, dict]:
 
 
 @pytest.fixture(scope="module")
-def gsm8k() -> tuple[runner.Prepared, Reference]:
+def gsm8k() -> tuple[session.Prepared, Reference]:
     if not GSM8K_TEST.exists():
         pytest.skip(f"GSM8K test split not found at {GSM8K_TEST}")
-    prep = runner.prepare(RunConfig(model="tiny-qwen3-moe", workload="gsm8k", clock="sim",
+    prep = session.prepare(RunConfig(model="tiny-qwen3-moe", workload="gsm8k", clock="sim",
                                     workload_overrides=GSM8K_FAST))
     return prep, prepare_reference(prep)
 
@@ -206,7 +207,7 @@ def _logprobs(model, ids: list[int]) -> torch.Tensor:
 
 
 def test_choice_picks_the_highest_log_likelihood(plain_qwen, shifted) -> None:
-    prep = runner.prepare(RunConfig(model="tiny-qwen3-moe", workload="choice", clock="sim",
+    prep = session.prepare(RunConfig(model="tiny-qwen3-moe", workload="choice", clock="sim",
                                     workload_overrides={"limit": 5, "max_new_tokens": 2}))
     ref = prepare_reference(prep)
     tok = prep.loaded.tokenizer
@@ -235,7 +236,7 @@ def test_choice_picks_the_highest_log_likelihood(plain_qwen, shifted) -> None:
 
 
 def test_perplexity_over_text_matches_the_unmodified_model(plain_qwen) -> None:
-    prep = runner.prepare(RunConfig(model="tiny-qwen3-moe", workload="perplexity", clock="sim"))
+    prep = session.prepare(RunConfig(model="tiny-qwen3-moe", workload="perplexity", clock="sim"))
     piece, result = _run(prep, "lru")
     attach_accuracy(prep, result, piece)
     task = result["accuracy"]["task_accuracy"]

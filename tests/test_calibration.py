@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from moebench.calibration import artifacts as A
 from moebench.bench import run as runner
+from moebench.engine import session
 from moebench.calibration.provision import calibrate_speculative, calibration_set, dv_key
 from moebench.cli import app
 from moebench.config import RunConfig
@@ -200,7 +201,7 @@ def test_run_calibrates_when_missing_says_so_and_corrupt_is_exit_2(cache, tmp_pa
 
 
 def test_artifact_of_another_shape_is_refused(cache, qwen) -> None:
-    prep = runner.prepare(RunConfig(model="tiny-qwen3-moe", clock="sim",
+    prep = session.prepare(RunConfig(model="tiny-qwen3-moe", clock="sim",
                                     workload_overrides={"limit": 1, "max_new_tokens": 2}), loaded=qwen)
     strategy = build_strategy("speculative", {})
     cal = calibration_set(qwen, prep.workload.calibration)

@@ -37,7 +37,8 @@ def saved(tmp_path_factory):
 
 
 def _run(loaded, strategy="sync"):
-    from moebench.bench.run import prepare, run_strategy
+    from moebench.bench.run import run_strategy
+    from moebench.engine.session import prepare
 
     prep = prepare(RUN, loaded=loaded)
     piece = run_strategy(prep, strategy, {}, keep_logits=True)
@@ -203,7 +204,8 @@ def _mxfp4_folder(saved, dst: Path) -> tuple[dict, Path]:
 def test_mxfp4_experts_stay_packed_and_match_transformers_dequantisation(saved, tmp_path):
     from transformers.integrations.mxfp4 import convert_moe_packed_tensors
 
-    from moebench.bench.run import build_result, prepare, run_strategy
+    from moebench.bench.run import build_result, run_strategy
+    from moebench.engine.session import prepare
 
     tensors, folder = _mxfp4_folder(saved, tmp_path)
     lazy = load_model(str(folder))                           # MXFP4: lazy by default

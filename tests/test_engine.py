@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from moebench.bench import run as runner
+from moebench.engine import session
 from moebench.config import RunConfig
 from moebench.models.loading import load_model
 from tests.helpers import generate_greedy, reference_decode
@@ -18,9 +19,9 @@ MODELS = ["tiny-qwen3-moe", "tiny-gpt-oss", "tiny-qwen3-trained"]
 
 
 @pytest.fixture(scope="module", params=MODELS)
-def prepared(request: pytest.FixtureRequest) -> tuple[runner.Prepared, object]:
+def prepared(request: pytest.FixtureRequest) -> tuple[session.Prepared, object]:
     cfg = RunConfig(model=request.param, cache_budget="0.5", clock="sim", workload_overrides=SMALL)
-    prep = runner.prepare(cfg)
+    prep = session.prepare(cfg)
     reference = load_model(request.param, seed=0).model   # an independent, unmodified copy
     return prep, reference
 
@@ -62,7 +63,7 @@ def test_sync_moves_exactly_topk_layers_expert_bytes_per_token(prepared) -> None
 def test_lru_with_every_expert_hits_after_warmup_and_moves_nothing() -> None:
     cfg = RunConfig(model="tiny-qwen3-moe", cache_budget="all", clock="sim",
                     workload_overrides={**SMALL, "repetitions": 2})
-    prep = runner.prepare(cfg)
+    prep = session.prepare(cfg)
     piece = runner.run_strategy(prep, "lru")
     second = [s for s in piece.samples if s["kind"] == "step" and s["repetition"] == 1]
     assert second
@@ -77,7 +78,7 @@ def test_lru_hit_rate_does_not_fall_as_budget_grows(scope: str) -> None:
     for budget in ("0.25", "0.5", "0.75", "all"):
         cfg = RunConfig(model="tiny-qwen3-moe", cache_budget=budget, clock="sim",
                         workload_overrides=SMALL)
-        prep = runner.prepare(cfg)
+        prep = session.prepare(cfg)
         res = runner.build_result(prep, [runner.run_strategy(prep, "lru", {"scope": scope})])
         rates.append(res["metrics"]["hit_rate"])
     assert rates == sorted(rates), rates
@@ -178,7 +179,7 @@ def test_bit_identical_with_two_threads_on_a_long_prefill() -> None:
             cfg = RunConfig(model=model, cache_budget="0.5", clock="sim", workload_overrides={
                 "limit": 1, "max_new_tokens": 3, "warmup_steps": 0,
                 "prompts": [{"id": "long", "text": long_prompt}]})
-            prep = runner.prepare(cfg)
+            prep = session.prepare(cfg)
             reference = load_model(model, seed=0).model
             for strategy in ("sync", "lru"):
                 piece = runner.run_strategy(prep, strategy, keep_logits=True)

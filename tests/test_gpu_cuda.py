@@ -22,7 +22,7 @@ def lazy_cuda(tmp_path_factory):
 
 def _prep(loaded, clock, profile="h200-pcie5"):
     from moebench.config import RunConfig
-    from moebench.bench.run import prepare
+    from moebench.engine.session import prepare
 
     cfg = RunConfig(model=loaded.name, workload="smoke", clock=clock, profile=profile,
                     workload_overrides={"max_new_tokens": "6", "limit": "2"})

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from moebench.bench import run as runner
+from moebench.engine import session
 from moebench.config import RunConfig
 from tests.helpers import generate_greedy
 
@@ -29,7 +30,7 @@ def test_tiny_checkpoint_folder_runs_bit_identically(arch: str, tmp_path) -> Non
     reference = AutoModelForCausalLM.from_pretrained(tmp_path / arch, dtype=torch.float32).eval()
     cfg = RunConfig(model=str(tmp_path / arch), cache_budget="0.5", clock="sim",
                     workload_overrides={"limit": 2, "max_new_tokens": 4, "warmup_steps": 1})
-    prep = runner.prepare(cfg)
+    prep = session.prepare(cfg)
     assert prep.loaded.shape.arch == arch
     for strategy in ("sync", "lru"):
         piece = runner.run_strategy(prep, strategy)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from moebench.bench import run as runner
+from moebench.engine import session
 from moebench.config import RunConfig
 from moebench.errors import UserError
 from moebench.models.loading import model_shape
@@ -31,7 +32,7 @@ LIVE = {"sync": ("sync", {}), "lru": ("lru", {}), "lru-global": ("lru", {"scope"
 def recorded(tmp_path_factory):
     cfg = RunConfig(model="tiny-qwen3-moe", cache_budget="0.25", clock="sim", profile=PROFILE,
                     workload_overrides=SMALL, record_trace=True)
-    prep = runner.prepare(cfg)
+    prep = session.prepare(cfg)
     out = {}
     for policy, (name, params) in LIVE.items():
         piece = runner.run_strategy(prep, name, params)

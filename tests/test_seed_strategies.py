@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from moebench.bench import run as runner
+from moebench.engine import session
 from moebench.calibration.provision import artifacts_for
 from moebench.config import RunConfig
 from moebench.models.loading import load_model
@@ -34,10 +35,10 @@ def models() -> dict:
     return {m: load_model(m, seed=0) for m in MODELS}
 
 
-def _prep(loaded, budget: str = "0.5", profile: str = "a6000-pcie4", **over) -> runner.Prepared:
+def _prep(loaded, budget: str = "0.5", profile: str = "a6000-pcie4", **over) -> session.Prepared:
     cfg = RunConfig(model=loaded.name, cache_budget=budget, clock="sim", profile=profile,
                     workload_overrides={**SMALL, **over})
-    return runner.prepare(cfg, loaded=loaded)
+    return session.prepare(cfg, loaded=loaded)
 
 
 def _metrics(prep, name: str, params: dict | None = None) -> dict:
@@ -89,10 +90,10 @@ def _route_by_hand(arch: str, router, q: torch.Tensor, top_k: int, weight=None, 
 def test_speculative_prediction_is_the_published_formula(models, model: str, params: dict) -> None:
     loaded = models[model]
     prep = _prep(loaded, limit=1, max_new_tokens=4)
-    REGISTRY.register("speculative-probe", _Probe, replace=True)
     _Probe.seen = []
-    piece = runner.run_strategy(prep, "speculative-probe", params, record_trace=True)
-    arts, _ = artifacts_for(prep, build_strategy("speculative", params))
+    with REGISTRY.registered("speculative-probe", _Probe):
+        piece = runner.run_strategy(prep, "speculative-probe", params, record_trace=True)
+    arts = artifacts_for(prep, build_strategy("speculative", params)).artifacts
     dv = arts["default-vectors"]                                   # [L, E, H]
     est = arts.get("spec-estimator", {})
     layers = loaded.model.model.layers                             # every tiny layer is MoE
@@ -253,7 +254,7 @@ def test_record_trace_and_export(models, tmp_path) -> None:
     loaded = models["tiny-gpt-oss"]
     cfg = RunConfig(model=loaded.name, strategy="next-gate", cache_budget="0.5", clock="sim",
                     workload_overrides={**SMALL, "limit": 1}, out=str(tmp_path), record_trace=True)
-    prep = runner.prepare(cfg, loaded=loaded)
+    prep = session.prepare(cfg, loaded=loaded)
     piece = runner.run_strategy(prep, "next-gate", {})
     d = runner.write_run(prep, runner.build_result(prep, [piece]), [piece])
     out = tmp_path / "trace.jsonl"

@@ -70,7 +70,7 @@ def attach_accuracy(prep: Any, result: dict, piece: Any, reference: Any = None) 
     `reference` is a `Reference` (from `prepare_reference`, reused across strategies), a Piece of
     a lossless strategy on the same `prep`, or None to run `sync` here as the reference.
     """
-    from moebench.bench.run import Piece
+    from moebench.engine.session import Piece
 
     if reference is None or isinstance(reference, Piece):
         reference = _memo_reference(prep, reference)
@@ -84,10 +84,11 @@ def prepare_reference(prep: Any, piece: Any = None) -> Reference:
     """The reference: `piece` (a lossless strategy's run on `prep`) or a fresh `sync` run."""
     import torch
 
-    from moebench.bench.run import run_strategy
+    from moebench.engine.session import run_session
+    from moebench.strategy import build_strategy
 
     if piece is None:
-        piece = run_strategy(prep, "sync", {}, keep_logits=True)
+        piece = run_session(prep, build_strategy("sync"), keep_logits=True)
     tokens = first_outputs(piece)
     if not tokens:
         raise UserError("the reference run produced no outputs to compare with.")
@@ -143,11 +144,11 @@ def teacher_forced(prep: Any, strategy: dict, ref_tokens: dict) -> Forced:
     from moebench.strategy import build_strategy
 
     strat = build_strategy(strategy["name"], strategy.get("params") or {})
-    artifacts, trace = artifacts_for(prep, strat)
+    provisioned = artifacts_for(prep, strat)
     engine = OffloadEngine(prep.loaded, strat, n_slots=strategy_slots(prep.budget.text, prep.loaded.shape, strat),
                            timeline=make_timeline(prep.clock, prep.profile, prep.device),
-                           profile=prep.profile, device=prep.device, artifacts=artifacts,
-                           record_trace=False, trace_source=trace)
+                           profile=prep.profile, device=prep.device, artifacts=provisioned.artifacts,
+                           record_trace=False, trace_source=provisioned.trace)
     gen, text, choice_ll = {}, {}, {}
     task = prep.workload.task
     tok = prep.loaded.tokenizer
@@ -187,7 +188,7 @@ def _forced_logits(engine: Any, model: Any, prefix: tuple, forced: tuple, device
     decode step each with the KV cache. Row j is the distribution that predicts `forced[j]`."""
     import torch
 
-    from moebench.bench.run import _cache_kwarg
+    from moebench.engine.session import _cache_kwarg
 
     rows = []
     if not forced:

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from moebench.accuracy.fidelity import (FidelityAccumulator, answers_match, extract_model_answer,
-                               token_agreement)
+from moebench.accuracy.fidelity import FidelityAccumulator, token_agreement
+from moebench.workloads.answers import answers_match, extract_model_answer
 
 # Legend: n scored positions of one item, V vocabulary.
 

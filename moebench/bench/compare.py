@@ -32,6 +32,7 @@ from typing import Any
 
 from moebench.config import RunConfig, field_names, parse_overrides
 from moebench.offload.budget import strategy_slots
+from moebench.engine.session import prepare
 from moebench.errors import UserError, did_you_mean
 from moebench.report import build_report
 from moebench.results.compat import check_comparable
@@ -238,7 +239,7 @@ def run_compare(plan: ComparePlan, out: Path, *, name: str | None = None,
 
     if plan.repetitions < 1:
         raise UserError("--repetitions must be at least 1.")
-    prep0 = runner.prepare(plan.base, loaded=loaded)
+    prep0 = prepare(plan.base, loaded=loaded)
     if plan.sweep is None:
         points = [Point("", None, prep0)]
     else:

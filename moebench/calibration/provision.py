@@ -1,7 +1,7 @@
 """Artifacts a strategy needs before it can run: default vectors, the early-layer estimator,
 pre-attention predictors, and the oracle's recorded routing.
 
-`artifacts_for(prep, strategy) -> (artifacts, trace)` is what the runner calls before attaching
+`artifacts_for(prep, strategy) -> Provisioned` is what the runner calls before attaching
 the engine. For each entry of `strategy.traits.needs` it looks the artifact up in the cache
 (`moebench.calibration.artifacts`, keyed by model snapshot + calibration workload hash + params + strategy
 version); when it is missing it calibrates (and logs a warning, and leaves a note in the result)
@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from moebench.calibration import artifacts as A
+from moebench.engine.session import NOTHING, Provisioned, run_session
 from moebench.errors import UserError
+from moebench.strategy import build_strategy
 
 log = logging.getLogger("moebench")
 
@@ -293,9 +295,8 @@ def recorded_trace(prep: Any, strategy: Any, notes: list[str]) -> tuple[Any, A.A
                         strategy.version)
 
     def build() -> A.Artifact:
-        from moebench.bench.run import run_strategy
 
-        piece = run_strategy(prep, "sync", record_trace=True, artifacts={}, trace_source=None)
+        piece = run_session(prep, build_strategy("sync"), record_trace=True)
         trace = RoutingTrace(piece.warmup_trace + piece.trace)
         return A.save(key, trace_tensors(trace), {"positions": len(trace)})
 
@@ -341,14 +342,16 @@ def _check(art: A.Artifact, name: str, shape: tuple[int, ...]) -> None:
                         f"'{name}' is {got}, expected {tuple(shape)}); delete it and recalibrate.")
 
 
-def artifacts_for(prep: Any, strategy: Any) -> tuple[dict, Any]:
-    """(artifacts for `StrategyContext.artifacts`, the trace for `StrategyContext.trace`)."""
+def artifacts_for(prep: Any, strategy: Any) -> Provisioned:
+    """What `strategy` declares it needs (`traits.needs`): artifacts for `ctx.artifacts`, the
+    recorded routing for `ctx.trace`, from the cache or built now (said in the notes)."""
     needs = strategy.traits.needs
     if not needs:
-        return {}, None
+        return NOTHING
     loaded = prep.loaded
     notes: list[str] = []
-    out: dict[str, Any] = {"_notes": notes, "_provenance": []}
+    provenance: list[dict] = []
+    out: dict[str, Any] = {}
     trace = None
     cal = None
     if any(n != "trace" for n in needs):
@@ -382,5 +385,5 @@ def artifacts_for(prep: Any, strategy: Any) -> tuple[dict, Any]:
             trace, art = recorded_trace(prep, strategy, notes)
         else:
             raise UserError(f"strategy '{strategy.name}' needs '{need}', which moebench cannot provide.")
-        out["_provenance"].append({**art.key.describe(), "path": str(art.path)})
-    return out, trace
+        provenance.append({**art.key.describe(), "path": str(art.path)})
+    return Provisioned(out, trace, tuple(notes), tuple(provenance))

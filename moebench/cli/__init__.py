@@ -5,12 +5,11 @@ MOEBENCH_DEBUG=1 for the traceback. Human output is rich tables; `--json` prints
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 

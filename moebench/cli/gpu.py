@@ -90,7 +90,7 @@ def validate_sim(
     from moebench.models.synthetic import load_for_gpu
     from moebench.offload.profile import load_profile
     from moebench.results.folders import write_json
-    from moebench.bench.run import prepare
+    from moebench.engine.session import prepare
     from moebench.bench.validate_sim import markdown, validate
 
     names = [s.strip() for s in strategies.split(",") if s.strip()]

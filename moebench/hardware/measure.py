@@ -221,9 +221,10 @@ def measure_model_parts(loaded: Any, device: Any, reps: int = 50) -> dict[str, f
 
 def measure_decode_compute(prep: Any, strategy: str = "sync") -> dict[str, float]:
     """Median per-step compute (latency - stall) and latency of decode steps, CUDA clock."""
-    from moebench.bench.run import run_strategy
+    from moebench.engine.session import run_session
+    from moebench.strategy import build_strategy
 
-    piece = run_strategy(prep, strategy, {})
+    piece = run_session(prep, build_strategy(strategy))
     steps = [s for s in piece.samples if s.get("kind") == "step"]
     if not steps:
         raise UserError("the calibration workload decoded no steps; give it max_new_tokens >= 2.")
@@ -333,7 +334,7 @@ def calibration_prep(loaded: Any, out_dir: Any, *, cache_budget: str = "0.25") -
     from pathlib import Path
 
     from moebench.config import RunConfig
-    from moebench.bench.run import prepare
+    from moebench.engine.session import prepare
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

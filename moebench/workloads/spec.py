@@ -282,7 +282,7 @@ def build_items(wl: Workload) -> list[Item]:
     if wl.limit is not None:
         items = items[: wl.limit]
     if wl.scoring == "gsm8k":
-        from moebench.accuracy.fidelity import normalize_number
+        from moebench.workloads.answers import normalize_number
 
         for it in items:
             if it.answer is not None and normalize_number(it.answer) is None:
@@ -292,8 +292,8 @@ def build_items(wl: Workload) -> list[Item]:
 
 
 def _dataset_items(wl: Workload, room: int | None) -> list[Item]:
-    from moebench.accuracy.fidelity import (build_gsm8k_prompt, extract_reference_answer, load_jsonl,
-                                   select_shots)
+    from moebench.workloads.answers import extract_reference_answer
+    from moebench.workloads.datasets import build_gsm8k_prompt, load_jsonl, select_shots
 
     path = _resolve(wl.dataset_path, wl)
     try:

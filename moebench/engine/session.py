@@ -1,0 +1,232 @@
+"""One strategy over one workload on the live engine: prepare (workload, tokens, model, budget,
+clock), then attach the engine, warm up, decode every request, detach.
+
+    prep = prepare(cfg)                                       # once, shared by every strategy
+    piece = run_session(prep, strategy, provisioned)          # its artifacts provisioned above
+
+Every request decodes exactly `max_new_tokens` greedy tokens (EOS ignored) so every strategy runs
+the same steps. Warm-up steps are run first and never counted. An interrupted run (Ctrl-C) keeps
+the requests that finished (`piece.complete` False).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from moebench.config import BudgetSpec, RunConfig
+from moebench.errors import UserError
+from moebench.offload.budget import strategy_slots
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    """What a strategy runs on besides the model: its artifacts (`ctx.artifacts`), the run's
+    recorded routing (`ctx.trace`), what provisioning did (notes) and which artifacts they are."""
+
+    artifacts: dict = field(default_factory=dict)
+    trace: Any = None
+    notes: tuple[str, ...] = ()
+    provenance: tuple[dict, ...] = ()
+
+
+NOTHING = Provisioned()
+
+
+@dataclass
+class Prepared:
+    cfg: RunConfig
+    workload: Any
+    requests: list
+    workload_sha: str
+    loaded: Any
+    budget: BudgetSpec
+    profile: Any
+    clock: str          # "cuda" | "sim"
+    device: Any
+    memo: dict = field(default_factory=dict)   # per-prep caches (calibration artifacts, recorded traces)
+
+
+@dataclass
+class Piece:
+    """What one strategy produced on one repetition."""
+
+    strategy: dict
+    samples: list[dict] = field(default_factory=list)
+    outputs: list[dict] = field(default_factory=list)
+    layer_hits: list[int] = field(default_factory=list)
+    layer_acts: list[int] = field(default_factory=list)
+    prediction: dict | None = None
+    trace: list = field(default_factory=list)
+    warmup_trace: list = field(default_factory=list)   # the untimed warm-up's rows (request -1)
+    logits: dict = field(default_factory=dict)
+    n_slots: int = 0
+    peak_expert_bytes: int = 0
+    pool_bytes: int = 0
+    complete: bool = True
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_device_and_clock(clock: str, device: str = "auto") -> tuple[Any, str]:
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if clock == "cuda" and not has_cuda:
+        raise UserError("--clock cuda needs a CUDA GPU, and none is available here; use --clock sim.")
+    if device == "auto":
+        dev = torch.device("cuda" if has_cuda else "cpu")
+    else:
+        dev = torch.device(device)
+        if dev.type == "cuda" and not has_cuda:
+            raise UserError(f"device '{device}' is not available here.")
+    kind = "cuda" if (clock == "cuda" or (clock == "auto" and dev.type == "cuda")) else "sim"
+    if kind == "cuda" and dev.type != "cuda":
+        raise UserError("--clock cuda needs the model on a CUDA device.")
+    return dev, kind
+
+
+def prepare(cfg: RunConfig, loaded: Any = None) -> Prepared:
+    from moebench.models.loading import load_model
+    from moebench.offload.profile import load_profile
+    from moebench.workloads.spec import build_requests, load_workload, workload_sha256
+
+    wl = load_workload(cfg.workload, cfg.workload_overrides)
+    budget = BudgetSpec.parse(cfg.cache_budget)
+    profile = load_profile(cfg.profile)
+    device, clock = resolve_device_and_clock(cfg.clock, cfg.device)
+    if loaded is None:
+        loaded = load_model(cfg.model, seed=cfg.seed, device=device)
+    reqs = build_requests(wl, loaded.tokenizer, loaded.model.config.vocab_size)
+    return Prepared(cfg, wl, reqs, workload_sha256(wl, reqs), loaded, budget, profile, clock, device)
+
+
+def run_session(prep: Prepared, strategy: Any, provisioned: Provisioned = NOTHING, *,
+                repetition: int = 0, progress: Callable[[int], None] | None = None,
+                keep_logits: bool = False, record_trace: bool | None = None) -> Piece:
+    """Attach the engine with `strategy`, run the workload once, detach."""
+    import torch
+
+    from moebench.engine.executor import OffloadEngine
+    from moebench.engine.timeline import make_timeline
+
+    n_slots = strategy_slots(prep.budget.text, prep.loaded.shape, strategy)
+    record = prep.cfg.record_trace if record_trace is None else record_trace
+    timeline = make_timeline(prep.clock, prep.profile, prep.device)
+    engine = OffloadEngine(prep.loaded, strategy, n_slots=n_slots, timeline=timeline,
+                           profile=prep.profile, device=prep.device,
+                           artifacts=provisioned.artifacts, record_trace=record,
+                           trace_source=provisioned.trace)
+    piece = Piece(strategy=strategy.describe(), n_slots=n_slots)
+    piece.notes.extend(provisioned.notes)        # what calibration did
+    if provisioned.provenance:                   # and which artifacts the strategy runs on
+        piece.strategy["artifacts"] = list(provisioned.provenance)
+    engine.attach()
+    try:
+        engine.prefill_warm()
+        model = prep.loaded.model
+        wl = prep.workload
+        m = prep.loaded.shape.moe_layers
+        piece.layer_hits, piece.layer_acts = [0] * m, [0] * m
+        with torch.inference_mode():
+            if wl.warmup_steps and prep.requests:
+                _decode(engine, model, prep.requests[0].input_ids, wl.warmup_steps + 1, prep.device,
+                        request=-1, record=None)
+            piece.warmup_trace = list(engine.trace)
+            engine.trace.clear()
+            engine.protocol.reset_counters()
+            try:
+                for rep in range(wl.repetitions):
+                    for ri, req in enumerate(prep.requests):
+                        rid = rep * len(prep.requests) + ri
+                        rows: list[dict] = []
+                        logits: list = [] if keep_logits else None
+                        tokens = _decode(engine, model, req.input_ids, wl.max_new_tokens, prep.device,
+                                         request=rid, record=rows, logits=logits, progress=progress)
+                        _finish_request(piece, rows, req, tokens, repetition * wl.repetitions + rep)
+                        if keep_logits:
+                            piece.logits[(rep, req.id)] = logits
+            except KeyboardInterrupt:
+                piece.complete = False
+                piece.notes.append("interrupted: only finished requests are kept")
+        piece.prediction = engine.protocol.prediction()
+        piece.trace = list(engine.trace)
+        piece.peak_expert_bytes = engine.cache.peak_resident * engine.cache.expert_bytes
+        piece.pool_bytes = engine.pools.allocated_bytes
+    finally:
+        engine.detach()
+    return piece
+
+
+def _decode(engine: Any, model: Any, prompt: tuple[int, ...], n_new: int, device: Any, *,
+            request: int, record: list | None, logits: list | None = None,
+            progress: Callable[[int], None] | None = None) -> list[int]:
+    """Greedy decode exactly `n_new` tokens with a KV cache; one engine step per forward."""
+    import torch
+
+    engine.begin_request(request)
+    ids = torch.tensor([list(prompt)], device=device)                        # [1, T]
+    engine.begin_step("prefill", 0, ids.shape[1])
+    out = model(input_ids=ids, use_cache=True)
+    st = engine.end_step()
+    past = out.past_key_values
+    last = out.logits[:, -1, :]                                              # [1, V]
+    nxt = last.argmax(-1)                                                    # [1]
+    tokens = [int(nxt)]
+    if logits is not None:
+        logits.append(last[0].detach().to("cpu", copy=True))
+    if record is not None:
+        record.append(st.row(request))
+    if progress:
+        progress(1)
+    for pos in range(1, n_new):
+        engine.begin_step("decode", pos, 1)
+        out = model(input_ids=nxt[:, None], use_cache=True, **{_cache_kwarg(model): past})
+        st = engine.end_step()
+        past = out.past_key_values
+        last = out.logits[:, -1, :]
+        nxt = last.argmax(-1)
+        tokens.append(int(nxt))
+        if logits is not None:
+            logits.append(last[0].detach().to("cpu", copy=True))
+        if record is not None:
+            row = st.row(request)
+            record.append(row)
+            engine_hits, engine_acts = st.layer_hits, st.layer_acts
+            row["_layer_hits"], row["_layer_acts"] = engine_hits, engine_acts
+        if progress:
+            progress(1)
+    return tokens
+
+
+def _cache_kwarg(model: Any) -> str:
+    """KV-cache keyword: `cache` from transformers 5.24, `past_key_values` before (both accepted
+    for a while; the new name avoids a deprecation warning per step)."""
+    import inspect
+
+    cls = type(model)
+    name = getattr(cls, "_moebench_cache_kwarg", None)
+    if name is None:
+        params = inspect.signature(cls.forward).parameters
+        name = "cache" if "cache" in params else "past_key_values"
+        cls._moebench_cache_kwarg = name
+    return name
+
+
+def _finish_request(piece: Piece, rows: list[dict], req: Any, tokens: list[int], repetition: int) -> None:
+    prefill, decode = rows[0], rows[1:]
+    ttft = prefill["latency_ms"]
+    e2e = ttft + sum(r["latency_ms"] for r in decode)
+    for r in decode:
+        for i, (h, a) in enumerate(zip(r.pop("_layer_hits"), r.pop("_layer_acts"))):
+            piece.layer_hits[i] += h
+            piece.layer_acts[i] += a
+        r.pop("phase")
+        piece.samples.append({"prompt_id": req.id, "repetition": repetition, **r})
+    piece.samples.append({"kind": "request", "prompt_id": req.id, "repetition": repetition,
+                          "ttft_ms": ttft, "tpot_ms": (e2e - ttft) / max(1, len(tokens) - 1),
+                          "e2e_ms": e2e, "n_out": len(tokens),
+                          "prefill_h2d_bytes": prefill["h2d_bytes"]})
+    piece.outputs.append({"prompt_id": req.id, "repetition": repetition,
+                          "prompt_token_ids": list(req.input_ids), "token_ids": tokens})
+
+
