@@ -12,31 +12,21 @@ index. `predicted` holds, per predictor (named after the strategy, e.g. `specula
 step*. `moebench trace export --format jsonl` writes the same rows (documented in
 docs/strategies.md); any tool's JSONL with at least `step`, `layer`, `experts` can be read back.
 
-`RoutingTrace` is the pure, indexed view the oracle plans with: the sequence of
-(request, step, layer) positions in execution order, the experts each one uses, and for every
-expert key its sorted use positions, so `next_use(key, t)` is one bisect.
+The pure, indexed view strategies plan with (`ctx.trace`) is `moebench.offload.routing.RoutingTrace`.
 """
 from __future__ import annotations
 
-import bisect
-import dataclasses
 import json
-import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 from moebench.config import read_jsonl
 from moebench.errors import UserError
+from moebench.offload.routing import row_dict
 from moebench.results.folders import atomic_write
 
 REQUIRED = ("step", "layer", "experts")
 EXPORT_KEYS = ("request", "step", "layer", "experts", "weights", "executed", "used", "predicted")
-NEVER = math.inf
-
-
-def row_dict(row: Any) -> dict:
-    return dataclasses.asdict(row) if dataclasses.is_dataclass(row) else dict(row)
 
 
 def write_trace(path: Path, rows: list, *, strategy: str) -> None:
@@ -91,57 +81,3 @@ def export_rows(rows: Iterable[dict], *, strategy: str | None = None) -> list[di
 
 def export_jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-
-
-class RoutingTrace:
-    """The routing of a whole workload, in execution order, indexed for look-ahead.
-
-    `positions[t] = (request, step, layer)`; `demand[t]` the experts position `t` executes
-    (every token of the step); `next_use((layer, e), t)` the first position `>= t` that uses
-    expert `e` of `layer`, or `inf`; `predicted[t]` what recorded predictors asked for there.
-    It is the one trace type strategies see (`ctx.trace`), live and in replay: the positions are
-    every MoE layer the engine executes, the untimed warm-up included (request -1)."""
-
-    def __init__(self, rows: Iterable[Any]):
-        self.positions: list[tuple[int, int, int]] = []
-        self.demand: list[tuple[int, ...]] = []
-        self.index: dict[tuple[int, int, int], int] = {}
-        self.uses: dict[tuple[int, int], list[int]] = {}
-        self.predicted: list[dict[str, tuple[int, ...]]] = []
-        for r in rows:
-            d = row_dict(r)
-            pos = (int(d.get("request", 0)), int(d["step"]), int(d["layer"]))
-            used = d.get("used") or d.get("executed") or d["experts"]
-            ids = tuple(dict.fromkeys(int(e) for e in used))
-            t = len(self.positions)
-            if pos in self.index:
-                raise UserError(f"routing trace has position {pos} twice.")
-            self.index[pos] = t
-            self.positions.append(pos)
-            self.demand.append(ids)
-            self.predicted.append({k: tuple(int(e) for e in v)
-                                   for k, v in (d.get("predicted") or {}).items()})
-            for e in ids:
-                self.uses.setdefault((pos[2], e), []).append(t)
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def position(self, request: int, step: int, layer: int) -> int | None:
-        return self.index.get((request, step, layer))
-
-    def next_use(self, key: tuple[int, int], t: float) -> float:
-        uses = self.uses.get(key)
-        if not uses:
-            return NEVER
-        i = bisect.bisect_left(uses, t)
-        return uses[i] if i < len(uses) else NEVER
-
-    def decode_counts(self, moe_layers: int, num_experts: int) -> list[list[int]]:
-        """[L][E] how often each expert runs in the measured decode steps (request >= 0)."""
-        counts = [[0] * num_experts for _ in range(moe_layers)]
-        for (request, step, layer), ids in zip(self.positions, self.demand):
-            if request >= 0 and step >= 1 and layer < moe_layers:
-                for e in ids:
-                    counts[layer][e] += 1
-        return counts

@@ -22,7 +22,7 @@ from moebench.models.loading import load_model
 from moebench.calibration.predictors import DefaultVectors, TwoLinear, ranking_loss, recall_at_k
 from moebench.calibration.provision import trace_from_tensors, trace_tensors
 from moebench.strategy import LayerEvent, StrategyContext, build_strategy
-from moebench.trace import RoutingTrace
+from moebench.offload.routing import RoutingTrace
 
 TINY_WORKLOAD = """name: tiny-cal
 prompts:

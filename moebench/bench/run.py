@@ -15,10 +15,10 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from moebench import SCHEMA_VERSION, __version__
 from moebench.calibration.provision import artifacts_for
 from moebench.config import RunConfig, to_dict
-from moebench.engine.session import Piece, Prepared, prepare, run_session
+from moebench.engine.session import Prepared, prepare, run_session
+from moebench.results.build import Piece, RunContext, result_document
 from moebench.strategy import build_strategy
 
 log = logging.getLogger("moebench")
@@ -34,67 +34,26 @@ def run_strategy(prep: Prepared, name: str, params: dict | None = None, *, repet
                        progress=progress, keep_logits=keep_logits, record_trace=record_trace)
 
 
-def build_result(prep: Prepared, pieces: list[Piece], *, source: str = "run") -> dict:
-    """result.json for one strategy (pieces = its repetitions)."""
-    from moebench.results.metrics import compute_metrics
-
-    shape = prep.loaded.shape
-    first = pieces[0]
-    samples = [s for p in pieces for s in p.samples]
-    layer_hits = [sum(p.layer_hits[i] for p in pieces) for i in range(shape.moe_layers)]
-    layer_acts = [sum(p.layer_acts[i] for p in pieces) for i in range(shape.moe_layers)]
-    link = prep.profile.h2d_bandwidth_gbps
-    metrics = compute_metrics(samples, moe_layers=shape.moe_layers, layer_hits=layer_hits,
-                              layer_acts=layer_acts, link_gbps=link, seed=prep.cfg.seed,
-                              prediction=first.prediction,
-                              extra={"peak_expert_bytes": max(p.peak_expert_bytes for p in pieces),
-                                     "expert_pool_bytes": first.pool_bytes})
-    clock_label = "cuda-events" if prep.clock == "cuda" else f"simulated:{prep.profile.name}"
-    device = str(prep.device)
-    device_memory = None
+def run_context(prep: Prepared) -> RunContext:
+    """What a live run's result.json says about where its numbers come from."""
+    device, device_memory = str(prep.device), None
     if prep.device.type == "cuda":
         import torch
         device = f"{prep.device} ({torch.cuda.get_device_name(prep.device)})"
         device_memory = int(torch.cuda.get_device_properties(prep.device).total_memory)
-    all_experts = shape.total_experts * shape.expert_bytes
-    # Offload emulation: the slot pool is the budget, even on a GPU that could hold every expert.
-    emulated = device_memory is not None and all_experts < device_memory and first.n_slots < shape.total_experts
-    load_notes = list(getattr(prep.loaded, "notes", None) or [])
-    if emulated:
-        load_notes.append(f"offload emulated: every expert ({all_experts:,} bytes) would fit in "
-                          f"device memory ({device_memory:,} bytes); the budget is enforced by a "
-                          "fixed pool of expert slots")
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "moebench_version": __version__,
-        "status": "complete" if all(p.complete for p in pieces) else "incomplete",
-        "source": source,
-        "model": {"name": prep.loaded.name, "arch": shape.arch, "hf_id": prep.loaded.hf_id,
-                  "num_layers": shape.num_layers, "moe_layers": shape.moe_layers,
-                  "num_experts": shape.num_experts, "top_k": shape.top_k,
-                  "expert_bytes": shape.expert_bytes, "dtype": shape.dtype,
-                  "snapshot": prep.loaded.snapshot},
-        "strategy": first.strategy,
-        "workload": {"name": prep.workload.name, "sha256": prep.workload_sha,
-                     "n_prompts": len(prep.requests), "max_new_tokens": prep.workload.max_new_tokens,
-                     "task": prep.workload.task, "repetitions": prep.workload.repetitions},
-        "clock": {"kind": "cuda-events" if prep.clock == "cuda" else "simulated",
-                  "profile": None if prep.clock == "cuda" else prep.profile.name,
-                  "device": device, "label": clock_label,
-                  "link_gbps_for_floor": link, "device_memory_bytes": device_memory},
-        "budget": {"spec": prep.budget.text, "bytes": first.n_slots * shape.expert_bytes,
-                   "experts": first.n_slots, "all_experts_bytes": all_experts,
-                   "device_memory_bytes": device_memory, "offload_emulated": emulated},
-        "seed": prep.cfg.seed,
-        "repetition": prep.cfg.repetition,
-        "notes": sorted({n for p in pieces for n in p.notes}) + load_notes + [
-            "true router runs in the model graph for every strategy (simulated clock charges it "
-            "only to strategies that use it)",
-            "prefill fetches the distinct experts its tokens route to, one copy per expert"],
-        "metrics": metrics,
-        "accuracy": None,
-        "outputs": [o for p in pieces for o in p.outputs],
-    }
+    wl, loaded = prep.workload, prep.loaded
+    return RunContext(model=loaded.name, hf_id=loaded.hf_id, snapshot=loaded.snapshot,
+                      shape=loaded.shape, workload=wl.name, workload_sha=prep.workload_sha,
+                      n_prompts=len(prep.requests), max_new_tokens=wl.max_new_tokens, task=wl.task,
+                      repetitions=wl.repetitions, budget=prep.budget.text, clock=prep.clock,
+                      profile=prep.profile, device=device, device_memory=device_memory,
+                      seed=prep.cfg.seed, repetition=prep.cfg.repetition,
+                      load_notes=tuple(getattr(loaded, "notes", None) or ()))
+
+
+def build_result(prep: Prepared, pieces: list[Piece], *, source: str = "run") -> dict:
+    """result.json for one strategy of a live run (pieces = its repetitions)."""
+    return result_document(run_context(prep), pieces, source=source)
 
 
 def write_run(prep: Prepared, result: dict, pieces: list[Piece], out_dir: Path | None = None) -> Path:

@@ -285,7 +285,7 @@ def _obtain(prep: Any, key: A.ArtifactKey, build: Any, notes: list[str], what: s
 def recorded_trace(prep: Any, strategy: Any, notes: list[str]) -> tuple[Any, A.Artifact]:
     """The routing of this very workload, warm-up included, recorded by a `sync` pass (lossless)."""
     from moebench import __version__
-    from moebench.trace import RoutingTrace
+    from moebench.offload.routing import RoutingTrace
 
     shape = prep.loaded.shape
     key = A.ArtifactKey("routing-trace", prep.loaded.name, prep.loaded.snapshot, prep.workload.name,
@@ -322,7 +322,7 @@ def trace_tensors(trace: Any) -> dict[str, Any]:
 
 
 def trace_from_tensors(t: dict[str, Any]) -> Any:
-    from moebench.trace import RoutingTrace
+    from moebench.offload.routing import RoutingTrace
 
     pos = t["positions"].tolist()
     off = t["offsets"].tolist()

@@ -59,7 +59,7 @@ def run(
                     workload_overrides=wl_over, cache_budget=cache_budget, clock=clock,
                     profile=profile, seed=seed, out=str(out), record_trace=record_trace,
                     accuracy=accuracy, calibrate=not no_calibrate)
-    from moebench.cli.render import progress_bar, render_result
+    from moebench.report.terminal import progress_bar, render_result
 
     with progress_bar(disable=json_out) as bar:
         d, result = do_run(cfg, progress=bar.advance, on_prepared=bar.start)

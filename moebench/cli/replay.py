@@ -104,7 +104,7 @@ class _null:
 def _render(outcome: Any, folder: Path) -> None:
     from rich.table import Table
 
-    from moebench.cli.render import fmt_bytes
+    from moebench.report.terminal import fmt_bytes
 
     ctx = outcome.context
     clock = "none (hit rate only)" if ctx["hit_rate_only"] else \

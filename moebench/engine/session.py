@@ -17,6 +17,7 @@ from typing import Any
 from moebench.config import BudgetSpec, RunConfig
 from moebench.errors import UserError
 from moebench.offload.budget import strategy_slots
+from moebench.results.build import Piece
 
 
 @dataclass(frozen=True)
@@ -45,26 +46,6 @@ class Prepared:
     clock: str          # "cuda" | "sim"
     device: Any
     memo: dict = field(default_factory=dict)   # per-prep caches (calibration artifacts, recorded traces)
-
-
-@dataclass
-class Piece:
-    """What one strategy produced on one repetition."""
-
-    strategy: dict
-    samples: list[dict] = field(default_factory=list)
-    outputs: list[dict] = field(default_factory=list)
-    layer_hits: list[int] = field(default_factory=list)
-    layer_acts: list[int] = field(default_factory=list)
-    prediction: dict | None = None
-    trace: list = field(default_factory=list)
-    warmup_trace: list = field(default_factory=list)   # the untimed warm-up's rows (request -1)
-    logits: dict = field(default_factory=dict)
-    n_slots: int = 0
-    peak_expert_bytes: int = 0
-    pool_bytes: int = 0
-    complete: bool = True
-    notes: list[str] = field(default_factory=list)
 
 
 def resolve_device_and_clock(clock: str, device: str = "auto") -> tuple[Any, str]:

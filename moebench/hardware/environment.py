@@ -1,22 +1,9 @@
 """What machine produced a result: versions, GPU, driver, PCIe link, NVML clocks (when present)."""
 from __future__ import annotations
 
-import platform
-import subprocess
-import time
-from pathlib import Path
 from typing import Any
 
-from moebench import __version__
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+from moebench.results.machine import machine
 
 
 def gpu_info() -> dict[str, Any]:
@@ -51,13 +38,13 @@ def gpu_info() -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
+    """`machine()` plus what torch sees: versions, CUDA, threads, the GPU (a live run's)."""
     import torch
     import transformers
 
-    return {
-        "moebench": __version__, "git_commit": git_commit(), "python": platform.python_version(),
-        "platform": platform.platform(), "processor": platform.machine(),
-        "torch": torch.__version__, "transformers": transformers.__version__,
-        "cuda_available": torch.cuda.is_available(), "threads": torch.get_num_threads(),
-        "gpu": gpu_info(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    env = machine()
+    created = env.pop("created")
+    env.update({"torch": torch.__version__, "transformers": transformers.__version__,
+                "cuda_available": torch.cuda.is_available(), "threads": torch.get_num_threads(),
+                "gpu": gpu_info(), "created": created})
+    return env

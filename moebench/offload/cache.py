@@ -93,17 +93,16 @@ class ExpertCache:
     # -- mutation ----------------------------------------------------------------------------
     def insert(self, key: ExpertKey, locked: set[ExpertKey],
                victim: Callable[[int, list[ExpertKey]], ExpertKey],
-               on_evict: Callable[[ExpertKey], None]) -> int | None:
-        """A slot for `key`, evicting the strategy's victim if none is free; None if every
-        resident expert is locked."""
+               on_evict: Callable[[ExpertKey, bool], None]) -> int | None:
+        """A slot for `key`, evicting the strategy's victim if none is free (`on_evict(victim,
+        was_an_unused_prefetch)` after it is gone); None if every resident expert is locked."""
         if not self.free:
             if len(locked) >= len(self.slot_of) and all(k in locked for k in self.slot_of):
                 return None
             v = victim(key[0], Candidates(self.slot_of, locked))
             if v not in self.slot_of or v in locked:
                 raise RuntimeError(f"strategy chose an invalid victim {v}")
-            self.evict(v)
-            on_evict(v)
+            on_evict(v, self.evict(v))
         slot = self.free.pop()
         self.slot_of[key] = slot
         self.key_of[slot] = key
@@ -111,12 +110,15 @@ class ExpertCache:
         assert self.resident_bytes <= self.budget_bytes
         return slot
 
-    def evict(self, key: ExpertKey) -> None:
+    def evict(self, key: ExpertKey) -> bool:
+        """Free `key`'s slot; True if it was a prefetch never used (its copy was wasted)."""
         slot = self.slot_of.pop(key)
         del self.key_of[slot]
         self.ticket.pop(key, None)
+        unused = key in self.prefetched
         self.prefetched.discard(key)
         self.free.append(slot)
+        return unused
 
     def clear(self) -> None:
         for key in list(self.slot_of):
@@ -148,8 +150,8 @@ class SlotScheduler:
         return t
 
     def insert(self, key: ExpertKey, locked: set[ExpertKey]) -> int | None:
-        def on_evict(k: ExpertKey) -> None:
-            if k in self.cache.prefetched:
+        def on_evict(k: ExpertKey, unused_prefetch: bool) -> None:
+            if unused_prefetch:
                 self.wasted_bytes += self.cache.expert_bytes
                 self._count(k[0], "wasted_bytes", self.cache.expert_bytes)
             self.strategy.on_evict(k)

@@ -49,7 +49,7 @@ class Prefetch:
 class StrategyContext:
     """What the engine shares with a strategy: read-only views, no clocks, no streams.
 
-    `trace` is a `moebench.trace.RoutingTrace` of the run's routing for strategies that read
+    `trace` is a `moebench.offload.routing.RoutingTrace` of the run's routing for strategies that read
     `trace` (the oracle, Belady, pinning), the same type live and in replay; `adapter` and
     `device` are None in replay (no model is loaded there)."""
 

@@ -96,6 +96,7 @@ class LayerProtocol:
         s = self.sched
         s.prefetch_issued = s.prefetch_used = s.wasted_bytes = 0
         s.layer_counts.clear()
+        self.cache.prefetched.clear()   # a warm-up prefetch used later is neither issued nor used here
         self.layer_late = [0] * len(self.layer_late)
         self.pred_stats.clear()
 

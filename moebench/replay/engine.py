@@ -25,12 +25,12 @@ import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from moebench.errors import UserError
+from moebench.results.build import Piece, RunContext, result_document
 from moebench.offload.budget import strategy_slots
 from moebench.offload.cache import ExpertCache
 from moebench.offload.clock import SimTimeline
@@ -38,7 +38,7 @@ from moebench.offload.events import Routing
 from moebench.offload.protocol import LayerProtocol
 from moebench.offload.records import StepStats
 from moebench.replay.policies import build_policy
-from moebench.trace import RoutingTrace
+from moebench.offload.routing import RoutingTrace
 
 
 @dataclass(frozen=True)
@@ -162,9 +162,9 @@ class ReplayRun:
     dir: str | None = None         # its result folder, once written
 
 
-def _shim_prep(trace: Any, shape: Any, profile: Any, budget: str, seed: int) -> Any:
-    """The fields of `runner.Prepared` that `build_result` reads, for a replay."""
-    from moebench.config import BudgetSpec
+def replay_context(trace: Any, shape: Any, profile: Any, budget: str, seed: int) -> RunContext:
+    """Where a replay's numbers come from: the recording's model and workload when the trace has
+    them, else the trace itself (its routing hash names the workload)."""
     from moebench.models import presets as P
 
     rec = trace.recorded
@@ -173,18 +173,14 @@ def _shim_prep(trace: Any, shape: Any, profile: Any, budget: str, seed: int) -> 
     preset = P.PRESETS.get(shape.name)
     snapshot = rec.snapshot if rec and rec.model == shape.name and rec.snapshot else \
         hashlib.sha256(json.dumps(shape.__dict__, sort_keys=True, default=str).encode()).hexdigest()
-    loaded = SimpleNamespace(name=shape.name, hf_id=preset.hf_id if preset else None,
-                             snapshot=snapshot, shape=shape)
     steps = max(Counter(trace.request.tolist()).values(), default=0)   # longest request
-    workload = SimpleNamespace(name=wl.get("name", f"trace:{trace.sha256[:12]}"),
-                               max_new_tokens=wl.get("max_new_tokens", steps),
-                               task=wl.get("task", "generate"), repetitions=wl.get("repetitions", 1))
-    BudgetSpec.parse(budget)
-    return SimpleNamespace(loaded=loaded, profile=profile, cfg=SimpleNamespace(seed=seed, repetition=0),
-                           clock="sim", device=SimpleNamespace(type="replay"), workload=workload,
-                           requests=[None] * wl.get("n_prompts", len(reqs)),
-                           workload_sha=wl.get("sha256", trace.sha256),
-                           budget=SimpleNamespace(text=budget))
+    return RunContext(model=shape.name, hf_id=preset.hf_id if preset else None, snapshot=snapshot,
+                      shape=shape, workload=wl.get("name", f"trace:{trace.sha256[:12]}"),
+                      workload_sha=wl.get("sha256", trace.sha256),
+                      n_prompts=wl.get("n_prompts", len(reqs)),
+                      max_new_tokens=wl.get("max_new_tokens", steps), task=wl.get("task", "generate"),
+                      repetitions=wl.get("repetitions", 1), budget=budget, clock="sim",
+                      profile=profile, device="none (trace replay)", seed=seed)
 
 
 def _finish(rows: list[dict], prompt: tuple[str, int], samples: list[dict]) -> None:
@@ -207,7 +203,6 @@ def replay_one(trace: Any, policy: str, *, shape: Any, profile: Any, budget: str
                warmup_steps: int | None = None, seed: int = 0,
                progress: Callable[[int], None] | None = None) -> ReplayRun:
     """Replay `trace` through `policy` at one budget on one profile (a `ReplayRun`)."""
-    from moebench.bench.run import Piece, build_result
     from moebench.stats import summarize
 
     check_trace_fits(trace, shape)
@@ -215,7 +210,7 @@ def replay_one(trace: Any, policy: str, *, shape: Any, profile: Any, budget: str
     if warmup_steps is None:
         warmup_steps = rec.warmup_steps if rec and rec.warmup_steps is not None else 0
     strategy = build_policy(policy, trace)
-    prep = _shim_prep(trace, shape, profile, budget, seed)
+    ctx = replay_context(trace, shape, profile, budget, seed)
     n_slots = strategy_slots(budget, shape, strategy)
     schedule = build_schedule(trace, warmup_steps)
     engine = ReplayEngine(trace, strategy, shape=shape, profile=profile, n_slots=n_slots,
@@ -233,12 +228,11 @@ def replay_one(trace: Any, policy: str, *, shape: Any, profile: Any, budget: str
     calc = [dict(s, ttft_ms=0.0) if s["kind"] == "request" and s["ttft_ms"] is None else s
             for s in samples]
     piece.samples = calc
-    result = build_result(prep, [piece], source="replay")
+    result = result_document(ctx, [piece], source="replay")
     piece.samples = samples
     if no_ttft:
         result["metrics"]["ttft_ms"] = summarize([r["ttft_ms"] for r in samples
                                                   if r["kind"] == "request" and r["ttft_ms"] is not None])
-    result["clock"]["device"] = "none (trace replay)"
     result["outputs"] = []
     notes = list(schedule.notes) + _notes(trace, no_ttft)
     result["notes"] = notes

@@ -203,7 +203,7 @@ def _hit_result(name: str, budget: str, n_slots: int, shape: Any, hr: dict, prof
 
 def write_replay(out: ReplayOutcome, folder: Path) -> dict[str, Path]:
     """Result folders (full mode) and the report into `folder` (refuses one that holds a report)."""
-    from moebench.hardware.environment import environment
+    from moebench.results.machine import replay_machine
     from moebench.replay.report import summary_rows, write_replay_report
     from moebench.results.folders import new_run_dir, write_json, write_jsonl
 
@@ -212,7 +212,7 @@ def write_replay(out: ReplayOutcome, folder: Path) -> dict[str, Path]:
         raise UserError(f"{folder} already holds a replay report; pass a new --out folder.")
     folder.mkdir(parents=True, exist_ok=True)
     if not out.spec.hit_rate_only:
-        env = environment()
+        env = replay_machine()
         for r in out.runs:
             if r.result is None:
                 continue

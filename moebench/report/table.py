@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moebench.cli.render import fmt_bytes
+from moebench.report.terminal import fmt_bytes
 
 
 def _g(x: float | None, digits: int = 4) -> str:

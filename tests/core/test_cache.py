@@ -88,7 +88,7 @@ def make_sched(n_slots, victim=None, mover=None):
     return cache, tl, strat, SlotScheduler(cache, tl, strat)
 
 
-def noop(key):
+def noop(key, unused_prefetch=False):
     pass
 
 
@@ -106,7 +106,7 @@ def test_insert_uses_free_slots_before_asking_for_a_victim() -> None:
     assert sorted(slots) == [0, 1, 2]
     assert cache.budget_bytes == 21 and cache.resident_bytes == 21 and cache.peak_resident == 3
     evicted = []
-    slot = cache.insert((1, 0), set(), lambda layer, cand: cand[0], evicted.append)
+    slot = cache.insert((1, 0), set(), lambda layer, cand: cand[0], lambda k, _: evicted.append(k))
     assert evicted == [(0, 0)]                       # the victim's slot is reused
     assert slot == slots[0]
     assert cache.key_of[slot] == (1, 0) and not cache.is_resident((0, 0))
@@ -141,7 +141,7 @@ def test_a_victim_outside_the_candidates_is_refused(bad) -> None:
     before = dict(cache.slot_of)
     evicted = []
     with pytest.raises(RuntimeError, match="invalid victim"):
-        cache.insert((0, 2), {(0, 0)}, lambda layer, cand: bad, evicted.append)
+        cache.insert((0, 2), {(0, 0)}, lambda layer, cand: bad, lambda k, _: evicted.append(k))
     assert cache.slot_of == before and evicted == [] and not cache.free
 
 
@@ -284,10 +284,6 @@ def test_prefetch_used_is_counted_once() -> None:
     assert sched.wasted_bytes == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ExpertCache.insert calls evict(v) (which discards v from cache.prefetched) before "
-    "on_evict(v), so SlotScheduler.insert's on_evict never sees the victim as prefetched: a "
-    "prefetched expert evicted unused is never counted in wasted_bytes / layer_counts"))
 def test_wasted_bytes_counted_when_a_prefetched_expert_is_evicted_unused() -> None:
     cache, tl, strat, sched = make_sched(1)
     sched.prefetch([Prefetch(1, (0,))], set())

@@ -404,10 +404,6 @@ def test_reset_counters_zeroes_the_run_counters_but_keeps_the_cache() -> None:
     assert cache.slot_of == resident                       # the warm cache stays warm
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "reset_counters zeroes prefetch_issued but leaves cache.prefetched: a prefetch issued during "
-    "the warm-up and used in the measured run counts as used with no issue, so prefetches_used "
-    "can exceed prefetches_issued (prefetch_precision > 1, or used > 0 with precision None)"))
 def test_after_reset_counters_used_never_exceeds_issued() -> None:
     shape = make_shape()
     s = Recorder(after={(1, 0): [Prefetch(1, (3,), source="guess")]})
