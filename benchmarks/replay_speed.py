@@ -29,7 +29,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from moebench.config import BudgetSpec
-    from moebench.models.loading import model_shape
+    from moebench.models.presets import model_shape
     from moebench.replay.engine import build_schedule
     from moebench.replay.fast import fast_hit_rates, group_sequence
     from moebench.replay.synth import SynthSpec, synthesize

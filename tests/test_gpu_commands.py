@@ -48,7 +48,7 @@ def test_copy_fit_recovers_latency_and_bandwidth():
 
 def test_profile_document_round_trips_into_the_simulator(tmp_path):
     from moebench.offload import costs
-    from moebench.models.loading import model_shape
+    from moebench.models.presets import model_shape
     from moebench.offload.profile import load_profile
     from moebench.hardware.measure import attention_residual_us, fit_copy, profile_document, write_profile
 
@@ -133,7 +133,7 @@ def test_measured_times_grow_with_tokens_and_context_like_the_roofline():
     from dataclasses import replace
 
     from moebench.offload import costs
-    from moebench.models.loading import model_shape
+    from moebench.models.presets import model_shape
     from moebench.offload.profile import load_profile
 
     shape = model_shape("qwen3-30b-a3b")

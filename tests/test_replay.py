@@ -11,7 +11,7 @@ from moebench.bench import run as runner
 from moebench.engine import session
 from moebench.config import RunConfig
 from moebench.errors import UserError
-from moebench.models.loading import model_shape
+from moebench.models.presets import model_shape
 from moebench.offload.profile import load_profile
 from moebench.replay.engine import build_schedule, replay_one
 from moebench.replay.fast import _lru_layer_exact, _quotas, fast_hit_rates, group_sequence

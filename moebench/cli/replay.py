@@ -145,7 +145,7 @@ def synth(
     out: Annotated[Optional[Path], typer.Option(help="write the JSONL here (default: stdout)")] = None,
 ) -> None:
     """Write a synthetic routing trace (JSONL) shaped like MODEL: popularity skew, temporal reuse, cross-layer correlation."""
-    from moebench.models.loading import model_shape
+    from moebench.models.presets import model_shape
     from moebench.replay.traces import trace_rows
     from moebench.results.folders import atomic_write
     from moebench.replay.synth import SynthSpec, synthesize

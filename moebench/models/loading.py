@@ -14,6 +14,7 @@ from typing import Any
 
 from moebench.errors import UserError
 from moebench.models import presets as P
+from moebench.models.presets import resolve_config
 from moebench.offload.shapes import ModelShape, shape_from_config
 
 
@@ -41,36 +42,6 @@ class LoadedModel:
     tokenizer: Any
     shape: ModelShape
     snapshot: str          # sha256 over config (+ weight index / seed): keys calibration artifacts
-
-
-def resolve_config(name_or_path: str) -> tuple[dict, str, P.Preset | None, Path | None]:
-    """(config dict, display name, preset or None, local folder or None) without loading weights."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir() or "/" in name_or_path or name_or_path.startswith("."):
-        if not (path / "config.json").exists():
-            raise UserError(f"model folder {path} has no config.json.")
-        return _read_json(path / "config.json"), path.name, None, path
-    preset = P.get_preset(name_or_path)
-    if preset.tiny:
-        return dict(preset.config), preset.name, preset, None
-    local = P.local_path(preset)
-    if local is not None:
-        return _read_json(local / "config.json"), preset.name, preset, local
-    return dict(preset.config), preset.name, preset, None
-
-
-def model_shape(name_or_path: str, dtype: str | None = None) -> ModelShape:
-    cfg, name, _, _ = resolve_config(name_or_path)
-    if not cfg:
-        raise UserError(f"model '{name}' has no config on disk.")
-    return shape_from_config(cfg, name=name, dtype=dtype)
-
-
-def _read_json(p: Path) -> dict:
-    try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {p}: {exc}.") from None
 
 
 def _snapshot(cfg: dict, extra: str) -> str:

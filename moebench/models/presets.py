@@ -9,12 +9,14 @@ actually trained (see `moebench/models/embedded/tiny-qwen3-trained/CARD.md`).
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from moebench.errors import UserError, did_you_mean
+from moebench.offload.shapes import ModelShape, shape_from_config
 
 EMBEDDED_DEFAULT = "tiny-qwen3-trained"
 
@@ -151,3 +153,33 @@ def local_path(preset: Preset) -> Path | None:
 
 def is_available(preset: Preset) -> bool:
     return preset.tiny or local_path(preset) is not None
+
+
+def resolve_config(name_or_path: str) -> tuple[dict, str, Preset | None, Path | None]:
+    """(config dict, display name, preset or None, local folder or None) without loading weights."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir() or "/" in name_or_path or name_or_path.startswith("."):
+        if not (path / "config.json").exists():
+            raise UserError(f"model folder {path} has no config.json.")
+        return _read_json(path / "config.json"), path.name, None, path
+    preset = get_preset(name_or_path)
+    if preset.tiny:
+        return dict(preset.config), preset.name, preset, None
+    local = local_path(preset)
+    if local is not None:
+        return _read_json(local / "config.json"), preset.name, preset, local
+    return dict(preset.config), preset.name, preset, None
+
+
+def model_shape(name_or_path: str, dtype: str | None = None) -> ModelShape:
+    cfg, name, _, _ = resolve_config(name_or_path)
+    if not cfg:
+        raise UserError(f"model '{name}' has no config on disk.")
+    return shape_from_config(cfg, name=name, dtype=dtype)
+
+
+def _read_json(p: Path) -> dict:
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read {p}: {exc}.") from None

@@ -94,7 +94,7 @@ def load_for_gpu(model: str, *, synthetic_layers: int = 0, device: Any = None, s
         from moebench.models.loading import load_model
 
         return load_model(model, seed=seed, device=device)
-    from moebench.models.loading import resolve_config
+    from moebench.models.presets import resolve_config
 
     cfg, name, _, _ = resolve_config(model)
     cfg = dict(cfg, num_hidden_layers=int(synthetic_layers))

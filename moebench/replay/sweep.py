@@ -107,7 +107,7 @@ def _resolve(spec: ReplaySpec, trace: Any) -> tuple[str, list[str], list[str], l
 
 
 def run_replay(spec: ReplaySpec, progress: Callable[[int], None] | None = None) -> ReplayOutcome:
-    from moebench.models.loading import model_shape
+    from moebench.models.presets import model_shape
     from moebench.offload.profile import load_profile
     from moebench.replay.engine import build_schedule, check_trace_fits
     from moebench.replay.policies import build_policy
