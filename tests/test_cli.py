@@ -85,3 +85,38 @@ def test_strategies_and_env_commands() -> None:
     assert {"sync", "lru", "all-resident"} <= names
     env = runner.invoke(app, ["env", "--json"])
     assert env.exit_code == 0 and "torch" in json.loads(env.stdout)
+
+
+def _commands(typer_app) -> dict[str, list[str]]:
+    """Top-level command names, and each group's sub-commands, from typer's public registry."""
+    out = {c.name or c.callback.__name__.replace("_", "-"): [] for c in typer_app.registered_commands}
+    for g in typer_app.registered_groups:
+        out[g.name] = sorted(c.name or c.callback.__name__.replace("_", "-")
+                             for c in g.typer_instance.registered_commands)
+    return out
+
+
+def test_the_command_surface_is_pinned() -> None:
+    """Adding, renaming or losing a command is a deliberate change to this list (and the README)."""
+    assert _commands(app) == {
+        "run": [], "strategies": [], "models": [], "env": [], "compare": [], "gate": [],
+        "validate-sim": [], "replay": [],
+        "baseline": ["check", "update"],
+        "calibrate": ["default-vectors", "pre-attention", "profile"],
+        "trace": ["export", "synth"],
+    }
+
+
+def test_calibrate_profile_does_not_depend_on_import_order() -> None:
+    """The CLI package registers its groups in a fixed order at import: importing the command
+    modules first (as a plugin or a test might) changes nothing."""
+    import subprocess
+    import sys
+
+    code = ("import moebench.cli.gpu, moebench.cli.replay, moebench.cli.trace\n"
+            "from moebench.cli import app\n"
+            "g = {x.name: x.typer_instance for x in app.registered_groups}\n"
+            "print(sorted(c.name for c in g['calibrate'].registered_commands),"
+            " sorted(c.name for c in g['trace'].registered_commands))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['default-vectors', 'pre-attention', 'profile'] ['export', 'synth']"
