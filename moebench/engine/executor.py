@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from moebench.weights.store import DevicePools, HostExpertStore, SlotExperts
+from moebench.weights.store import HostExpertStore, SlotExperts
 from moebench.models.adapters import adapter_for
 from moebench.offload.cache import ExpertCache
 from moebench.offload.events import Routing
@@ -127,9 +127,7 @@ class OffloadEngine:
 
     def _attach_rest(self, model: Any, views: list) -> OffloadEngine:
         model.to(self.device)
-        make_pools = getattr(self.store, "make_pools", None)   # packed stores unpack on the device
-        self.pools = (make_pools(self.n_slots, self.device) if make_pools is not None
-                      else DevicePools(self.store, self.n_slots, self.device))
+        self.pools = self.store.make_pools(self.n_slots, self.device)
         self.cache = ExpertCache(self.n_slots, self.store.expert_bytes, mover=self.pools)
         self.protocol = LayerProtocol(self.strategy, shape=self.shape, profile=self.profile,
                                       timeline=self.timeline, cache=self.cache, charge=self.sim,
@@ -218,10 +216,9 @@ class OffloadEngine:
             sl = out.slots
             slot_index = torch.tensor([[sl[e] - lo for e in row] for row in chosen.ids.tolist()],
                                       dtype=chosen.ids.dtype)                     # [T, k]
-        view = getattr(self.pools, "compute_view", None)               # packed experts: unpack
-        if view is not None:
-            pools, slot_index = view(slot_index, sorted(s_ - lo for s_ in set(out.slots.values())),
-                                     lo, hi)
+        if self.pools.packed:                                          # packed experts: unpack
+            pools, slot_index = self.pools.compute_view(
+                slot_index, sorted(s_ - lo for s_ in set(out.slots.values())), lo, hi)
         elif u.shape[0] > 1 and dev.type == "cpu":
             pools, slot_index = self._expert_ordered(out.slots, chosen.ids)
         else:
@@ -263,9 +260,7 @@ class OffloadEngine:
     # ------------------------------------------------------------------------------------------
     def detach(self) -> None:
         """Restore the unmodified model (expert weights back in place, hooks removed)."""
-        sync = getattr(self.timeline, "synchronize", None)
-        if sync is not None:
-            sync()   # copies still in flight write into the pools: let them land before release
+        self.timeline.synchronize()   # copies in flight write into the pools: let them land first
         self._restore()
 
     def _restore(self) -> None:

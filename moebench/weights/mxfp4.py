@@ -97,6 +97,8 @@ class PackedExpertStore(HostExpertStore):
 class Mxfp4DevicePools(DevicePools):
     """Slot pools of packed experts; `compute_view` unpacks the slots one layer computes with."""
 
+    packed = True
+
     def __init__(self, store: PackedExpertStore, n_slots: int, device: torch.device):
         super().__init__(store, n_slots, device)
         self.compute_dtype = store.compute_dtype

@@ -33,6 +33,10 @@ class HostExpertStore:
         self.expert_bytes = sum(t[0].numel() * t.element_size() for t in first.values())
         self.tensor_specs = {n: (tuple(t.shape[1:]), t.dtype) for n, t in first.items()}
 
+    def make_pools(self, n_slots: int, device: torch.device) -> DevicePools:
+        """The device slot pools this store fills (a packed store's unpack on the device)."""
+        return DevicePools(self, n_slots, device)
+
     @classmethod
     def empty(cls, moe_layers: int, specs: dict[str, tuple[tuple[int, ...], torch.dtype]],
               num_experts: int, *, pin: bool) -> HostExpertStore:
@@ -89,7 +93,11 @@ def _pinned_layers(moe_layers: int, specs: dict, num_experts: int) -> list[dict[
 
 
 class DevicePools:
-    """The slot tensors on the device; also the `mover` the cache calls to fill a slot."""
+    """The slot tensors on the device; also the `mover` the cache calls to fill a slot.
+    `packed` pools hold experts in a packed format and give the kernel an unpacked
+    `compute_view`; plain pools are read in place."""
+
+    packed = False
 
     def __init__(self, store: HostExpertStore, n_slots: int, device: torch.device):
         self.store = store
