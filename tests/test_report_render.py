@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from moebench.results.metrics import compute_metrics
-from moebench.report import build_report
+from moebench.report.document import build_report
 from moebench.results.folders import write_report
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)

@@ -34,7 +34,7 @@ from moebench.config import RunConfig, field_names, parse_overrides
 from moebench.offload.budget import strategy_slots
 from moebench.engine.session import prepare
 from moebench.errors import UserError, did_you_mean
-from moebench.report import build_report
+from moebench.report.document import build_report
 from moebench.results.compat import check_comparable
 from moebench.results.folders import new_report_dir, write_report
 from moebench.results.model import load_report, load_run

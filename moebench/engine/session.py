@@ -17,6 +17,7 @@ from typing import Any
 from moebench.config import BudgetSpec, RunConfig
 from moebench.errors import UserError
 from moebench.offload.budget import strategy_slots
+from moebench.offload.records import StepStats, request_samples
 from moebench.results.build import Piece
 
 
@@ -119,11 +120,11 @@ def run_session(prep: Prepared, strategy: Any, provisioned: Provisioned = NOTHIN
                 for rep in range(wl.repetitions):
                     for ri, req in enumerate(prep.requests):
                         rid = rep * len(prep.requests) + ri
-                        rows: list[dict] = []
+                        steps: list[StepStats] = []
                         logits: list = [] if keep_logits else None
                         tokens = _decode(engine, model, req.input_ids, wl.max_new_tokens, prep.device,
-                                         request=rid, record=rows, logits=logits, progress=progress)
-                        _finish_request(piece, rows, req, tokens, repetition * wl.repetitions + rep)
+                                         request=rid, record=steps, logits=logits, progress=progress)
+                        _finish_request(piece, steps, req, tokens, repetition * wl.repetitions + rep)
                         if keep_logits:
                             piece.logits[(rep, req.id)] = logits
             except KeyboardInterrupt:
@@ -156,7 +157,7 @@ def _decode(engine: Any, model: Any, prompt: tuple[int, ...], n_new: int, device
     if logits is not None:
         logits.append(last[0].detach().to("cpu", copy=True))
     if record is not None:
-        record.append(st.row(request))
+        record.append(st)
     if progress:
         progress(1)
     for pos in range(1, n_new):
@@ -170,10 +171,7 @@ def _decode(engine: Any, model: Any, prompt: tuple[int, ...], n_new: int, device
         if logits is not None:
             logits.append(last[0].detach().to("cpu", copy=True))
         if record is not None:
-            row = st.row(request)
-            record.append(row)
-            engine_hits, engine_acts = st.layer_hits, st.layer_acts
-            row["_layer_hits"], row["_layer_acts"] = engine_hits, engine_acts
+            record.append(st)
         if progress:
             progress(1)
     return tokens
@@ -193,20 +191,13 @@ def _cache_kwarg(model: Any) -> str:
     return name
 
 
-def _finish_request(piece: Piece, rows: list[dict], req: Any, tokens: list[int], repetition: int) -> None:
-    prefill, decode = rows[0], rows[1:]
-    ttft = prefill["latency_ms"]
-    e2e = ttft + sum(r["latency_ms"] for r in decode)
-    for r in decode:
-        for i, (h, a) in enumerate(zip(r.pop("_layer_hits"), r.pop("_layer_acts"))):
+def _finish_request(piece: Piece, steps: list[StepStats], req: Any, tokens: list[int],
+                    repetition: int) -> None:
+    for st in steps[1:]:                                   # decode steps: hits per layer
+        for i, (h, a) in enumerate(zip(st.layer_hits, st.layer_acts)):
             piece.layer_hits[i] += h
             piece.layer_acts[i] += a
-        r.pop("phase")
-        piece.samples.append({"prompt_id": req.id, "repetition": repetition, **r})
-    piece.samples.append({"kind": "request", "prompt_id": req.id, "repetition": repetition,
-                          "ttft_ms": ttft, "tpot_ms": (e2e - ttft) / max(1, len(tokens) - 1),
-                          "e2e_ms": e2e, "n_out": len(tokens),
-                          "prefill_h2d_bytes": prefill["h2d_bytes"]})
+    piece.samples.extend(request_samples(steps, req.id, repetition))
     piece.outputs.append({"prompt_id": req.id, "repetition": repetition,
                           "prompt_token_ids": list(req.input_ids), "token_ids": tokens})
 

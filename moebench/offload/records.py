@@ -36,7 +36,7 @@ class StepStats:
             self.layer_hits[layer] += out.hits
             self.layer_acts[layer] += n_experts
 
-    def row(self, request: int) -> dict:
+    def row(self) -> dict:
         """The step's row of samples.jsonl (times in ms)."""
         return {"kind": "step", "phase": self.phase, "position": self.position,
                 "latency_ms": self.latency_s * 1e3, "stall_ms": self.stall_s * 1e3,
@@ -44,6 +44,26 @@ class StepStats:
                 "h2d_bytes": self.h2d_bytes, "demand_bytes": self.demand_bytes,
                 "prefetch_bytes": self.prefetch_bytes, "hits": self.hits,
                 "activations": self.activations, "late": self.late}
+
+
+def request_samples(steps: list[StepStats], prompt_id: str, repetition: int) -> list[dict]:
+    """One request's rows of samples.jsonl: its decode steps, then its request row (TTFT = the
+    prefill step, TPOT = decode time over the tokens after the first). A request without a
+    prefill step (a decode-only trace) has no TTFT."""
+    rows = [st.row() for st in steps]
+    prefill, decode = (rows[0], rows[1:]) if rows and rows[0]["phase"] == "prefill" else (None, rows)
+    ttft = prefill["latency_ms"] if prefill else 0.0
+    e2e = ttft + sum(r["latency_ms"] for r in decode)
+    n_out = len(decode) + 1
+    out = []
+    for r in decode:
+        r.pop("phase")
+        out.append({"prompt_id": prompt_id, "repetition": repetition, **r})
+    out.append({"kind": "request", "prompt_id": prompt_id, "repetition": repetition,
+                "ttft_ms": ttft if prefill else None, "tpot_ms": (e2e - ttft) / max(1, n_out - 1),
+                "e2e_ms": e2e, "n_out": n_out,
+                "prefill_h2d_bytes": prefill["h2d_bytes"] if prefill else None})
+    return out
 
 
 def prediction_seconds(strategy: Any, profile: Any, ev: Any, requests: Any) -> float:

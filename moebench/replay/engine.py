@@ -36,7 +36,7 @@ from moebench.offload.cache import ExpertCache
 from moebench.offload.clock import SimTimeline
 from moebench.offload.events import Routing
 from moebench.offload.protocol import LayerProtocol
-from moebench.offload.records import StepStats
+from moebench.offload.records import StepStats, request_samples
 from moebench.replay.policies import build_policy
 from moebench.offload.routing import RoutingTrace
 
@@ -112,10 +112,10 @@ class ReplayEngine:
         return p.end_step()
 
     def run(self, progress: Callable[[int], None] | None = None) -> dict:
-        """Replay the schedule; returns `{"requests": {request: [step rows]}, "layer_*"}`."""
+        """Replay the schedule; returns `{"requests": {request: [StepStats]}, "layer_*"}`."""
         p = self.protocol
         p.prefill_warm()
-        rows: dict[int, list[dict]] = {}
+        rows: dict[int, list[StepStats]] = {}
         layer_hits = [0] * self.shape.moe_layers
         layer_acts = [0] * self.shape.moe_layers
         current, warm = None, True
@@ -133,7 +133,7 @@ class ReplayEngine:
                 for m in range(self.shape.moe_layers):
                     layer_hits[m] += st.layer_hits[m]
                     layer_acts[m] += st.layer_acts[m]
-            rows.setdefault(request, []).append(st.row(request))
+            rows.setdefault(request, []).append(st)
             if progress:
                 progress(1)
         return {"requests": rows, "layer_hits": layer_hits, "layer_acts": layer_acts}
@@ -183,22 +183,6 @@ def replay_context(trace: Any, shape: Any, profile: Any, budget: str, seed: int)
                       profile=profile, device="none (trace replay)", seed=seed)
 
 
-def _finish(rows: list[dict], prompt: tuple[str, int], samples: list[dict]) -> None:
-    """`runner._finish_request`'s arithmetic (the same sums in the same order)."""
-    has_prefill = rows[0]["phase"] == "prefill"
-    prefill, decode = (rows[0], rows[1:]) if has_prefill else (None, rows)
-    ttft = prefill["latency_ms"] if prefill else 0.0
-    e2e = ttft + sum(r["latency_ms"] for r in decode)
-    n_out = len(decode) + 1
-    for r in decode:
-        r.pop("phase")
-        samples.append({"prompt_id": prompt[0], "repetition": prompt[1], **r})
-    samples.append({"kind": "request", "prompt_id": prompt[0], "repetition": prompt[1],
-                    "ttft_ms": ttft if prefill else None, "tpot_ms": (e2e - ttft) / max(1, n_out - 1),
-                    "e2e_ms": e2e, "n_out": n_out,
-                    "prefill_h2d_bytes": prefill["h2d_bytes"] if prefill else None})
-
-
 def replay_one(trace: Any, policy: str, *, shape: Any, profile: Any, budget: str,
                warmup_steps: int | None = None, seed: int = 0,
                progress: Callable[[int], None] | None = None) -> ReplayRun:
@@ -219,7 +203,8 @@ def replay_one(trace: Any, policy: str, *, shape: Any, profile: Any, budget: str
     samples: list[dict] = []
     for request, rows in out["requests"].items():
         prompt = rec.prompts.get(request) if rec else None
-        _finish(rows, prompt or (f"request-{request}", 0), samples)
+        prompt_id, repetition = prompt or (f"request-{request}", 0)
+        samples.extend(request_samples(rows, prompt_id, repetition))
     piece = Piece(strategy=strategy.describe(), samples=samples, layer_hits=out["layer_hits"],
                   layer_acts=out["layer_acts"], prediction=engine.protocol.prediction(), n_slots=n_slots,
                   peak_expert_bytes=engine.cache.peak_resident * shape.expert_bytes,

@@ -237,7 +237,7 @@ def _compare_report(folder: Path, out: ReplayOutcome) -> dict[str, Path]:
     """The same results as a `moebench compare` report (report.json / .md / .html, plots) in
     `folder/compare`, through `moebench.report`; policy names label the rows (`lru-global`)."""
     try:
-        from moebench.report import build_report
+        from moebench.report.document import build_report
         from moebench.results.folders import write_report
     except ImportError:
         return {}

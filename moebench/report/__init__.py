@@ -2,7 +2,7 @@
 report.html with its plots embedded, and the PNG plots themselves. Pure: nothing here reads or
 writes a folder (`moebench.results.folders.write_report` puts a report on disk).
 
-    doc = build_report(entries, baseline="sync", plan=plan.to_dict())   # pure
+    doc = build_report(entries, baseline="sync", plan=plan.to_dict())   # moebench.report.document
     write_report(folder, doc, entries)                                  # moebench.results.folders
 
 `entries` are loaded results, `{"dir", "point", "result", "samples"}` (one per strategy and sweep
@@ -11,8 +11,3 @@ trace replay can hand in its own. Modules: `summary` (per-strategy rows and thei
 `document` (report.json), `table` (the cells every renderer shows), `markdown`, `html_page`,
 `plots` (matplotlib, Agg canvas).
 """
-from __future__ import annotations
-
-from moebench.report.document import build_report
-
-__all__ = ["build_report"]

@@ -32,6 +32,7 @@ def replay(trace: Any, policy: str, shape: ModelShape, n_slots: int, profile: st
     engine = ReplayEngine(trace, strategy, shape=shape, profile=load_profile(profile),
                           n_slots=n_slots, schedule=build_schedule(trace, 0))
     out = engine.run()
+    out["requests"] = {r: [st.row() for st in steps] for r, steps in out["requests"].items()}
     tpot = {r: sum(x["latency_ms"] for x in rows) / len(rows) for r, rows in out["requests"].items()}
     rows = [r for rs in out["requests"].values() for r in rs]
     ends, t = [], 0.0
