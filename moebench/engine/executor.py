@@ -94,7 +94,6 @@ class OffloadEngine:
         self.sim = timeline.kind == "simulated"
         self.trace: list[LayerTrace] = []
         self._hooks: list[Any] = []
-        self._attached = False
         self._s: dict[int, torch.Tensor] = {}
         self.protocol: LayerProtocol | None = None
 
@@ -146,7 +145,6 @@ class OffloadEngine:
         for i, layer in enumerate(self.adapter.decoder_layers):
             if i not in moe_ids:
                 self._hooks.append(layer.register_forward_pre_hook(self._dense_layer_hook))
-        self._attached = True
         return self
 
     def prefill_warm(self) -> None:
@@ -275,4 +273,3 @@ class OffloadEngine:
         prev = getattr(self, "_prev_impl", None)
         if prev:
             self.model.set_experts_implementation(prev)
-        self._attached = False

@@ -55,7 +55,6 @@ class ArchAdapter:
                 experts=mlp.experts))
         if not self.moe:
             raise UserError(f"model of type '{self.config.model_type}' has no MoE layers.")
-        self.by_layer = {v.index: v for v in self.moe}
 
     # -- shapes -----------------------------------------------------------------------------
     @property

@@ -73,10 +73,6 @@ class ModelShape:
     def lm_head_bytes(self) -> float:
         return self.vocab * self.hidden * self.bytes_per_param
 
-    def decode_bytes_per_token(self) -> float:
-        """Expert bytes a token needs over the bus when nothing is cached (`sync`)."""
-        return float(self.top_k * self.moe_layers * self.expert_bytes)
-
 
 def shape_from_config(cfg: dict[str, Any], *, name: str, dtype: str | None = None,
                       expert_bytes: int | None = None) -> ModelShape:

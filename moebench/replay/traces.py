@@ -49,7 +49,6 @@ class RecordedRun:
     dtype: str | None = None                           # the dtype the live run computed in
     prompts: dict = field(default_factory=dict)        # request -> (prompt_id, repetition)
     prompt_tokens: dict = field(default_factory=dict)  # request -> prompt length
-    first_prompt_tokens: int | None = None             # request 0 (the warm-up prompt)
 
 
 @dataclass(frozen=True)
@@ -81,10 +80,6 @@ class ReplayTrace:
     @property
     def num_experts_seen(self) -> int:
         return int(self.experts.max()) + 1 if self.experts.size else 0
-
-    def decode_mask(self) -> np.ndarray:
-        """[S] True for decode steps (step >= 1)."""
-        return self.step >= 1
 
     def sources(self) -> list[str]:
         """Every predictor that left predictions in the trace."""
@@ -234,7 +229,7 @@ def recorded_run(folder: Path) -> RecordedRun | None:
         warmup_steps=wl.get("warmup_steps"), strategy=res.get("strategy"),
         workload=res.get("workload"), seed=int(res.get("seed") or 0),
         snapshot=(res.get("model") or {}).get("snapshot"), dtype=(res.get("model") or {}).get("dtype"),
-        prompts=prompts, prompt_tokens=lengths, first_prompt_tokens=lengths.get(0))
+        prompts=prompts, prompt_tokens=lengths)
 
 
 def load_replay_trace(path: str | Path) -> ReplayTrace:

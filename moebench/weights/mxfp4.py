@@ -85,14 +85,6 @@ class PackedExpertStore(HostExpertStore):
     def make_pools(self, n_slots: int, device: torch.device) -> Mxfp4DevicePools:
         return Mxfp4DevicePools(self, n_slots, device)
 
-    def unpacked(self, layer: int) -> dict[str, torch.Tensor]:
-        """Every expert of `layer` unpacked (host; for tests and eager comparisons)."""
-        t = self.layers[layer]
-        out = {n: t[n] for n in t if not n.endswith(("_blocks", "_scales"))}
-        for p in PACKED:
-            out[p] = dequantize(t[f"{p}_blocks"], t[f"{p}_scales"], self.compute_dtype)
-        return out
-
 
 class Mxfp4DevicePools(DevicePools):
     """Slot pools of packed experts; `compute_view` unpacks the slots one layer computes with."""
