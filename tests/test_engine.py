@@ -69,7 +69,7 @@ def test_lru_with_every_expert_hits_after_warmup_and_moves_nothing() -> None:
     assert second
     assert all(s["hits"] == s["activations"] > 0 for s in second)
     assert all(s["h2d_bytes"] == 0 for s in second)
-    assert piece.peak_expert_bytes <= piece.n_slots * prep.loaded.shape.expert_bytes
+    assert piece.peak_expert_bytes <= piece.budget.bytes
 
 
 @pytest.mark.parametrize("scope", ["layer", "global"])
@@ -89,8 +89,8 @@ def test_budget_is_never_exceeded_and_pool_is_the_budget(prepared) -> None:
     prep, _ = prepared
     piece = runner.run_strategy(prep, "lru")
     eb = prep.loaded.shape.expert_bytes
-    assert piece.pool_bytes == piece.n_slots * eb
-    assert 0 < piece.peak_expert_bytes <= piece.n_slots * eb
+    assert piece.pool_bytes == piece.budget.experts * eb
+    assert 0 < piece.peak_expert_bytes <= piece.budget.experts * eb
 
 
 def test_compute_reads_slots_not_the_model_parameters() -> None:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from moebench.errors import UserError
-from moebench.offload.budget import strategy_slots
+from moebench.offload.budget import resolve_budget
 
 # Legend: n scored positions of one item, V vocabulary, T prompt tokens.
 
@@ -145,7 +145,7 @@ def teacher_forced(prep: Any, strategy: dict, ref_tokens: dict) -> Forced:
 
     strat = build_strategy(strategy["name"], strategy.get("params") or {})
     provisioned = artifacts_for(prep, strat)
-    engine = OffloadEngine(prep.loaded, strat, n_slots=strategy_slots(prep.budget.text, prep.loaded.shape, strat),
+    engine = OffloadEngine(prep.loaded, strat, n_slots=resolve_budget(prep.budget, prep.loaded.shape, strat).experts,
                            timeline=make_timeline(prep.clock, prep.profile, prep.device),
                            profile=prep.profile, device=prep.device, artifacts=provisioned.artifacts,
                            record_trace=False, trace_source=provisioned.trace)

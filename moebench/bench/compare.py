@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from moebench.config import RunConfig, field_names, parse_overrides
-from moebench.offload.budget import strategy_slots
+from moebench.offload.budget import resolve_budget
 from moebench.engine.session import prepare
 from moebench.errors import UserError, did_you_mean
 from moebench.report.document import build_report
@@ -247,7 +247,7 @@ def run_compare(plan: ComparePlan, out: Path, *, name: str | None = None,
                   for v in plan.sweep.values]
     for pt in points:                       # every budget must fit before the first run starts
         for s in plan.strategies:
-            strategy_slots(pt.prep.budget.text, pt.prep.loaded.shape, build_strategy(s, plan.params.get(s)))
+            resolve_budget(pt.prep.budget, pt.prep.loaded.shape, build_strategy(s, plan.params.get(s)))
 
     schedule = interleaved_schedule(len(points), plan.strategies, plan.repetitions, plan.base.seed)
     pieces, failed, ran, interrupted = _execute(plan, points, schedule, progress, token_progress)

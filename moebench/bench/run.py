@@ -45,7 +45,7 @@ def run_context(prep: Prepared) -> RunContext:
     return RunContext(model=loaded.name, hf_id=loaded.hf_id, snapshot=loaded.snapshot,
                       shape=loaded.shape, workload=wl.name, workload_sha=prep.workload_sha,
                       n_prompts=len(prep.requests), max_new_tokens=wl.max_new_tokens, task=wl.task,
-                      repetitions=wl.repetitions, budget=prep.budget.text, clock=prep.clock,
+                      repetitions=wl.repetitions, clock=prep.clock,
                       profile=prep.profile, device=device, device_memory=device_memory,
                       seed=prep.cfg.seed, repetition=prep.cfg.repetition,
                       load_notes=tuple(getattr(loaded, "notes", None) or ()))

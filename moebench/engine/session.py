@@ -16,7 +16,7 @@ from typing import Any
 
 from moebench.config import BudgetSpec, RunConfig
 from moebench.errors import UserError
-from moebench.offload.budget import strategy_slots
+from moebench.offload.budget import resolve_budget
 from moebench.offload.records import StepStats, request_samples
 from moebench.results.build import Piece
 
@@ -91,14 +91,14 @@ def run_session(prep: Prepared, strategy: Any, provisioned: Provisioned = NOTHIN
     from moebench.engine.executor import OffloadEngine
     from moebench.engine.timeline import make_timeline
 
-    n_slots = strategy_slots(prep.budget.text, prep.loaded.shape, strategy)
+    budget = resolve_budget(prep.budget, prep.loaded.shape, strategy)
     record = prep.cfg.record_trace if record_trace is None else record_trace
     timeline = make_timeline(prep.clock, prep.profile, prep.device)
-    engine = OffloadEngine(prep.loaded, strategy, n_slots=n_slots, timeline=timeline,
+    engine = OffloadEngine(prep.loaded, strategy, n_slots=budget.experts, timeline=timeline,
                            profile=prep.profile, device=prep.device,
                            artifacts=provisioned.artifacts, record_trace=record,
                            trace_source=provisioned.trace)
-    piece = Piece(strategy=strategy.describe(), n_slots=n_slots)
+    piece = Piece(strategy=strategy.describe(), budget=budget)
     piece.notes.extend(provisioned.notes)        # what calibration did
     if provisioned.provenance:                   # and which artifacts the strategy runs on
         piece.strategy["artifacts"] = list(provisioned.provenance)

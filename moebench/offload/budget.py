@@ -1,22 +1,41 @@
-"""How many expert slots a budget buys for one strategy on one model (live and replay alike)."""
+"""A device expert-cache budget resolved for one strategy on one model: the one object the engine
+(its slot pool), the result (its budget block) and comparisons (which read that block) all use."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from moebench.config import BudgetSpec
 from moebench.errors import UserError
 
 
-def strategy_slots(budget: str, shape: Any, strategy: Any) -> int:
-    """The slots of `budget` (or the budget the strategy always runs at, `forces_budget`), refused
+@dataclass(frozen=True)
+class Budget:
+    spec: str                 # as the user wrote it (a strategy's forced budget is still stated)
+    experts: int              # slots in the device pool
+    expert_bytes: int
+    total_experts: int        # every expert of the model
+
+    @property
+    def bytes(self) -> int:
+        return self.experts * self.expert_bytes
+
+    @property
+    def all_experts_bytes(self) -> int:
+        return self.total_experts * self.expert_bytes
+
+
+def resolve_budget(spec: BudgetSpec | str, shape: Any, strategy: Any) -> Budget:
+    """The slots `spec` buys (or the budget the strategy always runs at, `forces_budget`), refused
     with one sentence when it cannot hold what the strategy needs at once (`min_slots`)."""
-    spec = BudgetSpec.parse(strategy.forces_budget or budget)
-    n = spec.slots(moe_layers=shape.moe_layers, num_experts=shape.num_experts,
+    given = spec if isinstance(spec, BudgetSpec) else BudgetSpec.parse(spec)
+    used = BudgetSpec.parse(strategy.forces_budget) if strategy.forces_budget else given
+    n = used.slots(moe_layers=shape.moe_layers, num_experts=shape.num_experts,
                    expert_bytes=shape.expert_bytes)
     need = strategy.min_slots(shape.top_k, shape.moe_layers)
     if n < need:
         raise UserError(
-            f"cache budget '{budget}' holds {n} experts ({n * shape.expert_bytes:,} bytes), "
+            f"cache budget '{given.text}' holds {n} experts ({n * shape.expert_bytes:,} bytes), "
             f"but '{strategy.name}' needs at least {need} (one layer's top-{shape.top_k} is "
             f"{shape.top_k * shape.expert_bytes:,} bytes).")
-    return n
+    return Budget(given.text, n, shape.expert_bytes, shape.total_experts)

@@ -31,7 +31,7 @@ import numpy as np
 
 from moebench.errors import UserError
 from moebench.results.build import Piece, RunContext, result_document
-from moebench.offload.budget import strategy_slots
+from moebench.offload.budget import resolve_budget
 from moebench.offload.cache import ExpertCache
 from moebench.offload.clock import SimTimeline
 from moebench.offload.events import Routing
@@ -162,7 +162,7 @@ class ReplayRun:
     dir: str | None = None         # its result folder, once written
 
 
-def replay_context(trace: Any, shape: Any, profile: Any, budget: str, seed: int) -> RunContext:
+def replay_context(trace: Any, shape: Any, profile: Any, seed: int) -> RunContext:
     """Where a replay's numbers come from: the recording's model and workload when the trace has
     them, else the trace itself (its routing hash names the workload)."""
     from moebench.models import presets as P
@@ -179,7 +179,7 @@ def replay_context(trace: Any, shape: Any, profile: Any, budget: str, seed: int)
                       workload_sha=wl.get("sha256", trace.sha256),
                       n_prompts=wl.get("n_prompts", len(reqs)),
                       max_new_tokens=wl.get("max_new_tokens", steps), task=wl.get("task", "generate"),
-                      repetitions=wl.get("repetitions", 1), budget=budget, clock="sim",
+                      repetitions=wl.get("repetitions", 1), clock="sim",
                       profile=profile, device="none (trace replay)", seed=seed)
 
 
@@ -194,8 +194,9 @@ def replay_one(trace: Any, policy: str, *, shape: Any, profile: Any, budget: str
     if warmup_steps is None:
         warmup_steps = rec.warmup_steps if rec and rec.warmup_steps is not None else 0
     strategy = build_policy(policy, trace)
-    ctx = replay_context(trace, shape, profile, budget, seed)
-    n_slots = strategy_slots(budget, shape, strategy)
+    ctx = replay_context(trace, shape, profile, seed)
+    resolved = resolve_budget(budget, shape, strategy)
+    n_slots = resolved.experts
     schedule = build_schedule(trace, warmup_steps)
     engine = ReplayEngine(trace, strategy, shape=shape, profile=profile, n_slots=n_slots,
                           schedule=schedule)
@@ -206,7 +207,7 @@ def replay_one(trace: Any, policy: str, *, shape: Any, profile: Any, budget: str
         prompt_id, repetition = prompt or (f"request-{request}", 0)
         samples.extend(request_samples(rows, prompt_id, repetition))
     piece = Piece(strategy=strategy.describe(), samples=samples, layer_hits=out["layer_hits"],
-                  layer_acts=out["layer_acts"], prediction=engine.protocol.prediction(), n_slots=n_slots,
+                  layer_acts=out["layer_acts"], prediction=engine.protocol.prediction(), budget=resolved,
                   peak_expert_bytes=engine.cache.peak_resident * shape.expert_bytes,
                   pool_bytes=n_slots * shape.expert_bytes)
     no_ttft = any(s["kind"] == "request" and s["ttft_ms"] is None for s in samples)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from moebench.errors import UserError
-from moebench.offload.budget import strategy_slots
+from moebench.offload.budget import resolve_budget
 
 DEFAULT_POLICIES = ("sync", "lru", "lru-global", "lfu", "pin", "belady", "oracle")
 
@@ -170,7 +170,7 @@ def _hit_rate_only(trace: Any, policies: Sequence[str], points: Sequence[SweepPo
         for name in policies:
             try:
                 if name in FAST:
-                    n_slots = strategy_slots(budget, shape, build_policy(name, trace))
+                    n_slots = resolve_budget(budget, shape, build_policy(name, trace)).experts
                     hr = fast_hit_rates(seq, name, n_slots)
                     result = _hit_result(name, budget, n_slots, shape, hr, first_profile)
                     runs.append(ReplayRun(name, budget, "hit-rate-only", result))

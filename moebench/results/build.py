@@ -27,7 +27,6 @@ class RunContext:
     max_new_tokens: int
     task: str
     repetitions: int
-    budget: str                         # the budget as the user wrote it
     clock: str                          # "cuda" | "sim"
     profile: Any                        # the hardware profile (the simulated clock's, the floor's link)
     device: str                         # e.g. "cpu", "cuda:0 (NVIDIA H200)", "none (trace replay)"
@@ -50,7 +49,7 @@ class Piece:
     trace: list = field(default_factory=list)
     warmup_trace: list = field(default_factory=list)   # the untimed warm-up's rows (request -1)
     logits: dict = field(default_factory=dict)
-    n_slots: int = 0
+    budget: Any = None                  # moebench.offload.budget.Budget
     peak_expert_bytes: int = 0
     pool_bytes: int = 0
     complete: bool = True
@@ -73,9 +72,10 @@ def result_document(ctx: RunContext, pieces: list[Piece], *, source: str = "run"
     cuda = ctx.clock == "cuda"
     clock_label = "cuda-events" if cuda else f"simulated:{ctx.profile.name}"
     device, device_memory = ctx.device, ctx.device_memory
-    all_experts = shape.total_experts * shape.expert_bytes
+    budget = first.budget
+    all_experts = budget.all_experts_bytes
     # Offload emulation: the slot pool is the budget, even on a GPU that could hold every expert.
-    emulated = device_memory is not None and all_experts < device_memory and first.n_slots < shape.total_experts
+    emulated = device_memory is not None and all_experts < device_memory and budget.experts < budget.total_experts
     load_notes = list(ctx.load_notes)
     if emulated:
         load_notes.append(f"offload emulated: every expert ({all_experts:,} bytes) would fit in "
@@ -99,8 +99,8 @@ def result_document(ctx: RunContext, pieces: list[Piece], *, source: str = "run"
                   "profile": None if cuda else ctx.profile.name,
                   "device": device, "label": clock_label,
                   "link_gbps_for_floor": link, "device_memory_bytes": device_memory},
-        "budget": {"spec": ctx.budget, "bytes": first.n_slots * shape.expert_bytes,
-                   "experts": first.n_slots, "all_experts_bytes": all_experts,
+        "budget": {"spec": budget.spec, "bytes": budget.bytes,
+                   "experts": budget.experts, "all_experts_bytes": all_experts,
                    "device_memory_bytes": device_memory, "offload_emulated": emulated},
         "seed": ctx.seed,
         "repetition": ctx.repetition,
