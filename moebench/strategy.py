@@ -196,13 +196,13 @@ class Strategy:
 # ----------------------------------------------------------------------------------------------
 # The built-ins, listed once (the same lazy entries a plugin's entry point gives).
 BUILTINS = {
-    "sync": "strategies.sync:SyncStrategy",
-    "lru": "strategies.lru:LRUStrategy",
-    "all-resident": "strategies.all_resident:AllResidentStrategy",
-    "speculative": "strategies.speculative:SpeculativeStrategy",
-    "pre-attention": "strategies.pre_attention:PreAttentionStrategy",
-    "next-gate": "strategies.next_gate:NextGateStrategy",
-    "oracle": "strategies.oracle:OracleStrategy",
+    "sync": "moebench.strategies.sync:SyncStrategy",
+    "lru": "moebench.strategies.lru:LRUStrategy",
+    "all-resident": "moebench.strategies.all_resident:AllResidentStrategy",
+    "speculative": "moebench.strategies.speculative:SpeculativeStrategy",
+    "pre-attention": "moebench.strategies.pre_attention:PreAttentionStrategy",
+    "next-gate": "moebench.strategies.next_gate:NextGateStrategy",
+    "oracle": "moebench.strategies.oracle:OracleStrategy",
 }
 
 

@@ -120,3 +120,19 @@ def test_calibrate_profile_does_not_depend_on_import_order() -> None:
             " sorted(c.name for c in g['trace'].registered_commands))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['default-vectors', 'pre-attention', 'profile'] ['export', 'synth']"
+
+
+def test_every_package_is_in_the_wheel() -> None:
+    """pyproject lists moebench's packages explicitly (the built-ins install as moebench.strategies
+    and moebench.workloads.builtin): a new sub-package missing from that list would be missing
+    from every non-editable install."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    tool = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "moebench").rglob("__init__.py")}
+    mapped = {name for name, folder in tool["package-dir"].items() if name != "moebench"}
+    assert set(tool["packages"]) == found | mapped
+    for name in mapped:
+        assert (root / tool["package-dir"][name] / "__init__.py").exists()

@@ -14,7 +14,7 @@ from moebench.calibration.provision import artifacts_for
 from moebench.config import RunConfig
 from moebench.models.loading import load_model
 from moebench.strategy import REGISTRY, build_strategy
-from strategies.speculative import SpeculativeStrategy
+from moebench.strategies.speculative import SpeculativeStrategy
 from tests.helpers import generate_greedy, reference_decode
 
 SMALL = {"limit": 2, "max_new_tokens": 6, "warmup_steps": 1}

@@ -138,7 +138,7 @@ class Request:
 
 
 def builtin_dir() -> Path:
-    return Path(str(resources.files("workloads")))
+    return Path(str(resources.files("moebench.workloads.builtin")))
 
 
 def available_workloads() -> dict[str, Path]:
