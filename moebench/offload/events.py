@@ -24,7 +24,12 @@ class LayerEvent:
 
 @dataclass(frozen=True)
 class Routing:
-    """Top-k routing of a layer. `ids [T, k]` (int64) and `weights [T, k]`."""
+    """Top-k routing of a layer. `ids [T, k]` (int64) and `weights [T, k]`.
+
+    Live, one row per token of the step (a prefill has T = prompt length). In replay a decode
+    step is the same `[1, k]` with the recorded router weights (uniform when the trace has
+    none); a prefill is one row of the distinct experts its tokens used, uniform weights (a trace
+    keeps no per-token prefill rows). A strategy that learns from prefill rows sees less there."""
 
     ids: Any
     weights: Any
@@ -39,7 +44,12 @@ class Routing:
 
 @dataclass(frozen=True)
 class Prefetch:
-    """Ask the engine to start copying `experts` of MoE layer `layer` (a prediction by `source`)."""
+    """Ask the engine to start copying `experts` of MoE layer `layer` (a prediction by `source`).
+
+    Issued at once, in list order, after the current layer's own demand fetches; experts already
+    resident are skipped, and one is dropped when every slot is locked. Any layer may be named,
+    including an earlier one (from the last layer's `after_routing`, layer 0 of the next step):
+    what is still resident when that layer runs is a hit."""
 
     layer: int
     experts: tuple[int, ...]

@@ -102,14 +102,24 @@ class ReplayEngine:
                 p.dense_layer()
                 continue
             p.before_attention(m, None)
-            executed = trace.executed(s, m)
-            true = Routing(np.asarray(executed, dtype=np.int64)[None, :],
-                           np.full((1, len(executed)), 1.0 / len(executed)))
+            true = self._routing(s, m, phase)
             _, _, experts, prefetches = p.route(m, true, None, None)
             p.prepare(m, experts, prefetches,
                       lambda s=s, m=m: (list(trace.true_ids(s, m)), trace.row_weights(s, m)))
             p.after_experts(m, len(experts))
         return p.end_step()
+
+    def _routing(self, s: int, m: int, phase: str) -> Routing:
+        """What a strategy's `choose` sees: a decode step's last-token top-k with the recorded
+        router weights (uniform when the trace has none), `[1, k]` as live; a prefill's distinct
+        experts (the trace keeps no per-token rows) as one row `[1, n]`, uniform weights."""
+        trace = self.trace
+        if phase == "decode":
+            ids, w = trace.true_ids(s, m), trace.row_weights(s, m)
+        else:
+            ids = trace.executed(s, m)
+            w = [1.0 / len(ids)] * len(ids)
+        return Routing(np.asarray(ids, dtype=np.int64)[None, :], np.asarray(w, dtype=np.float32)[None, :])
 
     def run(self, progress: Callable[[int], None] | None = None) -> dict:
         """Replay the schedule; returns `{"requests": {request: [StepStats]}, "layer_*"}`."""
