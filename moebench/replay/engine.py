@@ -11,7 +11,7 @@ simulated clock, with no model loaded.
 `Strategy` objects from the registry: any strategy that reads only `routing` and `trace` runs
 here unchanged. A simulated timeline is a pure function of the protocol's call sequence, so
 replaying the trace of a live `--clock sim` run with the same strategy, budget and profile
-reproduces its hit rate and simulated TPOT exactly (tests/test_replay.py checks `sync` and `lru`).
+reproduces its hit rate and simulated TPOT exactly (tests/replay/test_replay.py checks `sync` and `lru`).
 What a replay cannot know is charged the way the live run would: the prefill runs the distinct
 experts every prompt token used (the trace's `used`), the prompt length comes from the
 recording's result folder, and the recording's warm-up (`warmup_steps` untimed decode steps of

@@ -2,7 +2,7 @@
 
 No clock, no prefetch: only "was each activation resident when its layer ran". Each function
 gives exactly the hits of the general replay (`moebench.replay.engine`, the live engine's
-`ExpertCache` + `SlotScheduler` + policy objects) on the same schedule: tests/test_replay.py
+`ExpertCache` + `SlotScheduler` + policy objects) on the same schedule: tests/replay/test_replay.py
 checks it access for access. They are plain Python/numpy (no compiler), fast because they drop
 everything a hit rate does not need:
 

@@ -20,7 +20,7 @@ from moebench.models.loading import load_model
 
 PRESETS = ("tiny-qwen3-moe", "tiny-gpt-oss")
 RUN = RunConfig(model="x", workload="smoke", workload_overrides={"max_new_tokens": "4", "limit": "2"})
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-EMBEDDED = Path(__file__).resolve().parents[1] / "moebench" / "models" / "embedded"
+EMBEDDED = Path(__file__).resolve().parents[2] / "moebench" / "models" / "embedded"
 MODEL_DIR = EMBEDDED / "tiny-qwen3-trained"
 TOKENIZER_DIR = EMBEDDED / "tokenizer"
 EOT = "<|endoftext|>"

@@ -129,7 +129,7 @@ def test_every_package_is_in_the_wheel() -> None:
     import tomllib
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     tool = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
     found = {".".join(p.parent.relative_to(root).parts) for p in (root / "moebench").rglob("__init__.py")}
     mapped = {name for name, folder in tool["package-dir"].items() if name != "moebench"}

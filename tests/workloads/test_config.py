@@ -52,7 +52,7 @@ def test_run_config_has_no_warmup_steps_and_old_config_json_still_reads(tmp_path
     from moebench.replay.traces import recorded_run
 
     assert "warmup_steps" not in field_names(RunConfig) and "warmup_steps" not in to_dict(RunConfig())
-    base = Path(__file__).resolve().parents[1] / "reports" / "baselines" / "smoke" / "sync"
+    base = Path(__file__).resolve().parents[2] / "reports" / "baselines" / "smoke" / "sync"
     old = json.loads((base / "config.json").read_text())
     assert old["warmup_steps"] == 1                          # written by the old RunConfig
     shutil.copytree(base, tmp_path / "sync")

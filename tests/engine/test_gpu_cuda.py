@@ -1,6 +1,6 @@
 """CUDA-only checks (marked `gpu`, skipped without a GPU): lazy loading onto the device, the CUDA
 clock against the simulated one on the same numerics, and profile calibration end to end on a
-tiny model. Run on a GPU machine with `PYTHONPATH=. python -m pytest -m gpu tests/test_gpu_cuda.py`."""
+tiny model. Run on a GPU machine with `PYTHONPATH=. python -m pytest -m gpu tests/engine/test_gpu_cuda.py`."""
 from __future__ import annotations
 
 import pytest

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from moebench.cli import app
 from moebench.strategy import ENTRY_POINT_GROUP, REGISTRY, Registry, Strategy
 
-PLUGIN = Path(__file__).resolve().parents[1] / "examples" / "plugin"
+PLUGIN = Path(__file__).resolve().parents[2] / "examples" / "plugin"
 MODULE = PLUGIN / "moebench_example" / "successor.py"
 FAST = ["--clock", "sim", "--set", "max_new_tokens=6", "--set", "limit=2"]
 runner = CliRunner()

@@ -266,7 +266,7 @@ def test_gate_skips_a_strategy_whose_version_changed_and_still_catches_a_regress
 def test_gate_skips_a_bumped_strategy_against_the_committed_baseline(tmp_path: Path):
     """The committed CI baseline against a copy of itself in which one strategy (oracle) is at
     version 2, everything else unchanged: the gate passes and says why oracle is not gated."""
-    base = Path(__file__).resolve().parents[1] / "reports" / "baselines" / "smoke"
+    base = Path(__file__).resolve().parents[2] / "reports" / "baselines" / "smoke"
     cand = tmp_path / "smoke"
     shutil.copytree(base, cand)
     res = json.loads((cand / "oracle" / "result.json").read_text())
@@ -345,7 +345,7 @@ def test_the_committed_baseline_records_a_rerunnable_simulated_plan():
     """CI reruns this plan (scripts/ci_gate.sh -> `moebench baseline check`) and gates it."""
     from moebench.bench.compare import plan_from_report
 
-    base = Path(__file__).resolve().parents[1] / "reports" / "baselines" / "smoke"
+    base = Path(__file__).resolve().parents[2] / "reports" / "baselines" / "smoke"
     plan = plan_from_report(base)
     doc = json.loads((base / "report.json").read_text())
     assert plan.base.clock == "sim" and doc["clock"]["kind"] == "simulated"
