@@ -146,27 +146,16 @@ def _decode(engine: Any, model: Any, prompt: tuple[int, ...], n_new: int, device
     import torch
 
     engine.begin_request(request)
-    ids = torch.tensor([list(prompt)], device=device)                        # [1, T]
-    engine.begin_step("prefill", 0, ids.shape[1])
-    out = model(input_ids=ids, use_cache=True)
-    st = engine.end_step()
-    past = out.past_key_values
-    last = out.logits[:, -1, :]                                              # [1, V]
-    nxt = last.argmax(-1)                                                    # [1]
-    tokens = [int(nxt)]
-    if logits is not None:
-        logits.append(last[0].detach().to("cpu", copy=True))
-    if record is not None:
-        record.append(st)
-    if progress:
-        progress(1)
-    for pos in range(1, n_new):
-        engine.begin_step("decode", pos, 1)
-        out = model(input_ids=nxt[:, None], use_cache=True, **{_cache_kwarg(model): past})
+    ids = torch.tensor([list(prompt)], device=device)                        # [1, T]: the prefill
+    past, tokens = None, []
+    for pos in range(n_new):
+        engine.begin_step("prefill" if pos == 0 else "decode", pos, ids.shape[1])
+        cache = {} if past is None else {_cache_kwarg(model): past}
+        out = model(input_ids=ids, use_cache=True, **cache)
         st = engine.end_step()
         past = out.past_key_values
-        last = out.logits[:, -1, :]
-        nxt = last.argmax(-1)
+        last = out.logits[:, -1, :]                                          # [1, V]
+        nxt = last.argmax(-1)                                                # [1]
         tokens.append(int(nxt))
         if logits is not None:
             logits.append(last[0].detach().to("cpu", copy=True))
@@ -174,6 +163,7 @@ def _decode(engine: Any, model: Any, prompt: tuple[int, ...], n_new: int, device
             record.append(st)
         if progress:
             progress(1)
+        ids = nxt[:, None]                                                   # [1, 1]: the next step
     return tokens
 
 
