@@ -213,7 +213,8 @@ def build_policy(name: str, trace: Any = None) -> Strategy:
     if name in REGISTRY.names():
         strategy = build_strategy(name)
         if not strategy.traits.replayable:
-            reads = ", ".join(sorted(strategy.traits.reads & {"hidden", "residual"}))
+            what = {"hidden": "hidden states", "residual": "residual stream"}
+            reads = " and ".join(what[r] for r in sorted(strategy.traits.reads & set(what)))
             raise UserError(f"strategy '{name}' reads the model's {reads} and cannot be replayed "
                             "from routing alone; replay its recorded prefetches with pred:<predictor>.")
         return strategy

@@ -365,3 +365,28 @@ def test_cli_replay_of_a_bf16_checkpoint_run_in_float32_charges_the_bytes_it_mov
            if json.loads(p.read_text())["strategy"]["name"] == "sync"]
     assert got and got[0]["h2d_bytes_per_token"] == want["h2d_bytes_per_token"]
     assert got[0]["tpot_ms"]["mean"] == want["tpot_ms"]["mean"]
+
+
+def test_replay_asks_the_strategy_what_it_reads() -> None:
+    """No whitelist: a registered routing-only strategy (a plugin's) replays; one that reads the
+    model's states is refused with one sentence naming what it reads."""
+    from moebench.errors import UserError
+    from moebench.replay.policies import build_policy, policy_names
+    from moebench.strategy import REGISTRY, Strategy
+
+    class RoutingOnly(Strategy):
+        name = "routing-only-probe"
+        reads = frozenset({"routing"})
+
+    class ReadsResidual(Strategy):
+        name = "residual-probe"
+        reads = frozenset({"routing", "residual"})
+
+    with REGISTRY.registered("routing-only-probe", RoutingOnly), \
+            REGISTRY.registered("residual-probe", ReadsResidual):
+        assert isinstance(build_policy("routing-only-probe"), RoutingOnly)
+        assert "routing-only-probe" in policy_names() and "residual-probe" not in policy_names()
+        with pytest.raises(UserError, match="reads the model's residual stream"):
+            build_policy("residual-probe")
+    with pytest.raises(UserError, match="hidden states and residual stream"):
+        build_policy("speculative")
