@@ -236,23 +236,24 @@ class RunConfig:
     device: str = "auto"
 
 
-def read_jsonl(path: Path, what: str = "") -> list[dict]:
-    """Every object of a JSONL file (blank lines skipped); one sentence (UserError) naming the
-    file and line for an unreadable file, a line that is not JSON, or one that is not an object."""
+def read_jsonl(path: Path, what: str = "", error: type[UserError] = UserError) -> list[dict]:
+    """Every object of a JSONL file (blank lines skipped); one sentence (`error`, a UserError)
+    naming the file and line for an unreadable file, a line that is not JSON, or one that is not
+    an object."""
     where = f"{what} {path}".strip()
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{where} cannot be read ({exc.__class__.__name__}).") from None
+        raise error(f"{where} cannot be read ({exc.__class__.__name__}).") from None
     rows = []
     for i, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f"{where} line {i} is not valid JSON.") from None
+        except json.JSONDecodeError as exc:
+            raise error(f"{where} line {i} is not valid JSON ({exc.msg}).") from None
         if not isinstance(row, dict):
-            raise UserError(f"{where} line {i} is not a JSON object.")
+            raise error(f"{where} line {i} is a JSON {type(row).__name__}, not an object.")
         rows.append(row)
     return rows

@@ -4,11 +4,12 @@ Every data-file problem is a `DatasetError` (a UserError: one sentence naming th
 """
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
+from moebench.config import read_jsonl
 from moebench.errors import UserError
 
 
@@ -57,27 +58,7 @@ def load_jsonl(path: str | os.PathLike) -> list[dict]:
     Raises DatasetError (DatasetNotFoundError for a missing file) with a sentence that names
     the path, and the 1-based line number when one line is not a JSON object.
     """
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except FileNotFoundError:
-        raise DatasetNotFoundError(f"dataset file {os.fspath(path)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"cannot read dataset file {os.fspath(path)!r}: {e}") from e
-    items = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DatasetError(
-                f"line {number} of dataset file {os.fspath(path)!r} is not valid JSON ({e.msg})"
-            ) from None
-        if not isinstance(item, dict):
-            raise DatasetError(
-                f"line {number} of dataset file {os.fspath(path)!r} is a JSON "
-                f"{type(item).__name__}, not an object"
-            )
-        items.append(item)
-    return items
+    p = Path(path)
+    if not p.exists():
+        raise DatasetNotFoundError(f"dataset file {os.fspath(path)!r} does not exist")
+    return read_jsonl(p, "dataset file", error=DatasetError)

@@ -362,7 +362,7 @@ def test_load_run_errors(tmp_path):
     with pytest.raises(UserError, match="line 1 is not valid JSON"):
         load_run(folder)
     (folder / "samples.jsonl").write_text("[1]\n")
-    with pytest.raises(UserError, match="line 1 is not a JSON object"):
+    with pytest.raises(UserError, match="line 1 is a JSON list, not an object"):
         load_run(folder)
     (folder / "result.json").write_text("[")
     with pytest.raises(UserError, match="not valid JSON"):

@@ -80,7 +80,7 @@ def test_a_users_own_jsonl_is_accepted_and_every_line_checked(tmp_path: Path) ->
     assert [i.answer for i in items] == ["4", "1234"]
     assert items[0].text == "Question: What is 2 + 2?\nAnswer:"          # zero-shot
     data.write_text(data.read_text() + "this line is not json\n")
-    with pytest.raises(UserError, match="line 5 of dataset file"):      # past the limit, still read
+    with pytest.raises(UserError, match="dataset file .* line 5 "):      # past the limit, still read
         build_items(wl)
 
 
@@ -139,8 +139,8 @@ def test_bad_dataset_rows_name_the_line(tmp_path: Path) -> None:
     data = tmp_path / "d.jsonl"
     cases = [('{"question": "q", "answer": "no marker"}', "line 1: GSM8K answer field has no '####'"),
              ('{"question": "q"}', "line 1 lacks a 'question' or 'answer'"),
-             ('{"question": "q", "answer": "#### 1"}\n[1, 2]', "line 2 of dataset file"),
-             ('\xff', "cannot read dataset")]
+             ('{"question": "q", "answer": "#### 1"}\n[1, 2]', "line 2 is a JSON list, not an object"),
+             ('\xff', "cannot be read (UnicodeDecodeError)")]
     for content, needle in cases:
         data.write_bytes(content.encode("latin-1") if content == "\xff" else content.encode())
         wl = load_workload("gsm8k", {"dataset_path": str(data), "n_shot": "0"})
