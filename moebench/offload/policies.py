@@ -116,8 +116,6 @@ class LazyHeap:
     def member_of(candidates: list) -> Any:
         """`k in candidates`, building the set once, and only if asked (the engine's lazy
         `Candidates` view answers `in` directly)."""
-        from moebench.offload.cache import Candidates
-
         if isinstance(candidates, Candidates):
             return candidates.__contains__
         box: list = []
