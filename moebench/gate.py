@@ -16,8 +16,9 @@ uses ``DEFAULT_RULES`` (``tpot_ms:+3%``, ``hit_rate:-0.01``, ``h2d_bytes_per_tok
 How each metric is judged
 - Latencies with raw samples (``tpot_ms``, ``ttft_ms``, ``e2e_ms`` per request, ``step_ms``
   per decode step) on the *measured* clock: the candidate/baseline ratio of medians with a
-  bootstrap CI and a p-value (paired by prompt and repetition when both runs have the same pairs,
-  see ``moebench.stats``). A regression needs p < α **and** the whole CI of the change beyond the
+  bootstrap CI and a p-value, paired by prompt (``moebench.offload.records.pair_samples``, the
+  report's rule): repetitions that repeat an earlier one in both runs are dropped, so n counts
+  what was measured; prompt × repetition pairs only where the repetitions differ. A regression needs p < α **and** the whole CI of the change beyond the
   threshold; a CI inside the threshold passes ("within noise"); anything between is
   inconclusive, because a gate that guesses "significant" on thin evidence trains people to
   ignore it.
@@ -53,6 +54,7 @@ import numpy as np
 from moebench.errors import UserError, did_you_mean
 from moebench.results.compat import VERSION, mismatches
 from moebench.results.model import RunResult, load_runs
+from moebench.offload.records import distinct_samples, pair_samples, sample_values
 from moebench.stats import MIN_SAMPLES, RatioEstimate, paired_ratio, unpaired_ratio
 
 
@@ -74,12 +76,12 @@ NOT_GATED = "not gated"       # a verdict's status only: a strategy whose versio
 _EXIT = {PASS: ExitCode.PASS, REGRESSION: ExitCode.REGRESSION,
          INCONCLUSIVE: ExitCode.INCONCLUSIVE}
 
-# metric -> (sample kind, sample field, fields that identify a pair)
-_SAMPLE_METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "tpot_ms": ("request", "tpot_ms", ("prompt_id", "repetition")),
-    "ttft_ms": ("request", "ttft_ms", ("prompt_id", "repetition")),
-    "e2e_ms": ("request", "e2e_ms", ("prompt_id", "repetition")),
-    "step_ms": ("step", "latency_ms", ("prompt_id", "repetition", "position")),
+# metric -> (sample kind, sample field); pairs form by `moebench.offload.records.sample_unit`
+_SAMPLE_METRICS: dict[str, tuple[str, str]] = {
+    "tpot_ms": ("request", "tpot_ms"),
+    "ttft_ms": ("request", "ttft_ms"),
+    "e2e_ms": ("request", "e2e_ms"),
+    "step_ms": ("step", "latency_ms"),
 }
 
 
@@ -275,15 +277,6 @@ def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _sample_pairs(samples: Sequence[dict], kind: str, field: str,
-                  key_fields: tuple[str, ...]) -> list[tuple[tuple, float]]:
-    out = []
-    for s in samples:
-        if s.get("kind") == kind and _is_number(s.get(field)):
-            out.append((tuple(s.get(k) for k in key_fields), float(s[field])))
-    return out
-
-
 def _inconclusive(rule: Rule, reason: str, base: float | None = None,
                   cand: float | None = None) -> MetricVerdict:
     return MetricVerdict(rule.metric, INCONCLUSIVE, base, cand, None, None, None,
@@ -292,36 +285,28 @@ def _inconclusive(rule: Rule, reason: str, base: float | None = None,
 
 def _judge_sampled(rule: Rule, base: RunResult, cand: RunResult, *, alpha: float, seed: int,
                    simulated: bool) -> MetricVerdict:
-    kind, name, key_fields = _SAMPLE_METRICS[rule.metric]
-    b = _sample_pairs(base.samples, kind, name, key_fields)
-    c = _sample_pairs(cand.samples, kind, name, key_fields)
-
+    kind, name = _SAMPLE_METRICS[rule.metric]
     if simulated:
-        bv, cv = _central(b, base, rule.metric), _central(c, cand, rule.metric)
+        bv, cv = _central(base, kind, name, rule.metric), _central(cand, kind, name, rule.metric)
         if bv is None or cv is None:
             side = "baseline" if bv is None else "candidate"
             return _inconclusive(rule, f"no {rule.metric} samples or summary in the {side}")
         return _exact_verdict(rule, bv, cv, "simulated clock: deterministic, compared exactly")
 
-    bvals = np.array([v for _, v in b])
-    cvals = np.array([v for _, v in c])
+    # the pairing rule of reports: by prompt (and position), repetitions that repeat themselves
+    # in both runs dropped, so n counts what was measured, not copies of it
+    pairs = pair_samples(list(base.samples), list(cand.samples), kind, name)
+    bvals, cvals = np.array(pairs.base), np.array(pairs.cand)
     bmed = float(np.median(bvals)) if bvals.size else None
     cmed = float(np.median(cvals)) if cvals.size else None
     if min(bvals.size, cvals.size) < MIN_SAMPLES:
         return _inconclusive(
             rule, f"too few samples (baseline n={bvals.size}, candidate n={cvals.size}; "
                   f"need at least {MIN_SAMPLES})", bmed, cmed)
-
-    bkeys, ckeys = [k for k, _ in b], [k for k, _ in c]
-    paired = (len(set(bkeys)) == len(bkeys) and len(set(ckeys)) == len(ckeys)
-              and set(bkeys) == set(ckeys))
     try:
         est: RatioEstimate
-        if paired:
-            cmap = dict(c)
-            order = sorted(bkeys, key=repr)
-            bmap = dict(b)
-            est = paired_ratio([bmap[k] for k in order], [cmap[k] for k in order], seed=seed)
+        if pairs.paired:
+            est = paired_ratio(bvals, cvals, seed=seed)
         else:
             est = unpaired_ratio(bvals, cvals, seed=seed)
     except ValueError as exc:
@@ -333,13 +318,16 @@ def _judge_sampled(rule: Rule, base: RunResult, cand: RunResult, *, alpha: float
     scale = 1.0 if rule.relative else bmed
     change = (est.ratio - 1.0) * scale
     ci = ((est.ci95[0] - 1.0) * scale, (est.ci95[1] - 1.0) * scale)
-    return _interval_verdict(rule, bmed, cmed, change, ci, est.p_value, alpha, est.method)
+    return _interval_verdict(rule, bmed, cmed, change, ci, est.p_value, alpha,
+                             f"{est.method}; unit: {pairs.unit}")
 
 
-def _central(pairs: list[tuple[tuple, float]], run: RunResult, metric: str) -> float | None:
-    """Median of the raw samples, else the median stored in result.json."""
-    if pairs:
-        return float(np.median([v for _, v in pairs]))
+def _central(run: RunResult, kind: str | None, field: str | None, metric: str) -> float | None:
+    """Median of the raw samples (identical repetitions collapsed), else the stored median."""
+    if kind is not None:
+        values = list(sample_values(distinct_samples(list(run.samples))[0], kind, field).values())
+        if values:
+            return float(np.median(values))
     summary = run.metrics.get(metric)
     if isinstance(summary, dict) and _is_number(summary.get("median")):
         return float(summary["median"])
@@ -372,7 +360,7 @@ def _judge(rule: Rule, base: RunResult, cand: RunResult, *, alpha: float, seed: 
     bv, cv = _scalar(base, rule.metric), _scalar(cand, rule.metric)
     if bv is None or cv is None:
         # A summary dict without raw samples can be compared only where it is deterministic.
-        bm, cm = _central([], base, rule.metric), _central([], cand, rule.metric)
+        bm, cm = _central(base, None, None, rule.metric), _central(cand, None, None, rule.metric)
         if simulated and bm is not None and cm is not None:
             return _exact_verdict(rule, bm, cm, "simulated clock: deterministic, compared exactly")
         side = "baseline" if bv is None else "candidate"

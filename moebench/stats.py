@@ -18,6 +18,11 @@ What each function answers
   two-sided Wilcoxon signed-rank test on ``log(cand / base)``.
 - ``unpaired_ratio(base, cand)`` — the same ratio when samples do not pair: each median is
   bootstrapped independently and the p-value is Mann–Whitney U.
+- ``distinct_repetitions(observations)`` — the repetitions worth counting: a repetition whose
+  every observation equals an earlier repetition's (the simulated clock repeats itself bit for
+  bit) measured nothing new and is dropped, so identical copies never narrow an interval.
+- ``ratio_of_sums(num, den)`` — a proportion pooled over clusters (hit rate: hits / accesses
+  per prompt) with a cluster bootstrap CI: the unit is the cluster, not the access.
 - ``holm(p_values)`` — Holm–Bonferroni adjustment when several strategies are tested against
   one baseline.
 - ``paired_accuracy_delta(base_ok, cand_ok)`` — Δaccuracy paired by item with McNemar's exact
@@ -31,7 +36,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,8 +104,12 @@ def _median_stat(x: np.ndarray, axis: int = -1) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 # one sample
 # ------------------------------------------------------------------------------------------
-def summarize(samples: Sequence[float], *, seed: int = 0, n_resamples: int = 9999) -> dict:
+def summarize(samples: Sequence[float], *, seed: int = 0, n_resamples: int = 9999,
+              unit: str | None = None) -> dict:
     """Mean, median, p90, p99 and a 95% CI of the median, as the dict stored in result.json.
+
+    ``unit`` names what one sample is (a prompt, a step); it is recorded as ``unit`` so every
+    interval says what it is an interval over.
 
     ``ci_method`` is ``"bca"``, ``"percentile"`` (BCa degenerated), ``"insufficient samples"``
     (fewer than 5 samples: ``ci95`` is ``None``) or ``"exact (constant samples)"``.
@@ -109,9 +118,10 @@ def summarize(samples: Sequence[float], *, seed: int = 0, n_resamples: int = 999
     """
     x = _as_array(samples)
     n = int(x.size)
+    tag = {} if unit is None else {"unit": unit}
     if n == 0:
         return {"mean": None, "median": None, "p90": None, "p99": None,
-                "ci95": None, "ci_method": INSUFFICIENT, "n": 0}
+                "ci95": None, "ci_method": INSUFFICIENT, "n": 0, **tag}
     out = {
         "mean": float(np.mean(x)),
         "median": float(np.median(x)),
@@ -120,6 +130,7 @@ def summarize(samples: Sequence[float], *, seed: int = 0, n_resamples: int = 999
         "ci95": None,
         "ci_method": INSUFFICIENT,
         "n": n,
+        **tag,
     }
     if n < MIN_SAMPLES:
         return out
@@ -153,6 +164,51 @@ def wilson_ci(successes: int, n: int, confidence: float = 0.95) -> tuple[float, 
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def ratio_of_sums(num: Sequence[float], den: Sequence[float], *, seed: int = 0,
+                  n_resamples: int = 9999) -> tuple[float | None, list[float] | None, str]:
+    """``sum(num) / sum(den)`` over clusters (one entry per cluster, e.g. per prompt) with a 95%
+    cluster-bootstrap CI: whole clusters are resampled, because the items inside one cluster
+    (the accesses of one request) are not independent. Returns ``(value, ci95, method)``; under
+    5 clusters there is no interval; clusters that all have the same ratio give it exactly."""
+    n_, d_ = _as_array(num, "numerators"), _as_array(den, "denominators")
+    keep = d_ > 0
+    n_, d_ = n_[keep], d_[keep]
+    if d_.size == 0:
+        return None, None, INSUFFICIENT
+    value = float(n_.sum() / d_.sum())
+    if d_.size < MIN_SAMPLES:
+        return value, None, INSUFFICIENT
+    if _is_constant(n_ / d_, 1.0):
+        return value, [value, value], EXACT_CONSTANT
+
+    def stat(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        return a.sum(axis=axis) / b.sum(axis=axis)
+
+    ci, method = _bootstrap_ci((n_, d_), stat, paired=True, seed=seed, n_resamples=n_resamples)
+    return value, None if ci is None else [ci[0], ci[1]], f"cluster bootstrap ({method})"
+
+
+def distinct_repetitions(observations: Mapping[tuple[Hashable, Hashable], Hashable]) -> list:
+    """The repetitions to count, in first-seen order, from ``{(unit, repetition): observation}``.
+
+    A repetition is dropped when its observation of every unit equals that of a repetition
+    already kept: it is a copy (the simulated clock is deterministic), and counting it would
+    multiply n without measuring anything. A repetition that differs anywhere is kept whole, so
+    pairs by ``(unit, repetition)`` stay intact (CUDA-clock repetitions, where the clock varies).
+    Observations must be hashable (a canonical encoding of a sample row, or a pair of them).
+    """
+    by_rep: dict[Hashable, dict[Hashable, Hashable]] = {}
+    for (unit, rep), obs in observations.items():
+        by_rep.setdefault(rep, {})[unit] = obs
+    kept, seen = [], set()
+    for rep, obs in by_rep.items():
+        signature = frozenset(obs.items())
+        if signature not in seen:
+            seen.add(signature)
+            kept.append(rep)
+    return kept
 
 
 # ------------------------------------------------------------------------------------------

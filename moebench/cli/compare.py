@@ -65,19 +65,31 @@ def _show_report(d: Path, json_out: bool) -> None:
     from rich.table import Table
 
     from moebench.report.markdown import clock_sentence
-    from moebench.report.table import summary_cells
+    from moebench.report.table import accuracy_table, summary_cells, summary_header
 
     con = console()
     con.print(clock_sentence(doc).replace("**", ""), highlight=False)
     for p in doc["points"]:
-        t = Table(title=f"{doc['model']['name']} — {doc['workload']['name']}"
-                        + (f" — {p['label']}" if p["label"] else ""))
-        for h in ("strategy", "TPOT ms [95% CI]", f"vs {doc['baseline']}", "p Holm", "verdict",
-                  "hit rate", "H2D / token", "stall", "eff. vs oracle"):
+        at = f" — {p['label']}" if p["label"] else ""
+        t = Table(title=f"{doc['model']['name']} — {doc['workload']['name']}{at}")
+        for h in summary_header(doc, short=True):
             t.add_column(h)
         for r in p["rows"]:
             t.add_row(*summary_cells(r))
         con.print(t)
+        acc = accuracy_table(p["rows"])
+        if acc:
+            a = Table(title=f"accuracy against the lossless reference{at}")
+            for h in acc[0]:
+                a.add_column(h)
+            for row in acc[1]:
+                a.add_row(*row)
+            con.print(a)
+    for line in doc.get("intervals", []):
+        con.print(f"interval: {line}", highlight=False)
+    for n in doc.get("notes", []):
+        if "were collapsed" in n:
+            con.print(n, highlight=False)
     for s in doc.get("skipped", []):
         con.print(f"not run: {s['strategy']} ({s['reason']})", highlight=False)
     con.print(f"report: {d / 'report.html'}")

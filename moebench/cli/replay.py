@@ -110,16 +110,19 @@ def _render(outcome: Any, folder: Path) -> None:
     clock = "none (hit rate only)" if ctx["hit_rate_only"] else \
         ", ".join(f"simulated:{p}" for p in ctx["profiles"])
     t = Table(title=f"replay on {ctx['model']} — {ctx['steps']} steps — clock {clock}")
-    for c in ("policy", "budget", "profile", "hit rate", "TPOT ms (mean)", "vs oracle", "H2D / token"):
+    for c in ("policy", "budget", "profile", "hit rate", "TPOT ms median", "TPOT ms mean",
+              "vs oracle", "H2D / token"):
         t.add_column(c)
+
+    def num(x: Any, spec: str) -> str:
+        return "-" if x is None else format(x, spec)
     for r in outcome.rows:
         if r.get("skipped"):
-            t.add_row(r["policy"], r["budget"], r["profile"], "skipped", "-", "-", "-")
+            t.add_row(r["policy"], r["budget"], r["profile"], "skipped", "-", "-", "-", "-")
             continue
-        hr, tp, eff = r.get("hit_rate"), r.get("tpot_ms_mean"), r.get("efficiency_vs_oracle")
-        t.add_row(r["policy"], r["budget"], r["profile"], "-" if hr is None else f"{hr:.3f}",
-                  "-" if tp is None else f"{tp:.4g}", "-" if eff is None else f"{eff:.3f}",
-                  fmt_bytes(r.get("h2d_bytes_per_token")))
+        t.add_row(r["policy"], r["budget"], r["profile"], num(r.get("hit_rate"), ".3f"),
+                  num(r.get("tpot_ms_median"), ".4g"), num(r.get("tpot_ms_mean"), ".4g"),
+                  num(r.get("efficiency_vs_oracle"), ".3f"), fmt_bytes(r.get("h2d_bytes_per_token")))
     con = console()
     con.print(t)
     c = outcome.consistency

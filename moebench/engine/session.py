@@ -10,6 +10,7 @@ the requests that finished (`piece.complete` False).
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,11 +105,13 @@ def run_session(prep: Prepared, strategy: Any, provisioned: Provisioned = NOTHIN
         piece.strategy["artifacts"] = list(provisioned.provenance)
     engine.attach()
     try:
+        for note in strategy.run_notes():        # legal but degenerate parameters, said aloud
+            if note not in piece.notes:
+                logging.getLogger("moebench").warning(note)
+                piece.notes.append(note)
         engine.prefill_warm()
         model = prep.loaded.model
         wl = prep.workload
-        m = prep.loaded.shape.moe_layers
-        piece.layer_hits, piece.layer_acts = [0] * m, [0] * m
         with torch.inference_mode():
             if wl.warmup_steps and prep.requests:
                 _decode(engine, model, prep.requests[0].input_ids, wl.warmup_steps + 1, prep.device,
@@ -183,10 +186,6 @@ def _cache_kwarg(model: Any) -> str:
 
 def _finish_request(piece: Piece, steps: list[StepStats], req: Any, tokens: list[int],
                     repetition: int) -> None:
-    for st in steps[1:]:                                   # decode steps: hits per layer
-        for i, (h, a) in enumerate(zip(st.layer_hits, st.layer_acts)):
-            piece.layer_hits[i] += h
-            piece.layer_acts[i] += a
     piece.samples.extend(request_samples(steps, req.id, repetition))
     piece.outputs.append({"prompt_id": req.id, "repetition": repetition,
                           "prompt_token_ids": list(req.input_ids), "token_ids": tokens})

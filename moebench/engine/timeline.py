@@ -26,7 +26,7 @@ class CudaTimeline:
         self.label = "cuda-events"
         self.copy_stream = torch.cuda.Stream(device=device, priority=-1)
         self._start = None
-        self._waits: list[tuple[Any, Any]] = []
+        self._waits: list[tuple[Any, Any, bool]] = []   # (before, after, late) per wait
         self._copies: list[tuple[Any, Any]] = []
 
     def _event(self) -> Any:
@@ -45,13 +45,14 @@ class CudaTimeline:
         # across the step boundary, as it does on the simulated clock (waiting would finish it
         # off the clock). Copies still in flight are counted in the step in which they complete.
         latency = self._start.elapsed_time(end) / 1e3
-        stall = sum(a.elapsed_time(b) for a, b in self._waits) / 1e3
+        stall = sum(a.elapsed_time(b) for a, b, _ in self._waits) / 1e3
+        late = sum(a.elapsed_time(b) for a, b, is_late in self._waits if is_late) / 1e3
         done, pending = [], []
         for pair in self._copies:
             (done if pair[1].query() else pending).append(pair)
         self._copies = pending
         busy = sum(a.elapsed_time(b) for a, b in done) / 1e3
-        return StepClock(latency, stall, busy, max(0.0, latency - stall))
+        return StepClock(latency, stall, busy, max(0.0, latency - stall), late)
 
     def compute(self, seconds: float) -> None:
         pass  # the kernels really ran on the compute stream
@@ -74,7 +75,7 @@ class CudaTimeline:
     def ready(self, ticket: Ticket) -> bool:
         return ticket.event is None or ticket.event.query()
 
-    def wait(self, ticket: Ticket) -> float:
+    def wait(self, ticket: Ticket, late: bool = False) -> float:
         if ticket.event is None:
             return 0.0
         compute = self.torch.cuda.current_stream(self.device)
@@ -82,7 +83,7 @@ class CudaTimeline:
         a.record(compute)
         compute.wait_event(ticket.event)
         b.record(compute)
-        self._waits.append((a, b))
+        self._waits.append((a, b, late))
         return 0.0  # measured at step end
 
     def synchronize(self) -> None:

@@ -7,11 +7,12 @@ trace replay (no mover). The pool is allocated once, `n_slots * expert_bytes`, s
 memory is the budget by construction; `resident_bytes` is checked against it on every insert.
 
 `SlotScheduler.prepare(...)` is the per-layer protocol of the engine:
-1. for each expert the layer executes: hit (resident, copy complete), late (copy in flight),
-   or miss (not resident -> demand fetch);
+1. for each expert the layer executes: hit (resident, copy complete), late (prefetched, copy
+   still in flight: a partial stall) or miss (not resident -> demand fetch);
 2. demand fetches are issued before the strategy's prefetches, so a prefetch for a later layer
    never delays the copy this layer is waiting for;
-3. compute waits for every ticket it needs (the stall).
+3. compute waits for every ticket it needs (the stall), in the order the experts were listed;
+   the clock charges each wait's stall to its class (late or miss); the two add up to the stall.
 """
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ class LayerOutcome:
 
     slots: dict[int, int] = field(default_factory=dict)   # expert id -> slot
     hits: int = 0
-    late: int = 0          # prefetched but not resident when needed (counted as misses)
-    misses: int = 0        # demand fetches (late ones excluded)
-    stall_s: float = 0.0
+    late: int = 0          # prefetched, its copy still in flight when needed (a partial stall)
+    misses: int = 0        # not resident when needed: demand fetches
+    stall_s: float = 0.0   # simulated; the clock's step record splits it into late and miss
     demand_bytes: int = 0
     prefetch_bytes: int = 0
     dropped_prefetches: int = 0
@@ -190,7 +191,7 @@ class SlotScheduler:
                 f"the cache budget holds {self.cache.n_slots} experts, but layer {layer} needs "
                 f"{len(keys)} at once (prefill touches many experts); raise --cache-budget.")
         locked = set(keys) | (pre_locked or set())
-        waits = []
+        waits: list[tuple[Any, bool]] = []      # (ticket, late: a prefetch in flight, else a miss)
         for key in keys:
             if self.cache.is_resident(key):
                 t = self.cache.ticket.get(key)
@@ -203,19 +204,19 @@ class SlotScheduler:
                     self.strategy.on_access(key, True)
                 else:
                     out.late += 1
-                    waits.append(t)
+                    waits.append((t, True))
                     self.strategy.on_access(key, False)
             else:
                 slot = self.insert(key, locked)
                 if slot is None:  # cannot happen: len(keys) <= n_slots and only keys are locked
                     raise RuntimeError("no slot for a demanded expert")
-                waits.append(self._copy(key, slot))
+                waits.append((self._copy(key, slot), False))
                 out.misses += 1
                 out.demand_bytes += self.cache.expert_bytes
                 self.strategy.on_access(key, False)
         out.prefetch_bytes, out.dropped_prefetches = self.prefetch(prefetches, locked)
-        for t in waits:
-            out.stall_s += self.timeline.wait(t)
+        for t, late in waits:
+            out.stall_s += self.timeline.wait(t, late=late)
         for key in keys:
             self.cache.ticket.pop(key, None)
             out.slots[key[1]] = self.cache.slot_of[key]

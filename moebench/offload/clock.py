@@ -8,7 +8,9 @@ The engine tells the timeline about three things, in program order:
     copy(nbytes, do_copy) -> Ticket   a host->device expert copy on the copy engine
     compute(seconds)                   work on the compute stream (the simulator's cost; on CUDA the
                                        real kernels already ran, so it is ignored)
-    wait(ticket) -> stall seconds      compute needs a copy: wait for it
+    wait(ticket, late) -> stall secs   compute needs a copy: wait for it (`late`: the copy is a
+                                       prefetch still in flight, else a demand fetch; the step's
+                                       clock keeps the two stalls apart)
 
 **Simulated** (`SimTimeline`): two resources, the compute stream and one copy engine.
 A copy issued while compute is at time `t` starts at `max(t, copy_engine_free)` (the copy stream
@@ -40,6 +42,7 @@ class StepClock:
     stall_s: float = 0.0
     copy_busy_s: float = 0.0
     compute_s: float = 0.0
+    late_stall_s: float = 0.0     # the part of stall_s spent waiting for late prefetches
 
 
 class SimTimeline:
@@ -52,16 +55,18 @@ class SimTimeline:
         self.copy_free = 0.0      # when the copy engine becomes free
         self._step_start = 0.0
         self._stall = 0.0
+        self._late_stall = 0.0
         self._busy = 0.0
         self._compute = 0.0
 
     # -- step window -------------------------------------------------------------------------
     def step_begin(self) -> None:
         self._step_start = self.now
-        self._stall = self._busy = self._compute = 0.0
+        self._stall = self._late_stall = self._busy = self._compute = 0.0
 
     def step_end(self) -> StepClock:
-        return StepClock(self.now - self._step_start, self._stall, self._busy, self._compute)
+        return StepClock(self.now - self._step_start, self._stall, self._busy, self._compute,
+                         self._late_stall)
 
     # -- operations --------------------------------------------------------------------------
     def compute(self, seconds: float) -> None:
@@ -80,10 +85,12 @@ class SimTimeline:
     def ready(self, ticket: Ticket) -> bool:
         return ticket.done_at <= self.now
 
-    def wait(self, ticket: Ticket) -> float:
+    def wait(self, ticket: Ticket, late: bool = False) -> float:
         stall = max(0.0, ticket.done_at - self.now)
         self.now += stall
         self._stall += stall
+        if late:
+            self._late_stall += stall
         return stall
 
     def synchronize(self) -> None:

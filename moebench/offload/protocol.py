@@ -52,7 +52,6 @@ class LayerProtocol:
                                    is_resident=cache.is_resident, artifacts=artifacts or {},
                                    trace=trace, device=device)
         self.pred_stats: dict[int, dict[str, dict]] = {}
-        self.layer_late = [0] * shape.moe_layers       # decode: prefetched, copy still in flight
         self.step: StepStats | None = None
         self.request = 0
         self.position = 0
@@ -97,7 +96,6 @@ class LayerProtocol:
         s.prefetch_issued = s.prefetch_used = s.wasted_bytes = 0
         s.layer_counts.clear()
         self.cache.prefetched.clear()   # a warm-up prefetch used later is neither issued nor used here
-        self.layer_late = [0] * len(self.layer_late)
         self.pred_stats.clear()
 
     def begin_request(self, request: int) -> None:
@@ -109,7 +107,7 @@ class LayerProtocol:
     def begin_step(self, phase: str, position: int, n_tokens: int) -> None:
         m = self.shape.moe_layers
         self.position, self.n_tokens = position, n_tokens
-        self.step = StepStats(phase=phase, position=position, layer_hits=[0] * m, layer_acts=[0] * m)
+        self.step = StepStats.begin(phase, position, m)
         self._predicted = {}
         self.timeline.step_begin()
 
@@ -118,7 +116,7 @@ class LayerProtocol:
             self.timeline.compute(self.cost(costs.lm_head_seconds))
         clock = self.timeline.step_end()
         st = self.step
-        st.latency_s, st.stall_s = clock.latency_s, clock.stall_s
+        st.latency_s, st.stall_s, st.late_stall_s = clock.latency_s, clock.stall_s, clock.late_stall_s
         st.copy_busy_s, st.compute_s = clock.copy_busy_s, clock.compute_s
         self.context += self.n_tokens
         self.step = None
@@ -162,11 +160,9 @@ class LayerProtocol:
         """Make `experts` resident (demand fetches first, then `prefetches`), wait, account."""
         st = self.step
         if st.phase == "decode":
-            self._score_predictions(layer, last_token, experts)
+            self._score_predictions(layer, last_token)
         out = self.sched.prepare(layer, experts, prefetches)
         st.account(layer, out, len(experts))
-        if st.phase == "decode":
-            self.layer_late[layer] += out.late
         self._predicted.pop(layer, None)
         return out
 
@@ -203,13 +199,15 @@ class LayerProtocol:
             self._predicted.setdefault(r.layer, {}).setdefault(r.source, set()).update(
                 int(e) for e in r.experts)
 
-    def _score_predictions(self, layer: int, last_token: LastToken, executed: list[int]) -> None:
+    def _score_predictions(self, layer: int, last_token: LastToken) -> None:
+        """Score what each predictor asked for against the TRUE router's choice for the last
+        token (never against the experts executed: a strategy that executes its own guesses
+        would score its precision against itself)."""
         preds = self._predicted.pop(layer, None)
         if not preds:
             return
-        ids, w = last_token()                                     # last token's top-k
+        ids, w = last_token()                                     # the true router's top-k
         true_set = set(ids)
-        used = set(executed)
         tot = sum(w) or 1.0
         for source, pred in preds.items():
             acc = self.pred_stats.setdefault(layer, {}).setdefault(source, {
@@ -217,7 +215,7 @@ class LayerProtocol:
                 "predicted": 0})
             acc["n"] += 1
             acc["recall"] += len(pred & true_set) / max(1, len(true_set))
-            acc["precision"] += (len(pred & used) / len(pred)) if pred else 0.0
+            acc["precision"] += (len(pred & true_set) / len(pred)) if pred else 0.0
             acc["exact"] += int(pred == true_set)
             acc["top1"] += int(ids[0] in pred)
             acc["gw_recall"] += sum(wi for e, wi in zip(ids, w) if e in pred) / tot
@@ -225,24 +223,22 @@ class LayerProtocol:
 
     def prediction(self) -> dict | None:
         """`metrics.prediction` of result.json: per predictor and layer, plus per target layer the
-        late, issued, used, wasted and never-used prefetches."""
+        issued, used, wasted and never-used prefetches (late ones are accesses: `metrics.late`)."""
         sched, cache = self.sched, self.cache
         if not self.pred_stats and not sched.prefetch_issued:
             return None
-        pred = prediction_metrics(self.pred_stats, late=sum(self.layer_late),
-                                  wasted_bytes=sched.wasted_bytes, issued=sched.prefetch_issued,
-                                  used=sched.prefetch_used)
-        # late = prefetched but still copying when needed (decode steps); wasted = evicted or
-        # dropped before any use; unused_at_end = still resident, never used, when the run ended.
+        pred = prediction_metrics(self.pred_stats, wasted_bytes=sched.wasted_bytes,
+                                  issued=sched.prefetch_issued, used=sched.prefetch_used)
+        # wasted = evicted or dropped before any use; unused_at_end = still resident, never used,
+        # when the run ended.
         counts = sched.layer_counts
         pending: dict[int, int] = {}
         for layer, _ in cache.prefetched:
             pending[layer] = pending.get(layer, 0) + 1
         pred["per_layer"] = [
-            {"layer": m, "late_prefetches": self.layer_late[m],
-             "prefetches_issued": counts.get(m, {}).get("issued", 0),
+            {"layer": m, "prefetches_issued": counts.get(m, {}).get("issued", 0),
              "prefetches_used": counts.get(m, {}).get("used", 0),
              "wasted_bytes": counts.get(m, {}).get("wasted_bytes", 0),
              "unused_at_end_bytes": pending.get(m, 0) * cache.expert_bytes}
-            for m in range(len(self.layer_late))]
+            for m in range(self.shape.moe_layers)]
         return pred

@@ -1,13 +1,23 @@
 """Per-step counters and prediction scores of a run (tensor-free; live engine and replay alike)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
+
+from moebench.stats import distinct_repetitions
 
 
 @dataclass
 class StepStats:
-    """Counters of one forward step (prefill or one decode token)."""
+    """Counters of one forward step (prefill or one decode token).
+
+    Every expert a decode step executes is one *access*, classified once: a **hit** (resident,
+    its copy complete, when compute needs it), **late** (a prefetch whose copy is still in
+    flight: compute waits for the rest of it, `late_stall_s`) or a **miss** (not resident: a
+    demand fetch, waited for in full). Per MoE layer too, so `samples.jsonl` alone determines
+    every access metric of a result.
+    """
 
     phase: str
     position: int
@@ -18,32 +28,50 @@ class StepStats:
     h2d_bytes: int = 0
     demand_bytes: int = 0
     prefetch_bytes: int = 0
+    late_stall_s: float = 0.0      # the part of stall_s spent on late prefetches
     hits: int = 0
     activations: int = 0
     late: int = 0
+    misses: int = 0
     layer_hits: list[int] = field(default_factory=list)
-    layer_acts: list[int] = field(default_factory=list)
+    layer_late: list[int] = field(default_factory=list)
+    layer_misses: list[int] = field(default_factory=list)
+
+    @classmethod
+    def begin(cls, phase: str, position: int, moe_layers: int) -> StepStats:
+        return cls(phase=phase, position=position, layer_hits=[0] * moe_layers,
+                   layer_late=[0] * moe_layers, layer_misses=[0] * moe_layers)
+
+    @property
+    def layer_acts(self) -> list[int]:
+        return [h + l + m for h, l, m in zip(self.layer_hits, self.layer_late, self.layer_misses)]
 
     def account(self, layer: int, out: Any, n_experts: int) -> None:
-        """Add one MoE layer's `LayerOutcome`: bytes always, activations and hits in decode."""
+        """Add one MoE layer's `LayerOutcome`: bytes always, accesses in decode."""
         self.h2d_bytes += out.demand_bytes + out.prefetch_bytes
         self.demand_bytes += out.demand_bytes
         self.prefetch_bytes += out.prefetch_bytes
         if self.phase == "decode":
+            assert out.hits + out.late + out.misses == n_experts
             self.activations += n_experts
             self.hits += out.hits
             self.late += out.late
+            self.misses += out.misses
             self.layer_hits[layer] += out.hits
-            self.layer_acts[layer] += n_experts
+            self.layer_late[layer] += out.late
+            self.layer_misses[layer] += out.misses
 
     def row(self) -> dict:
         """The step's row of samples.jsonl (times in ms)."""
         return {"kind": "step", "phase": self.phase, "position": self.position,
                 "latency_ms": self.latency_s * 1e3, "stall_ms": self.stall_s * 1e3,
+                "late_stall_ms": self.late_stall_s * 1e3,
                 "copy_busy_ms": self.copy_busy_s * 1e3, "compute_ms": self.compute_s * 1e3,
                 "h2d_bytes": self.h2d_bytes, "demand_bytes": self.demand_bytes,
                 "prefetch_bytes": self.prefetch_bytes, "hits": self.hits,
-                "activations": self.activations, "late": self.late}
+                "activations": self.activations, "late": self.late, "misses": self.misses,
+                "layer_hits": list(self.layer_hits), "layer_late": list(self.layer_late),
+                "layer_misses": list(self.layer_misses)}
 
 
 def request_samples(steps: list[StepStats], prompt_id: str, repetition: int) -> list[dict]:
@@ -80,9 +108,11 @@ def prediction_seconds(strategy: Any, profile: Any, ev: Any, requests: Any) -> f
     return total
 
 
-def prediction_metrics(pred_stats: dict[int, dict[str, dict]], *, late: int, wasted_bytes: int,
+def prediction_metrics(pred_stats: dict[int, dict[str, dict]], *, wasted_bytes: int,
                        issued: int, used: int) -> dict:
-    """Per-layer and overall prediction quality for every predictor a strategy ran."""
+    """Per-layer and overall prediction quality for every predictor a strategy ran, each scored
+    against the true router's top-k of the last token: recall@k = |P ∩ T| / |T|, precision =
+    |P ∩ T| / |P|, exact set match P = T, top-1 hit, gate-weighted recall."""
     per_source: dict[str, dict] = {}
     for layer in sorted(pred_stats):
         for source, acc in pred_stats[layer].items():
@@ -97,6 +127,97 @@ def prediction_metrics(pred_stats: dict[int, dict[str, dict]], *, late: int, was
         tot = sum(r["n"] for r in rows) or 1
         for key in ("recall_at_k", "precision", "exact_set_match", "top1_hit", "gate_weighted_recall"):
             d[key] = sum(r[key] * r["n"] for r in rows) / tot
-    return {"predictors": per_source, "late_prefetches": late, "wasted_bytes": wasted_bytes,
+    return {"predictors": per_source, "wasted_bytes": wasted_bytes,
             "prefetches_issued": issued, "prefetches_used": used,
             "prefetch_precision": used / issued if issued else None}
+
+
+# ----------------------------------------------------------------------------------------------
+# the independent unit of a sample, and repetitions that repeat themselves
+# ----------------------------------------------------------------------------------------------
+def sample_unit(row: dict) -> tuple:
+    """What a sample row measures, repetition aside: a request row its prompt, a step row its
+    prompt and decode position."""
+    if row.get("kind") == "step":
+        return ("step", row.get("prompt_id"), row.get("position"))
+    return (row.get("kind"), row.get("prompt_id"))
+
+
+def _canonical(row: dict) -> str:
+    return json.dumps({k: v for k, v in row.items() if k != "repetition"}, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Repetitions:
+    """Which repetitions of a run count: `kept` measured something, `collapsed` were bit-identical
+    copies of a kept one (the simulated clock) and are left out of every statistic."""
+
+    run: int
+    kept: tuple
+    collapsed: tuple
+
+    def to_dict(self) -> dict:
+        return {"run": self.run, "distinct": len(self.kept), "collapsed": len(self.collapsed)}
+
+    @property
+    def unit(self) -> str:
+        """The independent unit of a per-request statistic."""
+        return "prompt" if len(self.kept) <= 1 else "prompt × repetition (paired by prompt)"
+
+
+def distinct_samples(samples: list[dict]) -> tuple[list[dict], Repetitions]:
+    """The rows of the repetitions that count, and which ones were collapsed."""
+    order = list(dict.fromkeys(r.get("repetition") for r in samples))
+    obs: dict[tuple, str] = {}
+    for r in samples:
+        obs[(sample_unit(r), r.get("repetition"))] = _canonical(r)
+    kept = distinct_repetitions(obs)
+    keep = set(kept)
+    reps = Repetitions(len(order), tuple(kept), tuple(x for x in order if x not in keep))
+    return [r for r in samples if r.get("repetition") in keep], reps
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """Two runs' values of one sample field, paired by (unit, repetition) after repetitions that
+    repeat themselves in both runs were collapsed; `paired` False when the runs measured
+    different units (then `base` and `cand` are the two runs' values, unpaired)."""
+
+    keys: list
+    base: list[float]
+    cand: list[float]
+    paired: bool
+    collapsed: int
+
+    @property
+    def unit(self) -> str:
+        reps = {k[1] for k in self.keys}
+        what = "prompt" if len(reps) <= 1 else "prompt × repetition"
+        return f"{what} pairs" if self.paired else f"{what} (unpaired)"
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and x == x and abs(x) != float("inf")
+
+
+def sample_values(samples: list[dict], kind: str, field_name: str) -> dict[tuple, float]:
+    """`{(unit, repetition): value}` of one field of one kind of sample (later duplicates win)."""
+    return {(sample_unit(r), r.get("repetition")): float(r[field_name])
+            for r in samples if r.get("kind") == kind and _finite(r.get(field_name))}
+
+
+def pair_samples(base: list[dict], cand: list[dict], kind: str, field_name: str) -> Pairs:
+    """The one pairing rule of reports and the gate: by (prompt[, position], repetition); a
+    repetition whose every pair repeats an earlier one's is a copy and is dropped."""
+    b, c = sample_values(base, kind, field_name), sample_values(cand, kind, field_name)
+    if b and set(b) == set(c):
+        kept = distinct_repetitions({k: (b[k], c[k]) for k in b})
+        keys = [k for k in b if k[1] in set(kept)]
+        keys.sort(key=repr)
+        n_reps = len({k[1] for k in b})
+        return Pairs(keys, [b[k] for k in keys], [c[k] for k in keys], True, n_reps - len(kept))
+    b_kept, c_kept = (set(distinct_repetitions({k: v for k, v in d.items()})) for d in (b, c))
+    bk = [k for k in b if k[1] in b_kept]
+    ck = [k for k in c if k[1] in c_kept]
+    return Pairs(bk, [b[k] for k in bk], [c[k] for k in ck], False,
+                 len({k[1] for k in b}) - len(b_kept) + len({k[1] for k in c}) - len(c_kept))

@@ -122,12 +122,10 @@ class ReplayEngine:
         return Routing(np.asarray(ids, dtype=np.int64)[None, :], np.asarray(w, dtype=np.float32)[None, :])
 
     def run(self, progress: Callable[[int], None] | None = None) -> dict:
-        """Replay the schedule; returns `{"requests": {request: [StepStats]}, "layer_*"}`."""
+        """Replay the schedule; returns `{"requests": {request: [StepStats]}}`."""
         p = self.protocol
         p.prefill_warm()
         rows: dict[int, list[StepStats]] = {}
-        layer_hits = [0] * self.shape.moe_layers
-        layer_acts = [0] * self.shape.moe_layers
         current, warm = None, True
         for s, request, _counted in self.schedule.steps:
             if warm and request != -1:      # warm-up over: counters start now (as in run_strategy)
@@ -139,14 +137,10 @@ class ReplayEngine:
             st = self.step(s)
             if request == -1:
                 continue
-            if st.phase == "decode":
-                for m in range(self.shape.moe_layers):
-                    layer_hits[m] += st.layer_hits[m]
-                    layer_acts[m] += st.layer_acts[m]
             rows.setdefault(request, []).append(st)
             if progress:
                 progress(1)
-        return {"requests": rows, "layer_hits": layer_hits, "layer_acts": layer_acts}
+        return {"requests": rows}
 
 
 def check_trace_fits(trace: Any, shape: Any) -> None:
@@ -197,7 +191,6 @@ def replay_one(trace: Any, policy: str, *, shape: Any, profile: Any, budget: str
                warmup_steps: int | None = None, seed: int = 0,
                progress: Callable[[int], None] | None = None) -> ReplayRun:
     """Replay `trace` through `policy` at one budget on one profile (a `ReplayRun`)."""
-    from moebench.stats import summarize
 
     check_trace_fits(trace, shape)
     rec = trace.recorded
@@ -216,20 +209,13 @@ def replay_one(trace: Any, policy: str, *, shape: Any, profile: Any, budget: str
         prompt = rec.prompts.get(request) if rec else None
         prompt_id, repetition = prompt or (f"request-{request}", 0)
         samples.extend(request_samples(rows, prompt_id, repetition))
-    piece = Piece(strategy=strategy.describe(), samples=samples, layer_hits=out["layer_hits"],
-                  layer_acts=out["layer_acts"], prediction=engine.protocol.prediction(), budget=resolved,
+    piece = Piece(strategy=strategy.describe(), samples=samples,
+                  prediction=engine.protocol.prediction(), budget=resolved,
                   peak_expert_bytes=engine.cache.peak_resident * shape.expert_bytes,
                   pool_bytes=n_slots * shape.expert_bytes)
-    no_ttft = any(s["kind"] == "request" and s["ttft_ms"] is None for s in samples)
-    calc = [dict(s, ttft_ms=0.0) if s["kind"] == "request" and s["ttft_ms"] is None else s
-            for s in samples]
-    piece.samples = calc
     result = result_document(ctx, [piece], source="replay")
-    piece.samples = samples
-    if no_ttft:
-        result["metrics"]["ttft_ms"] = summarize([r["ttft_ms"] for r in samples
-                                                  if r["kind"] == "request" and r["ttft_ms"] is not None])
     result["outputs"] = []
+    no_ttft = any(s["kind"] == "request" and s["ttft_ms"] is None for s in samples)
     notes = list(schedule.notes) + _notes(trace, no_ttft)
     result["notes"] = notes
     result["trace"] = {"source": trace.source, "routing_sha256": trace.sha256,

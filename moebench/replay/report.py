@@ -49,15 +49,15 @@ def summary_rows(runs: Sequence[Any], total_experts: int) -> list[dict]:
                 "stall_ms_per_token": m.get("stall_ms_per_token"),
                 "h2d_bytes_per_token": m.get("h2d_bytes_per_token"),
                 "floor_ms_per_token": m.get("floor_ms_per_token"),
-                "late_prefetches": m.get("late_prefetches"),
+                "late_rate": m.get("late_rate"), "miss_rate": m.get("miss_rate"),
             })
         rows.append(row)
     # efficiency_vs_oracle = oracle TPOT / policy TPOT at the same budget and profile
-    oracle = {(r["budget"], r["profile"]): r.get("tpot_ms_mean") for r in rows
-              if r["policy"] == BOUND_TPOT and r.get("tpot_ms_mean")}
+    oracle = {(r["budget"], r["profile"]): r.get("tpot_ms_median") for r in rows
+              if r["policy"] == BOUND_TPOT and r.get("tpot_ms_median")}
     for r in rows:
         o = oracle.get((r["budget"], r["profile"]))
-        t = r.get("tpot_ms_mean")
+        t = r.get("tpot_ms_median")
         r["efficiency_vs_oracle"] = (o / t) if (o and t) else None
     return rows
 
@@ -132,7 +132,7 @@ def hit_rate_plot(rows: Sequence[dict]) -> bytes | None:
 
 
 def tpot_plot(rows: Sequence[dict], profile: str) -> bytes | None:
-    curves = _curves(rows, "tpot_ms_mean", profile)
+    curves = _curves(rows, "tpot_ms_median", profile)
     if not curves:
         return None
     fig, (ax,) = _figure()
@@ -144,7 +144,7 @@ def tpot_plot(rows: Sequence[dict], profile: str) -> bytes | None:
             xs, ys = zip(*sorted(floor))
             ax.plot(xs, ys, color="grey", linestyle=":", label="sync copy-bound floor")
     _draw(ax, curves, draw_floor)
-    ax.set_ylabel(f"mean TPOT ms (simulated:{profile})")
+    ax.set_ylabel(f"median TPOT ms (simulated:{profile})")
     ax.set_title(f"TPOT vs budget, clock simulated:{profile}")
     return _png(fig)
 
@@ -206,7 +206,8 @@ def render_markdown(rows: Sequence[dict], context: dict, consistency: dict | Non
         sel = sorted((r for r in rows if r["profile"] == profile),
                      key=lambda r: (r.get("budget_fraction") or 0, r["policy"]))
         lines += [f"## {'profile ' + profile if not context.get('hit_rate_only') else 'hit rates'}", ""]
-        header = ["policy", "budget", "experts", "hit rate", "TPOT ms mean", "TPOT ms median",
+        header = ["policy", "budget", "experts", "hit rate", "late / miss", "TPOT ms median",
+                  "TPOT ms mean",
                   "vs oracle", "stall ms/tok", "H2D bytes/tok", "floor ms/tok"]
         body = []
         skipped: dict[tuple[str, str], list[str]] = {}
@@ -214,8 +215,10 @@ def render_markdown(rows: Sequence[dict], context: dict, consistency: dict | Non
             if r.get("skipped"):
                 skipped.setdefault((r["budget"], r["skipped"]), []).append(r["policy"])
                 continue
+            late_miss = (f"{_f(r.get('late_rate'), 3)} / {_f(r.get('miss_rate'), 3)}"
+                         if r.get("late_rate") is not None else "–")
             body.append([r["policy"], r["budget"], _f(r.get("budget_experts")), _f(r.get("hit_rate")),
-                         _f(r.get("tpot_ms_mean")), _f(r.get("tpot_ms_median")),
+                         late_miss, _f(r.get("tpot_ms_median")), _f(r.get("tpot_ms_mean")),
                          _f(r.get("efficiency_vs_oracle"), 3), _f(r.get("stall_ms_per_token")),
                          _f(r.get("h2d_bytes_per_token")), _f(r.get("floor_ms_per_token"))])
         lines += _table(header, body) + [""]

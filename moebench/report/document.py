@@ -62,6 +62,42 @@ def _budget(result: dict) -> dict:
             "fraction": experts / total if experts is not None and total else None}
 
 
+def _collapsed(entries: Sequence[dict]) -> str | None:
+    """One sentence when identical repetitions were collapsed (the simulated clock)."""
+    runs = [(e["result"]["strategy"]["name"], (e["result"].get("metrics") or {}).get("repetitions"))
+            for e in entries]
+    hit = [(name, r) for name, r in runs if isinstance(r, dict) and r.get("collapsed")]
+    if not hit:
+        return None
+    r = hit[0][1]
+    same = all(x == r for _, x in hit)
+    what = (f"{r['run']} repetitions of every strategy" if same and len(hit) == len(runs)
+            else ", ".join(f"{x['collapsed']} of {x['run']} repetitions of {n}" for n, x in hit))
+    return (f"{what} were bit-identical to an earlier repetition and were collapsed: nothing "
+            "identical is counted twice, so n, every interval and every p-value are those of "
+            "the distinct repetitions")
+
+
+def intervals(points: Sequence[dict], accuracy: bool) -> list[str]:
+    """What every interval and test of the report is over (its unit), in words."""
+    rows = [row for p in points for row in p["rows"]]
+    tpot_units = sorted({(row["tpot_ms"] or {}).get("unit") or "request" for row in rows})
+    ratio_units = sorted({row["ratio"].get("unit") for row in rows
+                          if row.get("ratio") and row["ratio"].get("unit")})
+    out = [f"TPOT and TTFT: 95% bootstrap CI of the median over {' / '.join(tpot_units)} "
+           "(one TPOT per request: its decode time over its tokens after the first)"]
+    if ratio_units:
+        out.append("ratio to the baseline: paired bootstrap CI of the ratio of medians and a "
+                   f"Wilcoxon signed-rank p-value over {' / '.join(ratio_units)}, Holm-corrected "
+                   "across the strategies of a point")
+    out.append("hit rate: cluster-bootstrap CI over requests (the accesses of one request are "
+               "not independent, so they are resampled together)")
+    if accuracy:
+        out.append("Δaccuracy: paired bootstrap CI over items and McNemar's exact test on the "
+                   "items that flipped")
+    return out
+
+
 def build_report(entries: Sequence[dict], *, baseline: str | None, plan: dict | None = None,
                  sweep: str | None = None, schedule: Sequence = (), skipped: Sequence = (),
                  notes: Sequence[str] = (), alpha: float = 0.05, seed: int = 0) -> dict:
@@ -81,6 +117,9 @@ def build_report(entries: Sequence[dict], *, baseline: str | None, plan: dict | 
                          "from a hardware profile, not measured; the same seed and workload give "
                          "the same numbers, so p-values describe prompt-to-prompt variation, not "
                          "measurement noise")
+    collapsed = _collapsed(entries)
+    if collapsed:
+        all_notes.append(collapsed)
     for e in entries:
         for n in e["result"].get("notes", []):
             if n not in all_notes:
@@ -102,6 +141,7 @@ def build_report(entries: Sequence[dict], *, baseline: str | None, plan: dict | 
         "skipped": [{"strategy": s, "reason": why} for s, why in skipped],
         "accuracy_measured": accuracy,
         "notes": all_notes,
+        "intervals": intervals(points, accuracy),
         "results": [{"dir": e.get("dir"), "point": e.get("point", ""), "strategy":
                      e["result"]["strategy"]["name"],
                      "result": {k: v for k, v in e["result"].items() if k != "outputs"}}

@@ -73,6 +73,9 @@ def render_html(doc: dict, plots: list[tuple[str, str, bytes]] = ()) -> str:
             out.append(f"<figure id='plot-{escape(stem)}'><img alt='{escape(cap)}' "
                        f"src='data:image/png;base64,{data}'><figcaption>{escape(cap)}</figcaption></figure>")
         out.append("</div>")
+    if doc.get("intervals"):
+        out.append("<h2>What each interval is over</h2><ul class='notes'>"
+                   + "".join(f"<li>{escape(n)}</li>" for n in doc["intervals"]) + "</ul>")
     if doc.get("notes"):
         out.append("<h2>Notes</h2><ul class='notes'>"
                    + "".join(f"<li>{escape(n)}</li>" for n in doc["notes"]) + "</ul>")

@@ -71,6 +71,8 @@ def render_markdown(doc: dict, plots: list[tuple[str, str]] = ()) -> str:
     if plots:
         parts += ["## Plots", ""]
         parts += [f"![{cap}]({path})\n\n*{cap}*\n" for path, cap in plots]
+    if doc.get("intervals"):
+        parts += ["## What each interval is over", ""] + [f"- {n}" for n in doc["intervals"]] + [""]
     if doc.get("notes"):
         parts += ["## Notes", ""] + [f"- {n}" for n in doc["notes"]] + [""]
     parts += ["Per-strategy result folders: " + ", ".join(f"`{r['dir']}`" for r in doc["results"]), ""]

@@ -2,11 +2,14 @@
 
 For the strategies of one comparison point (same workload, model, budget and clock):
 - `tpot_ms` — the median per-request TPOT with its 95% bootstrap CI, from result.json;
-- `ratio` — strategy / baseline ratio of median TPOT. Request samples pair by
-  `(prompt_id, repetition)`, so the CI is a *paired* bootstrap and the p-value a Wilcoxon
-  signed-rank test (`stats.paired_ratio`); results that do not pair fall back to the unpaired
-  estimate and say so. The p-values of all strategies against one baseline are Holm-corrected;
-- `hit_rate` with its Wilson CI, `h2d_bytes_per_token`;
+- `ratio` — strategy / baseline ratio of median TPOT. Request samples pair by prompt
+  (`offload.records.pair_samples`, the gate's rule too): repetitions that repeat an earlier one
+  in both runs are copies and are dropped, so n counts prompts, and prompt × repetition only
+  where the repetitions differ (the CUDA clock). The CI is a *paired* bootstrap and the p-value a
+  Wilcoxon signed-rank test (`stats.paired_ratio`); results that do not pair fall back to the
+  unpaired estimate and say so. `unit` names what was paired. The p-values of all strategies
+  against one baseline are Holm-corrected;
+- `hit_rate` (with `late_rate`, `miss_rate`) and its CI over requests, `h2d_bytes_per_token`;
 - `stall_share` — `stall_ms_per_token / mean TPOT`: the share of a decode step spent waiting for
   copies (the mean, not the median, because stall per token is a mean over the same steps);
 - `efficiency_vs_oracle` — oracle TPOT / strategy TPOT when the oracle ran at this point;
@@ -17,29 +20,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from moebench.offload.records import pair_samples
 from moebench.stats import MIN_SAMPLES, holm, paired_ratio, unpaired_ratio
 
 
-def request_pairs(samples: Sequence[dict], field: str = "tpot_ms") -> dict[tuple, float]:
-    """`{(prompt_id, repetition): value}` of the request samples (later duplicates win)."""
-    return {(s.get("prompt_id"), s.get("repetition")): float(s[field])
-            for s in samples if s.get("kind") == "request" and s.get(field) is not None}
-
-
-def ratio_to_baseline(base_samples: Sequence[dict], samples: Sequence[dict], *, seed: int = 0) -> dict:
-    """Ratio of median TPOT (candidate / baseline) with its CI and raw p-value."""
-    b, c = request_pairs(base_samples), request_pairs(samples)
-    keys = sorted(set(b) & set(c), key=repr)
+def ratio_to_baseline(base_samples: Sequence[dict], samples: Sequence[dict], *, seed: int = 0,
+                      field: str = "tpot_ms") -> dict:
+    """Ratio of median `field` (candidate / baseline) with its CI, raw p-value and unit."""
+    pairs = pair_samples(list(base_samples), list(samples), "request", field)
     try:
-        if keys and set(b) == set(c):
-            est = paired_ratio([b[k] for k in keys], [c[k] for k in keys], seed=seed)
+        if pairs.paired:
+            est = paired_ratio(pairs.base, pairs.cand, seed=seed)
         else:
-            est = unpaired_ratio(list(b.values()), list(c.values()), seed=seed)
+            est = unpaired_ratio(pairs.base, pairs.cand, seed=seed)
     except ValueError as exc:
         return {"ratio": None, "ci95": None, "p_value": None, "method": f"cannot compare: {exc}",
-                "n_pairs": len(keys), "paired": False}
+                "n_pairs": len(pairs.keys), "paired": False, "unit": pairs.unit,
+                "collapsed_repetitions": pairs.collapsed}
     return {"ratio": est.ratio, "ci95": None if est.ci95 is None else list(est.ci95),
-            "p_value": est.p_value, "method": est.method, "n_pairs": est.n_pairs, "paired": est.paired}
+            "p_value": est.p_value, "method": est.method, "n_pairs": est.n_pairs,
+            "paired": est.paired, "unit": pairs.unit, "collapsed_repetitions": pairs.collapsed}
 
 
 def _verdict(ratio: dict, alpha: float) -> str:
@@ -70,9 +70,12 @@ def strategy_row(entry: dict) -> dict:
         "lossless": r["strategy"].get("lossless"), "params": r["strategy"].get("params", {}),
         "dir": entry.get("dir"), "status": r.get("status"),
         "budget": r.get("budget"), "clock_label": r.get("clock", {}).get("label"),
-        "tpot_ms": {k: tpot.get(k) for k in ("median", "mean", "p90", "p99", "ci95", "ci_method", "n")},
-        "ttft_ms": {k: (m.get("ttft_ms") or {}).get(k) for k in ("median", "ci95", "ci_method", "n")},
+        "tpot_ms": {k: tpot.get(k) for k in ("median", "mean", "p90", "p99", "ci95", "ci_method", "n",
+                                             "unit")},
+        "ttft_ms": {k: (m.get("ttft_ms") or {}).get(k) for k in ("median", "mean", "ci95", "ci_method",
+                                                                   "n", "unit")},
         "hit_rate": _num(m.get("hit_rate")), "hit_rate_ci95": m.get("hit_rate_ci95"),
+        "late_rate": _num(m.get("late_rate")), "miss_rate": _num(m.get("miss_rate")),
         "h2d_bytes_per_token": _num(m.get("h2d_bytes_per_token")),
         "stall_ms_per_token": stall,
         "stall_share": stall / mean if stall is not None and mean else None,

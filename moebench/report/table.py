@@ -18,11 +18,15 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
 
 
-def summary_header(doc: dict) -> list[str]:
+def summary_header(doc: dict, *, short: bool = False) -> list[str]:
+    """The column names of `summary_cells` (`short` for a terminal's width)."""
+    if short:
+        return ["strategy", "TPOT ms [95% CI]", "TTFT ms", f"vs {doc['baseline']}", "p Holm",
+                "verdict", "hit rate", "late / miss", "H2D / token", "stall", "eff. vs oracle"]
     unit = doc["clock"]["label"] or doc["clock"]["kind"]
-    return ["strategy", f"TPOT ms, median [95% CI] ({unit})", f"vs {doc['baseline']} [95% CI]",
-            "p (Holm)", "verdict", "hit rate [95% CI]", "H2D bytes / token", "stall share",
-            "efficiency vs oracle"]
+    return ["strategy", f"TPOT ms, median [95% CI] ({unit})", "TTFT ms, median [95% CI]",
+            f"vs {doc['baseline']} [95% CI]", "p (Holm)", "verdict", "hit rate [95% CI]",
+            "late / miss rate", "H2D bytes / token", "stall share", "efficiency vs oracle"]
 
 
 def tpot_cell(tpot: dict) -> str:
@@ -48,9 +52,11 @@ def summary_cells(row: dict) -> list[str]:
     if row.get("status") not in (None, "complete"):
         name += f" ({row['status']})"
     hit = "–" if row["hit_rate"] is None else f"{row['hit_rate']:.3f}" + _ci(row.get("hit_rate_ci95"), ".3f")
-    return [name, tpot_cell(row["tpot_ms"]), ratio_cell(ratio),
+    late, miss = row.get("late_rate"), row.get("miss_rate")
+    late_miss = "–" if late is None or miss is None else f"{late:.3f} / {miss:.3f}"
+    return [name, tpot_cell(row["tpot_ms"]), tpot_cell(row.get("ttft_ms") or {}), ratio_cell(ratio),
             _g(ratio.get("p_holm"), 3) if ratio.get("method") != "baseline" else "–",
-            ratio.get("verdict", "–"), hit, fmt_bytes(row["h2d_bytes_per_token"]),
+            ratio.get("verdict", "–"), hit, late_miss, fmt_bytes(row["h2d_bytes_per_token"]),
             _pct(row["stall_share"]), _g(row["efficiency_vs_oracle"], 3)]
 
 

@@ -43,8 +43,6 @@ class Piece:
     strategy: dict
     samples: list[dict] = field(default_factory=list)
     outputs: list[dict] = field(default_factory=list)
-    layer_hits: list[int] = field(default_factory=list)
-    layer_acts: list[int] = field(default_factory=list)
     prediction: dict | None = None
     trace: list = field(default_factory=list)
     warmup_trace: list = field(default_factory=list)   # the untimed warm-up's rows (request -1)
@@ -61,11 +59,8 @@ def result_document(ctx: RunContext, pieces: list[Piece], *, source: str = "run"
     shape = ctx.shape
     first = pieces[0]
     samples = [s for p in pieces for s in p.samples]
-    layer_hits = [sum(p.layer_hits[i] for p in pieces) for i in range(shape.moe_layers)]
-    layer_acts = [sum(p.layer_acts[i] for p in pieces) for i in range(shape.moe_layers)]
     link = ctx.profile.h2d_bandwidth_gbps
-    metrics = compute_metrics(samples, moe_layers=shape.moe_layers, layer_hits=layer_hits,
-                              layer_acts=layer_acts, link_gbps=link, seed=ctx.seed,
+    metrics = compute_metrics(samples, moe_layers=shape.moe_layers, link_gbps=link, seed=ctx.seed,
                               prediction=first.prediction,
                               extra={"peak_expert_bytes": max(p.peak_expert_bytes for p in pieces),
                                      "expert_pool_bytes": first.pool_bytes})
@@ -92,6 +87,8 @@ def result_document(ctx: RunContext, pieces: list[Piece], *, source: str = "run"
                   "expert_bytes": shape.expert_bytes, "dtype": shape.dtype,
                   "snapshot": ctx.snapshot},
         "strategy": first.strategy,
+        # calibrated on prompts of its own evaluation workload (details: strategy.artifacts)
+        "in_sample": any(bool(a.get("in_sample")) for a in first.strategy.get("artifacts", ())),
         "workload": {"name": ctx.workload, "sha256": ctx.workload_sha,
                      "n_prompts": ctx.n_prompts, "max_new_tokens": ctx.max_new_tokens,
                      "task": ctx.task, "repetitions": ctx.repetitions},

@@ -1,10 +1,17 @@
 """Per-step records -> the metrics block of result.json (pure).
 
-Names follow vLLM where one exists; latencies in ms, from the run's clock:
-- `ttft_ms`: prefill plus the first token, per request.
-- `tpot_ms`: decode only, `(e2e - ttft) / (n_out - 1)` per request; `step_ms`: every decode step.
-- `hit_rate`: an activation is (step, layer, expert), once per step; a hit is resident with its copy
-  complete when compute needs it. Per layer and overall, with a Wilson CI.
+Names follow vLLM where one exists; latencies in ms, from the run's clock. Definitions, and the
+unit of every interval, are in docs/measurement.md:
+- repetitions that repeat an earlier one bit for bit (the simulated clock) are collapsed first
+  (`metrics.repetitions`), so nothing identical is counted twice;
+- `ttft_ms`: prefill plus the first token, per request; `tpot_ms`: decode only,
+  `(e2e - ttft) / (n_out - 1)` per request; their CIs are over prompts (the independent unit;
+  prompt × repetition where the repetitions differ). `step_ms`: every decode step (its CI is over
+  steps, which are not independent: the `unit` says so);
+- accesses: every executed expert of a decode step is a hit (resident, copy complete), late (a
+  prefetch still in flight: a partial stall, `late_stall_ms_per_token`) or a miss (a demand fetch,
+  `miss_stall_ms_per_token`); `hit_rate`, `late_rate`, `miss_rate` overall and per layer, the
+  hit rate's CI a cluster bootstrap over requests (accesses of one request are not independent);
 - `h2d_bytes_per_token`, `stall_ms_per_token`, `transfer_share` (copy-engine busy / decode time),
   and `floor_ms_per_token` = bytes per token / link bandwidth: the copy-bound ceiling printed
   beside every TPOT.
@@ -13,7 +20,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from moebench.stats import summarize, wilson_ci
+from moebench.offload.records import distinct_samples, sample_unit
+from moebench.stats import ratio_of_sums, summarize
+
+STEP_UNIT = "decode step (steps of one request are correlated: a description, not a test)"
 
 
 def request_samples(records: list[dict]) -> list[dict]:
@@ -24,32 +34,69 @@ def step_samples(records: list[dict]) -> list[dict]:
     return [r for r in records if r["kind"] == "step"]
 
 
-def compute_metrics(samples: list[dict], *, moe_layers: int, layer_hits: list[int],
-                    layer_acts: list[int], link_gbps: float | None, seed: int,
+def _layer_sums(steps: list[dict], key: str, moe_layers: int) -> list[int]:
+    out = [0] * moe_layers
+    for s in steps:
+        for i, v in enumerate(s.get(key) or ()):
+            out[i] += v
+    return out
+
+
+def _rate(k: int, n: int) -> float | None:
+    return k / n if n else None
+
+
+def compute_metrics(samples: list[dict], *, moe_layers: int, link_gbps: float | None, seed: int,
                     prediction: dict | None = None, extra: dict | None = None) -> dict[str, Any]:
+    samples, reps = distinct_samples(samples)
     reqs = request_samples(samples)
     steps = step_samples(samples)
     n_dec = len(steps)
     hits = sum(s["hits"] for s in steps)
     acts = sum(s["activations"] for s in steps)
+    late = sum(s.get("late", 0) for s in steps)
+    misses = sum(s.get("misses", 0) for s in steps)
     total_ms = sum(s["latency_ms"] for s in steps)
     busy_ms = sum(s.get("copy_busy_ms", 0.0) for s in steps)
     h2d = sum(s["h2d_bytes"] for s in steps)
+    stall = sum(s["stall_ms"] for s in steps)
+    late_stall = sum(s.get("late_stall_ms", 0.0) for s in steps)
     per_token_bytes = h2d / n_dec if n_dec else 0.0
+
+    # the hit rate's clusters: one (hits, accesses) per request
+    clusters: dict[tuple, list[int]] = {}
+    for s in steps:
+        c = clusters.setdefault((sample_unit(s)[1], s.get("repetition")), [0, 0])
+        c[0] += s["hits"]
+        c[1] += s["activations"]
+    hr, hr_ci, hr_method = ratio_of_sums([c[0] for c in clusters.values()],
+                                         [c[1] for c in clusters.values()], seed=seed)
+    lh, ll, lm = (_layer_sums(steps, k, moe_layers) for k in ("layer_hits", "layer_late", "layer_misses"))
+    la = [h + l_ + m for h, l_, m in zip(lh, ll, lm)]
     m: dict[str, Any] = {
-        "tpot_ms": summarize([r["tpot_ms"] for r in reqs], seed=seed),
-        "ttft_ms": summarize([r["ttft_ms"] for r in reqs], seed=seed),
-        "step_ms": summarize([s["latency_ms"] for s in steps], seed=seed),
-        "hit_rate": hits / acts if acts else None,
-        "hit_rate_ci95": list(wilson_ci(hits, acts)) if acts else None,
-        "hit_rate_per_layer": [h / a if a else None for h, a in zip(layer_hits, layer_acts)],
+        "repetitions": reps.to_dict(),
+        "tpot_ms": summarize([r["tpot_ms"] for r in reqs], seed=seed, unit=reps.unit),
+        "ttft_ms": summarize([r["ttft_ms"] for r in reqs if r.get("ttft_ms") is not None],
+                             seed=seed, unit=reps.unit),
+        "step_ms": summarize([s["latency_ms"] for s in steps], seed=seed, unit=STEP_UNIT),
+        "hit_rate": hr if acts else None,
+        "hit_rate_ci95": hr_ci,
+        "hit_rate_ci_unit": f"request ({hr_method})",
+        "late_rate": _rate(late, acts),
+        "miss_rate": _rate(misses, acts),
+        "hit_rate_per_layer": [_rate(h, a) for h, a in zip(lh, la)],
+        "late_rate_per_layer": [_rate(x, a) for x, a in zip(ll, la)],
+        "miss_rate_per_layer": [_rate(x, a) for x, a in zip(lm, la)],
         "activations": acts,
         "hits": hits,
-        "late_prefetches": sum(s.get("late", 0) for s in steps),
+        "late": late,
+        "misses": misses,
         "h2d_bytes_per_token": per_token_bytes,
         "demand_bytes_per_token": sum(s.get("demand_bytes", 0) for s in steps) / n_dec if n_dec else 0.0,
         "prefetch_bytes_per_token": sum(s.get("prefetch_bytes", 0) for s in steps) / n_dec if n_dec else 0.0,
-        "stall_ms_per_token": sum(s["stall_ms"] for s in steps) / n_dec if n_dec else 0.0,
+        "stall_ms_per_token": stall / n_dec if n_dec else 0.0,
+        "late_stall_ms_per_token": late_stall / n_dec if n_dec else 0.0,
+        "miss_stall_ms_per_token": (stall - late_stall) / n_dec if n_dec else 0.0,
         "compute_ms_per_token": sum(s.get("compute_ms", 0.0) for s in steps) / n_dec if n_dec else 0.0,
         "transfer_share": busy_ms / total_ms if total_ms else 0.0,
         "floor_ms_per_token": (per_token_bytes / (link_gbps * 1e9) * 1e3) if link_gbps else None,

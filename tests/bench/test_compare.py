@@ -83,7 +83,7 @@ def test_compare_writes_the_report_and_one_result_folder_per_strategy(report: Pa
     assert rows["lru"]["stall_share"] == pytest.approx(m["stall_ms_per_token"] / m["tpot_ms"]["mean"])
 
 
-def test_ratio_is_paired_by_prompt_and_repetition(report: Path):
+def test_identical_simulated_repetitions_are_collapsed_to_one_pair_per_prompt(report: Path):
     doc = json.loads((report / "report.json").read_text())
     ratio = doc["points"][0]["rows"][1]["ratio"]
     tp = {}
@@ -91,10 +91,33 @@ def test_ratio_is_paired_by_prompt_and_repetition(report: Path):
         tp[s] = {(x["prompt_id"], x["repetition"]): x["tpot_ms"]
                  for x in load_run(report / s).samples if x["kind"] == "request"}
     assert sorted(tp["sync"]) == sorted(tp["lru"]) and len(tp["sync"]) == 6   # 2 prompts x 3 reps
-    assert ratio["paired"] and ratio["n_pairs"] == 6
-    expect = np.median(list(tp["lru"].values())) / np.median(list(tp["sync"].values()))
-    assert ratio["ratio"] == pytest.approx(expect)
-    assert ratio["p_holm"] == pytest.approx(ratio["p_value"])     # one test: Holm changes nothing
+    # the simulated clock repeats itself: 3 repetitions are one measurement, paired by prompt
+    assert ratio["paired"] and ratio["n_pairs"] == 2 and ratio["collapsed_repetitions"] == 2
+    assert ratio["unit"] == "prompt pairs"
+    one = {k: v for k, v in tp["lru"].items() if k[1] == 0}
+    base = {k: v for k, v in tp["sync"].items() if k[1] == 0}
+    assert ratio["ratio"] == pytest.approx(np.median(list(one.values())) / np.median(list(base.values())))
+    lru = load_run(report / "lru").metrics
+    assert lru["repetitions"] == {"run": 3, "distinct": 1, "collapsed": 2}
+    assert lru["tpot_ms"]["n"] == 2 and lru["tpot_ms"]["unit"] == "prompt"
+    assert "identical" in (report / "report.md").read_text()
+
+
+def test_repetitions_3_and_1_give_the_same_statistics_on_the_simulated_clock(tmp_path: Path):
+    docs = {}
+    for reps in (1, 3):
+        r = invoke("compare", "--strategies", "sync,lru", "--model", "tiny-qwen3-moe",
+                   "--set", "max_new_tokens=3", "--set", "limit=6", "--clock", "sim",
+                   "--cache-budget", "0.3", "--repetitions", str(reps), "--out", tmp_path,
+                   "--name", f"r{reps}", "--no-plots")
+        assert r.exit_code == 0, r.output
+        docs[reps] = json.loads((tmp_path / f"r{reps}" / "report.json").read_text())
+    rows = {reps: {r["strategy"]: r for r in d["points"][0]["rows"]} for reps, d in docs.items()}
+    a, b = rows[1]["lru"], rows[3]["lru"]
+    assert a["ratio"]["p_value"] is not None                    # 6 prompts: a test was made
+    for key in ("ratio", "ci95", "p_value", "p_holm", "n_pairs", "unit"):
+        assert a["ratio"][key] == b["ratio"][key], key
+    assert a["tpot_ms"] == b["tpot_ms"] and a["hit_rate_ci95"] == b["hit_rate_ci95"]
 
 
 def test_runs_are_interleaved_and_every_repetition_starts_cold(report: Path):

@@ -39,6 +39,6 @@ def replay(trace: Any, policy: str, shape: ModelShape, n_slots: int, profile: st
     for r in rows:                      # when each step ends, from the start of the run
         t += r["latency_ms"]
         ends.append(t)
-    return {"tpot": tpot, "hits": sum(out["layer_hits"]), "acts": sum(out["layer_acts"]),
+    return {"tpot": tpot, "hits": sum(r["hits"] for r in rows), "acts": sum(r["activations"] for r in rows),
             "rows": rows, "ends": ends, "engine": engine}
 

@@ -28,16 +28,16 @@ def _entry(strategy: str, point: str, budget: float, base_ms: float, hit: float,
         steps = [base_ms * (1 + 0.05 * rng.standard_normal()) for _ in range(8)]
         for pos, ms in enumerate(steps, start=1):
             acts = 32
+            lh = [int(8 * min(1.0, max(0.0, hit + 0.05 * (i - 1.5)))) for i in range(layers)]
             samples.append({"kind": "step", "prompt_id": f"p{p}", "repetition": 0, "position": pos,
                             "latency_ms": ms, "stall_ms": ms * (1 - hit) / 2, "h2d_bytes": int(1e5 * (1 - hit)),
                             "demand_bytes": int(1e5 * (1 - hit)), "prefetch_bytes": 0,
-                            "hits": int(acts * hit), "activations": acts, "copy_busy_ms": ms / 3})
+                            "hits": sum(lh), "activations": acts, "late": 0, "misses": acts - sum(lh),
+                            "layer_hits": lh, "layer_late": [0] * layers,
+                            "layer_misses": [8 - h for h in lh], "copy_busy_ms": ms / 3})
         samples.append({"kind": "request", "prompt_id": f"p{p}", "repetition": 0, "ttft_ms": 3.0,
                         "tpot_ms": float(np.mean(steps)), "e2e_ms": 3.0 + sum(steps), "n_out": 9})
-    acts = [6 * 8 * 8] * layers
-    hits = [int(a * min(1.0, max(0.0, hit + 0.05 * (i - 1.5)))) for i, a in enumerate(acts)]
-    metrics = compute_metrics(samples, moe_layers=layers, layer_hits=hits, layer_acts=acts,
-                              link_gbps=25.9, seed=0)
+    metrics = compute_metrics(samples, moe_layers=layers, link_gbps=25.9, seed=0)
     result = {
         "schema_version": 1, "status": "complete", "source": "run",
         "model": {"name": "tiny-qwen3-moe", "arch": "qwen3_moe", "moe_layers": layers,

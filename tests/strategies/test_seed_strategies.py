@@ -238,7 +238,8 @@ def test_prediction_metrics_per_layer(models) -> None:
     assert [r["layer"] for r in per] == list(range(loaded.shape.moe_layers))
     assert per[0]["prefetches_issued"] == 0
     assert sum(r["wasted_bytes"] for r in per) == pred["wasted_bytes"]
-    assert sum(r["late_prefetches"] for r in per) == pred["late_prefetches"] == m["late_prefetches"]
+    assert m["hits"] + m["late"] + m["misses"] == m["activations"]
+    assert m["hit_rate"] + m["late_rate"] + m["miss_rate"] == pytest.approx(1.0)
     # refetch with no cache: every wrong guess is dropped unused after its layer
     issued = sum(r["prefetches_issued"] for r in per)
     used = sum(r["prefetches_used"] for r in per)
