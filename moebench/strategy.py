@@ -157,6 +157,12 @@ class Strategy:
         clock); by default whether the strategy reads `routing`."""
         return "routing" in self.traits.reads
 
+    def expert_granular_waits(self) -> bool:
+        """Whether a decode step's experts run as their copies land (the resident ones first,
+        then each late or missed one) instead of after every copy of the layer has landed.
+        Default False: layer-granular waits, one kernel call per layer."""
+        return False
+
     def choose(self, ev: LayerEvent, true: Routing, s: Any, u: Any) -> Routing:
         """The experts to execute (lossless strategies: the router's own choice)."""
         return true

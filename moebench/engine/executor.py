@@ -51,6 +51,11 @@ def _register_impl() -> None:
         ExpertsInterface.register(IMPL_NAME, _moebench_experts_forward)
 
 
+def reference_impl_name(model: Any) -> str:
+    name = getattr(model.config, "_experts_implementation", None) or "eager"
+    return name if name != IMPL_NAME else "eager"
+
+
 def reference_impl(model: Any, experts_module: Any) -> Any:
     """The experts function the unmodified model would call (its configured implementation)."""
     from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
@@ -105,6 +110,7 @@ class OffloadEngine:
         self.adapter = adapter_for(model)
         views = self.adapter.moe
         self._impl = reference_impl(model, views[0].experts)
+        self._sequential_sum = reference_impl_name(model) == "eager"
         store_layers = []
         self._originals = []
         for v in views:
@@ -200,31 +206,62 @@ class OffloadEngine:
             self._record_trace(moe_index, true, chosen, experts)
         out = proto.prepare(moe_index, experts, prefetches, lambda: (
             [int(e) for e in true.ids[-1].tolist()], true.weights[-1].float().tolist()))
-        # Map expert ids to slot ids and run the model's own kernel over the slot pools,
-        # narrowed (a view, no copy) to the slot range this call touches: grouped kernels cost
-        # grows with the number of groups, and an all-resident layer is then exactly E wide.
-        lo, hi = min(out.slots.values()), max(out.slots.values())
-        dev = chosen.ids.device
+        if not out.pending:                     # layer-granular: one kernel call over the layer
+            done = proto.compute_experts(moe_index, out, experts, lambda group: self._kernel(
+                module, u, chosen.ids, chosen.weights, out.slots))
+            proto.after_experts(moe_index)
+            return done[0][1]
+        # Expert-granular waits (decode, one token): each expert is its own kernel call as its
+        # copy lands; the partial outputs are then reduced the way the one-call kernel reduces
+        # them: the eager kernel adds them from zero in ascending slot order, the grouped and
+        # batched kernels sum the [T, k, H] weighted outputs over k. Each partial is exactly the
+        # row the one-call kernel computes (one token per expert either way, in the model's
+        # dtype), so the result is bit-identical (tested on CPU, both kernels); a GPU grouped
+        # GEMM that picks another algorithm for one group than for k would differ by rounding.
+        row = [int(e) for e in chosen.ids[0].tolist()]
+
+        def per_expert(group: list[int]) -> dict[int, torch.Tensor]:
+            ys = {}
+            for e in group:
+                j = row.index(e)
+                ys[e] = self._kernel(module, u, chosen.ids[:, j:j + 1], chosen.weights[:, j:j + 1],
+                                     {e: out.slots[e]})
+            return ys
+        done = proto.compute_experts(moe_index, out, experts, per_expert)
+        parts = {e: y for _, ys in done for e, y in ys.items()}
+        if self._sequential_sum:
+            y = torch.zeros_like(u)
+            for e in sorted(parts, key=lambda e: out.slots[e]):
+                y = y + parts[e]
+        else:
+            y = torch.stack([parts[e] for e in row], dim=1).sum(dim=1).to(u.dtype)   # [1, k, H]
+        proto.after_experts(moe_index)
+        return y
+
+    def _kernel(self, module: Any, u: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,
+                slots: dict[int, int]) -> torch.Tensor:
+        """The model's own experts kernel over the cache slots of `slots` (expert -> slot) for
+        routing `ids`, `weights` [T, k]: expert ids become slot ids, the pools are narrowed (a
+        view, no copy) to the slot range this call touches (grouped kernels' cost grows with the
+        number of groups; an all-resident layer is then exactly E wide)."""
+        lo, hi = min(slots.values()), max(slots.values())
+        dev = ids.device
         if dev.type == "cuda":   # a pageable H2D copy would block the host on the queued waits
-            lut = torch.full((self.shape.num_experts,), -1, dtype=top_k_index.dtype)
-            for e, slot in out.slots.items():
+            lut = torch.full((self.shape.num_experts,), -1, dtype=ids.dtype)
+            for e, slot in slots.items():
                 lut[e] = slot - lo
-            slot_index = lut.pin_memory().to(dev, non_blocking=True)[chosen.ids]   # [T, k]
+            slot_index = lut.pin_memory().to(dev, non_blocking=True)[ids]         # [T, k]
         else:                    # host tensors: build the slot ids directly (cheaper per layer)
-            sl = out.slots
-            slot_index = torch.tensor([[sl[e] - lo for e in row] for row in chosen.ids.tolist()],
-                                      dtype=chosen.ids.dtype)                     # [T, k]
+            slot_index = torch.tensor([[slots[e] - lo for e in r] for r in ids.tolist()],
+                                      dtype=ids.dtype)                            # [T, k]
         if self.pools.packed:                                          # packed experts: unpack
             pools, slot_index = self.pools.compute_view(
-                slot_index, sorted(s_ - lo for s_ in set(out.slots.values())), lo, hi)
+                slot_index, sorted(s_ - lo for s_ in set(slots.values())), lo, hi)
         elif u.shape[0] > 1 and dev.type == "cpu":
-            pools, slot_index = self._expert_ordered(out.slots, chosen.ids)
+            pools, slot_index = self._expert_ordered(slots, ids)
         else:
             pools = {n: p[lo:hi + 1] for n, p in self.pools.pools.items()}
-        proxy = SlotExperts(module, pools)
-        y = self._impl(proxy, u, slot_index, chosen.weights)
-        proto.after_experts(moe_index, len(experts))
-        return y
+        return self._impl(SlotExperts(module, pools), u, slot_index, weights)
 
     def _expert_ordered(self, slots: dict[int, int], ids: torch.Tensor) -> tuple[dict, torch.Tensor]:
         """Multi-token calls on CPU (prefill): the slots gathered in expert-id order.

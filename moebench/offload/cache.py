@@ -34,6 +34,8 @@ class LayerOutcome:
     late: int = 0          # prefetched, its copy still in flight when needed (a partial stall)
     misses: int = 0        # not resident when needed: demand fetches
     stall_s: float = 0.0   # simulated; the clock's step record splits it into late and miss
+    # expert-granular waits: (expert, ticket, late) not yet waited for, late ones first
+    pending: list[tuple[int, Any, bool]] = field(default_factory=list)
     demand_bytes: int = 0
     prefetch_bytes: int = 0
     dropped_prefetches: int = 0
@@ -183,7 +185,9 @@ class SlotScheduler:
         return nbytes, dropped
 
     def prepare(self, layer: int, experts: Sequence[int], prefetches: Sequence[Any] = (),
-                pre_locked: set[ExpertKey] | None = None) -> LayerOutcome:
+                pre_locked: set[ExpertKey] | None = None, defer_waits: bool = False) -> LayerOutcome:
+        """Residency for `experts`; waits for every copy unless `defer_waits` (expert-granular
+        waits: the caller waits per expert, `LayerOutcome.pending`)."""
         out = LayerOutcome()
         keys = [(layer, int(e)) for e in experts]
         if len(keys) > self.cache.n_slots:
@@ -191,7 +195,7 @@ class SlotScheduler:
                 f"the cache budget holds {self.cache.n_slots} experts, but layer {layer} needs "
                 f"{len(keys)} at once (prefill touches many experts); raise --cache-budget.")
         locked = set(keys) | (pre_locked or set())
-        waits: list[tuple[Any, bool]] = []      # (ticket, late: a prefetch in flight, else a miss)
+        waits: list[tuple[int, Any, bool]] = []   # (expert, ticket, late: a prefetch in flight)
         for key in keys:
             if self.cache.is_resident(key):
                 t = self.cache.ticket.get(key)
@@ -204,19 +208,22 @@ class SlotScheduler:
                     self.strategy.on_access(key, True)
                 else:
                     out.late += 1
-                    waits.append((t, True))
+                    waits.append((key[1], t, True))
                     self.strategy.on_access(key, False)
             else:
                 slot = self.insert(key, locked)
                 if slot is None:  # cannot happen: len(keys) <= n_slots and only keys are locked
                     raise RuntimeError("no slot for a demanded expert")
-                waits.append((self._copy(key, slot), False))
+                waits.append((key[1], self._copy(key, slot), False))
                 out.misses += 1
                 out.demand_bytes += self.cache.expert_bytes
                 self.strategy.on_access(key, False)
         out.prefetch_bytes, out.dropped_prefetches = self.prefetch(prefetches, locked)
-        for t, late in waits:
-            out.stall_s += self.timeline.wait(t, late=late)
+        if defer_waits:       # late prefetches were issued before this layer's misses: first
+            out.pending = [w for w in waits if w[2]] + [w for w in waits if not w[2]]
+        else:
+            for _, t, late in waits:
+                out.stall_s += self.timeline.wait(t, late=late)
         for key in keys:
             self.cache.ticket.pop(key, None)
             out.slots[key[1]] = self.cache.slot_of[key]

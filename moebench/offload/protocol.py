@@ -16,9 +16,14 @@ Per forward step (a prefill or one decode token):
                                                      -> prediction charge
                     prepare(layer, ...)              prediction scoring (decode) -> demand fetches,
                                                      then prefetches, then waits -> accounting
-                    (the engine runs the experts here)
-                    after_experts(layer)             expert compute charge -> release (keep-nothing
-                                                     strategies)
+                    compute_experts(layer, ...)      per group of experts: its waits, the kernel
+                                                     (live engine), its compute charge
+                    after_experts(layer)             release (keep-nothing strategies)
+
+Waits are layer-granular by default: every copy of the layer lands before any expert runs, one
+kernel call. A strategy whose `expert_granular_waits()` is True (lru `waits=expert`, as
+mixtral-offloading runs resident experts while misses load) waits per expert in decode: the
+experts already resident run first, then each late or missed one as its copy lands.
     end_step() -> StepStats                          LM-head charge, the step's clock
 
 `charge=False` (the CUDA clock) skips every simulated charge: the kernels really ran and the
@@ -48,6 +53,7 @@ class LayerProtocol:
         self.cache = cache
         self.charge = charge
         self.sched = SlotScheduler(cache, timeline, strategy)
+        self.expert_waits = bool(strategy.expert_granular_waits())
         self.ctx = StrategyContext(shape=shape, adapter=adapter, n_slots=cache.n_slots,
                                    is_resident=cache.is_resident, artifacts=artifacts or {},
                                    trace=trace, device=device)
@@ -161,15 +167,45 @@ class LayerProtocol:
         st = self.step
         if st.phase == "decode":
             self._score_predictions(layer, last_token)
-        out = self.sched.prepare(layer, experts, prefetches)
+        defer = self.expert_waits and st.phase == "decode" and self.n_tokens == 1
+        out = self.sched.prepare(layer, experts, prefetches, defer_waits=defer)
         st.account(layer, out, len(experts))
         self._predicted.pop(layer, None)
         return out
 
-    def after_experts(self, layer: int, n_experts: int) -> None:
+    @staticmethod
+    def expert_groups(out: LayerOutcome, experts: list[int]) -> list[list[int]]:
+        """The order the layer's experts run in: one group (layer-granular waits), or the
+        resident ones, then each pending one alone, late prefetches before misses."""
+        if not out.pending:
+            return [list(experts)]
+        waiting = {e for e, _, _ in out.pending}
+        ready = [e for e in experts if e not in waiting]
+        return ([ready] if ready else []) + [[e] for e, _, _ in out.pending]
+
+    def compute_experts(self, layer: int, out: LayerOutcome, experts: list[int],
+                        kernel: Callable[[list[int]], Any] | None = None) -> list[tuple[list[int], Any]]:
+        """Wait for and run the layer's experts, group by group: `kernel(group)` computes one
+        group on a live engine (replay passes None); returns `(group, kernel output)` pairs."""
+        tickets = {e: (t, late) for e, t, late in out.pending}
+        n = len(experts)
+        each = 0.0
         if self.charge:
-            tokens_per_expert = max(1, (self.n_tokens * self.shape.top_k) // max(1, n_experts))
-            self.timeline.compute(n_experts * self.cost(costs.expert_seconds, tokens_per_expert))
+            tokens_per_expert = max(1, (self.n_tokens * self.shape.top_k) // max(1, n))
+            each = self.cost(costs.expert_seconds, tokens_per_expert)
+        done = []
+        for group in self.expert_groups(out, experts):
+            for e in group:
+                if e in tickets:
+                    t, late = tickets[e]
+                    out.stall_s += self.timeline.wait(t, late=late)
+            done.append((group, kernel(group) if kernel is not None else None))
+            if self.charge:
+                self.timeline.compute(len(group) * each)
+        out.pending = []
+        return done
+
+    def after_experts(self, layer: int) -> None:
         if not self.strategy.traits.keeps_experts:
             # Drop everything of this layer, prefetched-but-unused experts included: nothing may
             # survive to serve a later token (that would be a cross-token cache).

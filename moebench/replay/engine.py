@@ -104,9 +104,10 @@ class ReplayEngine:
             p.before_attention(m, None)
             true = self._routing(s, m, phase)
             _, _, experts, prefetches = p.route(m, true, None, None)
-            p.prepare(m, experts, prefetches,
-                      lambda s=s, m=m: (list(trace.true_ids(s, m)), trace.row_weights(s, m)))
-            p.after_experts(m, len(experts))
+            out = p.prepare(m, experts, prefetches,
+                            lambda s=s, m=m: (list(trace.true_ids(s, m)), trace.row_weights(s, m)))
+            p.compute_experts(m, out, experts)
+            p.after_experts(m)
         return p.end_step()
 
     def _routing(self, s: int, m: int, phase: str) -> Routing:

@@ -171,7 +171,8 @@ class PredictedStrategy(TraceStrategy):
 
 
 REPLAY_ONLY = {"lfu": LFUStrategy, "pin": PinStrategy, "belady": BeladyStrategy}
-ALIASES = {"lru-layer": ("lru", {"scope": "layer"}), "lru-global": ("lru", {"scope": "global"})}
+ALIASES = {"lru-layer": ("lru", {"scope": "layer"}), "lru-global": ("lru", {"scope": "global"}),
+           "lru-expert-waits": ("lru", {"waits": "expert"})}
 
 
 def replayable_registry() -> list[str]:

@@ -148,7 +148,8 @@ def run_step(p, shape, phase, position, routes, *, n_tokens=1, weights=None, bet
         _, _, experts, prefetches = p.route(m, true, None, None)
         ids, w = list(routes[m]), list(weights.get(m) or [1.0 / len(routes[m])] * len(routes[m]))
         outs[m] = p.prepare(m, experts, prefetches, lambda ids=ids, w=w: (ids, w))
-        p.after_experts(m, len(experts))
+        p.compute_experts(m, outs[m], experts)
+        p.after_experts(m)
         if between is not None:
             between(m)
     return p.end_step(), outs
@@ -463,3 +464,40 @@ def test_end_step_latency_is_compute_plus_stall_with_copies() -> None:
     # layer 0's demand copies are issued after its routing (and its predictor's 1.0 s), so it
     # waits for both in full; its prefetch for layer 1 queues behind them
     assert outs[0].stall_s == pytest.approx(2.0, rel=1e-12)
+
+
+class _ExpertWaits(Recorder):
+    def expert_granular_waits(self):
+        return True
+
+
+@pytest.mark.parametrize("granular", [False, True])
+def test_expert_granular_waits_run_resident_experts_while_a_miss_loads(granular: bool) -> None:
+    """Layer 0 needs experts 0 (resident) and 1 (a miss: a 1 s copy on PROFILE). Layer-granular
+    waits stall the whole copy before both experts run; expert-granular waits run expert 0's
+    50 us while the copy lands, so the stall is 50 us shorter and the step ends 50 us earlier."""
+    shape = make_shape(moe_layer_ids=(0,))
+    s = (_ExpertWaits if granular else Recorder)(residents=[(0, 0)])
+    p, tl, cache = make_protocol(s, shape, n_slots=4)
+    p.prefill_warm()
+    st, outs = run_step(p, shape, "decode", 1, {0: [0, 1]})
+    assert (outs[0].hits, outs[0].misses) == (1, 1)
+    assert p.expert_groups(outs[0], [0, 1]) == [[0, 1]] and not outs[0].pending  # waited for
+    copy = 1.0
+    expert = PROFILE.expert_us * 1e-6
+    want_stall = copy - expert if granular else copy
+    assert st.stall_s == pytest.approx(want_stall)
+    assert st.late_stall_s == 0.0
+    layer_granular_latency = None if granular else st.latency_s
+    if granular:
+        p2, _, _ = make_protocol(Recorder(residents=[(0, 0)]), shape, n_slots=4)
+        p2.prefill_warm()
+        layer_granular_latency = run_step(p2, shape, "decode", 1, {0: [0, 1]})[0].latency_s
+        assert st.latency_s == pytest.approx(layer_granular_latency - expert)
+
+
+def test_expert_groups_put_resident_experts_first_then_late_then_misses() -> None:
+    from moebench.offload.cache import LayerOutcome
+    out = LayerOutcome(pending=[(3, None, True), (1, None, False)])
+    assert LayerProtocol.expert_groups(out, [1, 2, 3, 4]) == [[2, 4], [3], [1]]
+    assert LayerProtocol.expert_groups(LayerOutcome(), [1, 2]) == [[1, 2]]

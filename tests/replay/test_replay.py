@@ -25,7 +25,8 @@ SMALL = {"max_new_tokens": "5", "limit": "2"}   # the smoke workload's 2 warm-up
 # ----------------------------------------------------------------------------------------------
 # agreement with live runs
 # ----------------------------------------------------------------------------------------------
-LIVE = {"sync": ("sync", {}), "lru": ("lru", {}), "lru-global": ("lru", {"scope": "global"})}
+LIVE = {"sync": ("sync", {}), "lru": ("lru", {}), "lru-global": ("lru", {"scope": "global"}),
+        "lru-expert-waits": ("lru", {"waits": "expert"})}
 
 
 @pytest.fixture(scope="module")
