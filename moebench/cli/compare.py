@@ -78,18 +78,19 @@ def _show_report(d: Path, json_out: bool) -> None:
             t.add_row(*summary_cells(r))
         con.print(t)
         acc = accuracy_table(p["rows"])
-        if acc:
-            a = Table(title=f"accuracy against the lossless reference{at}")
-            for h in acc[0]:
-                a.add_column(h)
+        if acc:                 # one line per strategy: the table is too wide for a terminal
+            con.print(f"accuracy against the lossless reference{at}:", highlight=False)
             for row in acc[1]:
-                a.add_row(*row)
-            con.print(a)
+                con.print(f"  {row[0]}: " + " · ".join(
+                    f"{h} {v}" for h, v in zip(acc[0][1:], row[1:]) if v not in ("–", "None")),
+                    highlight=False)
     for line in doc.get("intervals", []):
         con.print(f"interval: {line}", highlight=False)
     for n in doc.get("notes", []):
         if "were collapsed" in n:
             con.print(n, highlight=False)
+        elif n.startswith("IN-SAMPLE:"):                 # moebench.report.terminal.in_sample_warning
+            con.print(n, style="bold yellow", highlight=False, markup=False, soft_wrap=True)
     for s in doc.get("skipped", []):
         con.print(f"not run: {s['strategy']} ({s['reason']})", highlight=False)
     con.print(f"report: {d / 'report.html'}")

@@ -15,6 +15,12 @@ class Budget:
     experts: int              # slots in the device pool
     expert_bytes: int
     total_experts: int        # every expert of the model
+    forced: str | None = None  # the budget the strategy always runs at (`forces_budget`), if any
+
+    @property
+    def held(self) -> str:
+        """The budget the pool actually holds, in the user's terms."""
+        return self.forced or self.spec
 
     @property
     def bytes(self) -> int:
@@ -38,4 +44,5 @@ def resolve_budget(spec: BudgetSpec | str, shape: Any, strategy: Any) -> Budget:
             f"cache budget '{given.text}' holds {n} experts ({n * shape.expert_bytes:,} bytes), "
             f"but '{strategy.name}' needs at least {need} (one layer's top-{shape.top_k} is "
             f"{shape.top_k * shape.expert_bytes:,} bytes).")
-    return Budget(given.text, n, shape.expert_bytes, shape.total_experts)
+    return Budget(given.text, n, shape.expert_bytes, shape.total_experts,
+                  forced=used.text if strategy.forces_budget else None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from moebench.report.markdown import context_lines
+from moebench.report.markdown import budget_sentence, context_lines
 from moebench.report.table import accuracy_table, summary_cells, summary_header
 
 _CSS = """
@@ -57,6 +57,8 @@ def render_html(doc: dict, plots: list[tuple[str, str, bytes]] = ()) -> str:
     for p in doc["points"]:
         out.append(f"<h2>Summary{escape(' — ' + p['label'] + ' (clock ' + p['clock_label'] + ')') if p['label'] else ''}</h2>")
         out.append(_table(summary_header(doc), [summary_cells(r) for r in p["rows"]]))
+        if p.get("budget"):
+            out.append(f"<p class='budget'>{escape(budget_sentence(p['budget'], p['rows']))}</p>")
     out.append("<h2>Accuracy</h2>")
     tables = [(p["label"], accuracy_table(p["rows"])) for p in doc["points"]]
     if any(t for _, t in tables):

@@ -41,6 +41,15 @@ def context_lines(doc: dict) -> list[str]:
     return out
 
 
+def budget_sentence(budget: dict, rows: list[dict]) -> str:
+    """The point's budget, and what a strategy that forces its own budget actually held."""
+    forced = [f"{r['strategy']} held {r['budget'].get('held')} ({r['budget'].get('experts')} experts, "
+              f"{r['budget'].get('bytes'):,} bytes) whatever the budget"
+              for r in rows if (r.get("budget") or {}).get("forced_by_strategy")]
+    return (f"Cache budget {budget['spec']} ({budget['experts']} experts)"
+            + ("; " + "; ".join(forced) if forced else "") + ".")
+
+
 def render_markdown(doc: dict, plots: list[tuple[str, str]] = ()) -> str:
     """`plots` = (relative PNG path, caption) to link."""
     parts = [f"# moebench comparison: {doc['model']['name']} on {doc['workload']['name']}", "",
@@ -53,9 +62,7 @@ def render_markdown(doc: dict, plots: list[tuple[str, str]] = ()) -> str:
         parts += [_md_table(summary_header(doc), [summary_cells(r) for r in rows]), ""]
         budget = p.get("budget")
         if budget:
-            parts += [f"Cache budget {budget['spec']} ({budget['experts']} experts)"
-                      + ("; all-resident always holds every expert." if any(
-                          r["strategy"] == "all-resident" for r in rows) else "."), ""]
+            parts += [budget_sentence(budget, rows), ""]
     parts += ["## Accuracy", ""]
     measured = False
     for p in doc["points"]:

@@ -268,3 +268,15 @@ def test_generation_scoring_cuts_at_eos_and_reads_the_final_number() -> None:
     words = tok(" Paris\nQuestion: next", add_special_tokens=False)["input_ids"]
     assert score_generation(words, "Paris", tok, "exact") == ("Paris", True)
     assert score_generation(words, "Par", tok, "exact") == ("Paris", False)
+
+
+def test_the_choice_workload_can_show_a_cost_on_the_default_model() -> None:
+    """A reference that scores 0 (or 1) on every item leaves Δacc nowhere to move but one way (or
+    none): on the embedded default model the built-in `choice` workload scores strictly between."""
+    prep = session.prepare(RunConfig(model="default", workload="choice", clock="sim",
+                                    workload_overrides={"max_new_tokens": 2}))
+    ref = prepare_reference(prep)
+    right = [ref.forced.choice_ll[r.id].index(max(ref.forced.choice_ll[r.id])) == r.item.label
+             for r in prep.requests]
+    assert len(right) == 18
+    assert 0.2 <= sum(right) / len(right) <= 0.8

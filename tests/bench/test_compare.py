@@ -334,6 +334,9 @@ def test_budget_sweep_gives_one_curve_per_strategy(tmp_path: Path):
     assert (d / "cache_budget=0.5" / "lru" / "result.json").exists()
     if doc["accuracy_measured"]:
         assert all(r["accuracy"] for p in doc["points"] for r in p["rows"])
+        # the terminal shows the accuracy too, per point, not only report.md
+        assert r.output.count("accuracy against the lossless reference") == 2
+        assert "greedy exact match" in r.output
     else:
         assert any("accuracy" in n and "not measured" in n for n in doc["notes"])
     g = invoke("gate", d, d)                                   # each point gated on its own
