@@ -36,7 +36,7 @@ from moebench.engine.session import prepare
 from moebench.errors import UserError, did_you_mean
 from moebench.report.document import build_report
 from moebench.results.compat import check_comparable
-from moebench.results.folders import new_report_dir, write_report
+from moebench.results.folders import check_report_name, new_report_dir, write_report
 from moebench.results.model import load_report, load_run
 
 SWEEP_KEYS = ("cache_budget", "profile", "bandwidth")
@@ -239,6 +239,7 @@ def run_compare(plan: ComparePlan, out: Path, *, name: str | None = None,
 
     if plan.repetitions < 1:
         raise UserError("--repetitions must be at least 1.")
+    check_report_name(out, name)            # before the model loads: a bad place fails now
     prep0 = prepare(plan.base, loaded=loaded)
     if plan.sweep is None:
         points = [Point("", None, prep0)]
@@ -370,6 +371,7 @@ def compare_existing(paths: Sequence[str | Path], out: Path, *, name: str | None
                      baseline: str | None = None, plots: bool = True, alpha: float = 0.05) -> Path:
     """A report over result folders written earlier (they stay where they are), after
     `check_comparable` refused any that cannot share one table."""
+    check_report_name(out, name)
     runs = [load_run(p) for p in paths]
     check_comparable(runs)
     base = choose_baseline([str(r.strategy.name) for r in runs], baseline)

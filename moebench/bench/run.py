@@ -18,6 +18,7 @@ from pathlib import Path
 from moebench.calibration.provision import artifacts_for
 from moebench.config import RunConfig, to_dict
 from moebench.engine.session import Prepared, prepare, run_session
+from moebench.errors import UserError
 from moebench.results.build import Piece, RunContext, result_document
 from moebench.strategy import build_strategy
 
@@ -60,23 +61,43 @@ def write_run(prep: Prepared, result: dict, pieces: list[Piece], out_dir: Path |
     from moebench.hardware.environment import environment
     from moebench.results.folders import new_run_dir, write_json, write_jsonl
 
-    d = out_dir or new_run_dir(prep.cfg.out, result["strategy"]["name"], prep.loaded.name)
+    try:
+        d = out_dir or new_run_dir(prep.cfg.out, result["strategy"]["name"], prep.loaded.name)
+    except OSError as exc:
+        raise UserError(f"cannot create a result folder under {prep.cfg.out}: "
+                        f"{exc.strerror or exc}; nothing was written.") from None
     cfg = to_dict(prep.cfg)
     cfg["workload_resolved"] = to_dict(prep.workload)
     cfg["budget_resolved"] = result["budget"]
-    write_json(d / "config.json", cfg)
-    write_json(d / "environment.json", environment())
-    write_jsonl(d / "samples.jsonl", [s for p in pieces for s in p.samples])
     trace = [t for p in pieces for t in p.trace]
-    if trace:
-        from moebench.trace import write_trace
-        write_trace(d / "trace.jsonl", trace, strategy=result["strategy"]["name"])
-    write_json(d / "result.json", result)
+    try:
+        write_json(d / "config.json", cfg)
+        write_json(d / "environment.json", environment())
+        write_jsonl(d / "samples.jsonl", [s for p in pieces for s in p.samples])
+        if trace:
+            from moebench.trace import write_trace
+            write_trace(d / "trace.jsonl", trace, strategy=result["strategy"]["name"])
+        write_json(d / "result.json", result)
+    except OSError as exc:
+        # a full disk or a folder gone read-only mid-write: keep what was written, and say so in
+        # a result.json marked incomplete when even that small file still fits
+        kept = sorted(p.name for p in d.iterdir() if not p.name.startswith(".")) if d.is_dir() else []
+        try:
+            write_json(d / "result.json", dict(result, status="incomplete", notes=list(
+                result.get("notes", [])) + [f"writing the result failed: {exc.strerror or exc}"]))
+            kept.append("result.json (status: incomplete)")
+        except OSError:
+            pass
+        raise UserError(f"writing the result to {d} failed ({exc.strerror or exc}); kept: "
+                        f"{', '.join(kept) or 'nothing'}.") from None
     return d
 
 
 def run(cfg: RunConfig, progress: Callable[[int], None] | None = None,
         on_prepared: Callable[[Prepared], None] | None = None) -> tuple[Path, dict]:
+    from moebench.results.folders import check_output_dir
+
+    check_output_dir(cfg.out)                   # before the model loads: a bad --out fails now
     prep = prepare(cfg)
     if on_prepared:
         on_prepared(prep)

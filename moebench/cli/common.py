@@ -1,9 +1,11 @@
 """What every command shares: the console, the error mapper (one sentence, exit code 2; Ctrl-C
-130 with finished work kept) and the `--set` router."""
+130 and SIGTERM 143, with finished work kept) and the `--set` router."""
 from __future__ import annotations
 
 import functools
 import os
+import signal
+import threading
 from typing import Any
 
 import typer
@@ -15,13 +17,29 @@ def console(stderr: bool = False) -> Any:
     return Console(stderr=stderr)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what `timeout`, Slurm and CI send), raised where Ctrl-C would be: every path
+    that keeps finished work on Ctrl-C keeps it on SIGTERM too."""
+
+
+_SIGTERM_SEEN: list[bool] = []     # set by the handler: the interrupt was a SIGTERM
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    _SIGTERM_SEEN.append(True)
+    raise Terminated()
+
+
 def handle_errors(fn: Any) -> Any:
-    """Map a UserError to one sentence and its exit code; Ctrl-C to 130 (results kept)."""
+    """Map a UserError to one sentence and its exit code; Ctrl-C to 130 and SIGTERM to 143
+    (finished results kept either way)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from moebench.errors import UserError
 
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
@@ -32,8 +50,13 @@ def handle_errors(fn: Any) -> Any:
             raise typer.Exit(getattr(exc, "exit_code", 2)) from None
         except KeyboardInterrupt as exc:
             where = str(exc)
-            console(stderr=True).print("interrupted" + (f"; finished work kept in {where}" if where else ""))
-            raise typer.Exit(130) from None
+            what = "terminated" if isinstance(exc, Terminated) or _SIGTERM_SEEN else "interrupted"
+            console(stderr=True).print(what + (f"; finished work kept in {where}" if where else ""))
+            raise typer.Exit(143 if what == "terminated" else 130) from None
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
+                _SIGTERM_SEEN.clear()
     return wrapper
 
 

@@ -242,7 +242,12 @@ def baseline_update(
     plan = C.ComparePlan(replace(C.SMOKE, model=model, workload_overrides=wl_over), names,
                          C.choose_baseline(names, None), params={k: v for k, v in params.items() if v},
                          plots=False, skipped=skipped)
+    from moebench.results.folders import replace_report
+
     dir_ = Path(dir_)
+    if dir_.exists() and (not dir_.is_dir() or any(dir_.iterdir())):
+        from moebench.results.folders import report_parts
+        report_parts(dir_)                  # refuse a folder that is not a report, before running
     staging = dir_.parent / f".{dir_.name}.new-{os.getpid()}"
     try:
         with _reproducible():
@@ -252,11 +257,11 @@ def baseline_update(
         if isinstance(exc, KeyboardInterrupt):
             raise KeyboardInterrupt() from None      # nothing kept: the old baseline stands
         raise
-    old = dir_.parent / f".{dir_.name}.old-{os.getpid()}"
-    if dir_.exists():
-        dir_.rename(old)
-    new.rename(dir_)
-    shutil.rmtree(old, ignore_errors=True)
+    try:
+        replace_report(dir_, new)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)   # moebench's own staging copy, nothing else
+        raise
     _show_report(dir_, json_out=False)
     console().print(f"baseline rewritten: {dir_} (commit it to make it the CI baseline)")
 

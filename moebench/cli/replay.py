@@ -146,12 +146,16 @@ def synth(
                                 "predictor 'synthetic+1' with this recall")] = None,
     seed: Annotated[int, typer.Option(help="random seed (same seed, same trace)")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="write the JSONL here (default: stdout)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing --out file")] = False,
 ) -> None:
     """Write a synthetic routing trace (JSONL) shaped like MODEL: popularity skew, temporal reuse, cross-layer correlation."""
     from moebench.models.presets import model_shape
     from moebench.replay.traces import trace_rows
-    from moebench.results.folders import atomic_write
+    from moebench.results.folders import atomic_write, check_output_file
     from moebench.replay.synth import SynthSpec, synthesize
+
+    if out is not None:
+        check_output_file(out, force=force)
 
     shape = model_shape(model)
     spec = SynthSpec(steps=steps, requests=requests, zipf=zipf, reuse=reuse,

@@ -26,15 +26,18 @@ def export(
     result_dir: Annotated[Path, typer.Argument(help="a result folder (or its trace.jsonl)")],
     fmt: Annotated[str, typer.Option("--format", help="output format: jsonl")] = "jsonl",
     out: Annotated[Optional[Path], typer.Option(help="write here instead of stdout")] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing --out file")] = False,
 ) -> None:
     """Write the routing trace of a run as JSONL (one object per step and layer)."""
     from moebench.errors import UserError
-    from moebench.results.folders import atomic_write
+    from moebench.results.folders import atomic_write, check_output_file
     from moebench.results.model import load_run
     from moebench.trace import export_jsonl, export_rows, read_trace
 
     if fmt != "jsonl":
         raise UserError(f"--format must be jsonl, not '{fmt}'.")
+    if out is not None:
+        check_output_file(out, force=force)
     if not result_dir.exists():
         raise UserError(f"{result_dir} does not exist.")
     folder = result_dir if result_dir.is_dir() else result_dir.parent
