@@ -10,6 +10,7 @@ field, so a typo in a workload file never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 import re
 import types
@@ -91,12 +92,13 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise UserError(f"{where} must be a number, not {value!r}.")
-        if isinstance(value, (int, float)):
-            return float(value)
         try:
-            return float(str(value))
+            x = float(value) if isinstance(value, (int, float)) else float(str(value))
         except ValueError:
             raise UserError(f"{where} must be a number, not {value!r}.") from None
+        if not math.isfinite(x):        # a NaN bandwidth would make every copy free
+            raise UserError(f"{where} must be a finite number, not {value!r}.")
+        return x
     if tp is str:
         if isinstance(value, (dict, list)):
             raise UserError(f"{where} must be a string, not a {type(value).__name__}.")

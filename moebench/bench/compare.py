@@ -118,8 +118,11 @@ def resolve_strategies(names: Sequence[str] | None) -> tuple[tuple[str, ...], tu
     strategy that loads is run and the others are reported as skipped, with the reason."""
     from moebench.strategy import REGISTRY
 
-    if names:
+    if names is not None:
         seen = [n.strip() for n in names if n.strip()]
+        if not seen:
+            raise UserError("--strategies names no strategy (e.g. --strategies sync,lru); "
+                            "leave it out to run every registered one.")
         dup = sorted({n for n in seen if seen.count(n) > 1})
         if dup:
             raise UserError(f"--strategies lists '{dup[0]}' twice.")
@@ -240,6 +243,9 @@ def run_compare(plan: ComparePlan, out: Path, *, name: str | None = None,
     if plan.repetitions < 1:
         raise UserError("--repetitions must be at least 1.")
     check_report_name(out, name)            # before the model loads: a bad place fails now
+    if loaded is None:
+        budgets = list(plan.sweep.values) if plan.sweep and plan.sweep.key == "cache_budget" else None
+        runner.check_budget(plan.base, [(s, plan.params.get(s)) for s in plan.strategies], budgets)
     prep0 = prepare(plan.base, loaded=loaded)
     if plan.sweep is None:
         points = [Point("", None, prep0)]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from moebench.calibration.provision import artifacts_for
 from moebench.config import RunConfig, to_dict
-from moebench.engine.session import Prepared, prepare, run_session
+from moebench.engine.session import Prepared, prepare, request_notes, run_session
 from moebench.errors import UserError
 from moebench.results.build import Piece, RunContext, result_document
 from moebench.strategy import build_strategy
@@ -35,6 +35,20 @@ def run_strategy(prep: Prepared, name: str, params: dict | None = None, *, repet
                        progress=progress, keep_logits=keep_logits, record_trace=record_trace)
 
 
+def check_budget(cfg: RunConfig, strategies: list[tuple[str, dict | None]],
+                 budgets: list[str] | None = None) -> None:
+    """Before the model loads: every budget holds what each strategy needs at once (the shape
+    comes from the model's config alone)."""
+    from moebench.config import BudgetSpec
+    from moebench.models.presets import model_shape
+    from moebench.offload.budget import resolve_budget
+
+    shape = model_shape(cfg.model)
+    for b in budgets or [cfg.cache_budget]:
+        for name, params in strategies:
+            resolve_budget(BudgetSpec.parse(b), shape, build_strategy(name, params))
+
+
 def run_context(prep: Prepared) -> RunContext:
     """What a live run's result.json says about where its numbers come from."""
     device, device_memory = str(prep.device), None
@@ -49,7 +63,8 @@ def run_context(prep: Prepared) -> RunContext:
                       repetitions=wl.repetitions, clock=prep.clock,
                       profile=prep.profile, device=device, device_memory=device_memory,
                       seed=prep.cfg.seed, repetition=prep.cfg.repetition,
-                      load_notes=tuple(getattr(loaded, "notes", None) or ()))
+                      load_notes=tuple(getattr(loaded, "notes", None) or ())
+                      + tuple(request_notes(prep.requests)))
 
 
 def build_result(prep: Prepared, pieces: list[Piece], *, source: str = "run") -> dict:
@@ -98,6 +113,7 @@ def run(cfg: RunConfig, progress: Callable[[int], None] | None = None,
     from moebench.results.folders import check_output_dir
 
     check_output_dir(cfg.out)                   # before the model loads: a bad --out fails now
+    check_budget(cfg, [(cfg.strategy, cfg.strategy_params)])
     prep = prepare(cfg)
     if on_prepared:
         on_prepared(prep)

@@ -97,13 +97,21 @@ def save(key: ArtifactKey, tensors: dict[str, Any], meta: dict | None = None) ->
     from moebench import __version__
 
     tpath, spath = key.paths()
-    tpath.parent.mkdir(parents=True, exist_ok=True)
     clean = {n: t.detach().to("cpu").contiguous() for n, t in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=tpath.parent, prefix=f".{tpath.name}.", suffix=".tmp")
+    try:
+        tpath.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=tpath.parent, prefix=f".{tpath.name}.", suffix=".tmp")
+    except OSError as exc:
+        where = "$MOEBENCH_CACHE" if os.environ.get("MOEBENCH_CACHE") else "the cache folder"
+        raise UserError(f"cannot write the {key.kind} artifact under {cache_dir()} "
+                        f"({exc.strerror or exc}); point {where} at a writable folder "
+                        "(MOEBENCH_CACHE=DIR).") from None
     os.close(fd)
     try:
         save_file(clean, tmp, metadata={"moebench_kind": key.kind, "digest": key.digest()})
         os.replace(tmp, tpath)
+    except OSError as exc:
+        raise UserError(f"cannot write the {key.kind} artifact {tpath} ({exc.strerror or exc}).") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -20,12 +20,44 @@ app = typer.Typer(no_args_is_help=False, add_completion=False, pretty_exceptions
                   help="Compare MoE expert-offloading and prefetching strategies on identical workloads.")
 
 
+def _no_type_for_flags() -> None:
+    """typer's help prints a value type for every option, `<bool>` for on/off flags too, which
+    take no value; show no type for them."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "_moebench", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+    display_type_rich._moebench = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_no_type_for_flags()
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from moebench import __version__
+        typer.echo(f"moebench {__version__}")
+        raise typer.Exit()
+
+
 @app.callback(invoke_without_command=True)
-def _main(ctx: typer.Context) -> None:
+def _main(ctx: typer.Context, version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="print the version and exit")] = False) -> None:
     import logging
 
-    logging.basicConfig(level=os.environ.get("MOEBENCH_LOG", "WARNING"),
-                        format="%(levelname)s %(name)s: %(message)s")
+    level = os.environ.get("MOEBENCH_LOG", "WARNING").strip().upper()
+    if level not in LOG_LEVELS:
+        console(stderr=True).print(f"[bold red]error:[/] MOEBENCH_LOG={os.environ['MOEBENCH_LOG']!r} "
+                                   f"is not one of {', '.join(LOG_LEVELS)}.", highlight=False)
+        raise typer.Exit(2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
 

@@ -135,7 +135,7 @@ def compare(
             raise UserError(f"--clock must be auto, cuda or sim, not '{clock}'.")
         if not 0 < alpha < 1:
             raise UserError(f"--alpha must lie strictly between 0 and 1, not {alpha}.")
-        names, skipped = C.resolve_strategies(strategies.split(",") if strategies else None)
+        names, skipped = C.resolve_strategies(strategies.split(",") if strategies is not None else None)
         if not names:
             raise UserError("no strategy could be loaded: " + "; ".join(w for _, w in skipped))
         wl_over, params = C.route_sets(names, set_ or [])
@@ -235,7 +235,7 @@ def baseline_update(
     from moebench.bench import compare as C
     from moebench.errors import UserError
 
-    names, skipped = C.resolve_strategies(strategies.split(",") if strategies else None)
+    names, skipped = C.resolve_strategies(strategies.split(",") if strategies is not None else None)
     if not names:
         raise UserError("no strategy could be loaded: " + "; ".join(w for _, w in skipped))
     wl_over, params = C.route_sets(names, set_ or [])

@@ -78,9 +78,49 @@ def prepare(cfg: RunConfig, loaded: Any = None) -> Prepared:
     profile = load_profile(cfg.profile)
     device, clock = resolve_device_and_clock(cfg.clock, cfg.device)
     if loaded is None:
+        from moebench.models.presets import resolve_config
+        check_context(wl, resolve_config(cfg.model)[0], cfg.model)     # before loading weights
         loaded = load_model(cfg.model, seed=cfg.seed, device=device)
     reqs = build_requests(wl, loaded.tokenizer, loaded.model.config.vocab_size)
+    check_context(wl, loaded.model.config.to_dict(), loaded.name, reqs)
     return Prepared(cfg, wl, reqs, workload_sha256(wl, reqs), loaded, budget, profile, clock, device)
+
+
+def context_length(config: dict) -> int | None:
+    """The model's context (`max_position_embeddings`, also inside a `text_config`)."""
+    for c in (config, config.get("text_config") or {}):
+        n = c.get("max_position_embeddings") if isinstance(c, dict) else None
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
+def check_context(wl: Any, config: dict, model: str, requests: list | None = None) -> None:
+    """Refuse a workload that would decode past the model's context: `max_new_tokens` alone
+    before the model loads, each prompt + `max_new_tokens` once the prompts are tokenised."""
+    n = context_length(config)
+    if n is None:
+        return
+    if wl.max_new_tokens >= n:
+        raise UserError(f"max_new_tokens={wl.max_new_tokens} does not fit the context of model "
+                        f"'{model}' ({n} positions); ask for fewer new tokens.")
+    for r in requests or ():
+        if len(r.input_ids) + wl.max_new_tokens > n:
+            raise UserError(f"prompt '{r.id}' ({len(r.input_ids)} tokens) + max_new_tokens="
+                            f"{wl.max_new_tokens} exceeds the context of model '{model}' ({n} "
+                            f"positions); lower max_new_tokens or max_prompt_tokens.")
+
+
+def request_notes(requests: list) -> list[str]:
+    """What the workload did to the prompts that a reader must know (cut to max_prompt_tokens)."""
+    cut = [r for r in requests if getattr(r, "cut_from", None)]
+    if not cut:
+        return []
+    keep = len(cut[0].input_ids)
+    names = ", ".join(f"{r.id} ({r.cut_from} -> {len(r.input_ids)})" for r in cut[:5])
+    more = f" and {len(cut) - 5} more" if len(cut) > 5 else ""
+    return [f"{len(cut)} prompt(s) were cut from the left to max_prompt_tokens (to {keep} tokens "
+            f"for the first): {names}{more}"]
 
 
 def run_session(prep: Prepared, strategy: Any, provisioned: Provisioned = NOTHING, *,

@@ -88,12 +88,18 @@ def want_lazy(folder: Path, cfg: dict, lazy: bool | None = None) -> bool:
         return True
     if env in ("0", "false", "no", "off"):
         return False
+    if env not in ("", "auto"):
+        raise UserError(f"MOEBENCH_LAZY_LOAD={os.environ['MOEBENCH_LAZY_LOAD']!r} is not one of "
+                        "1/true/yes/on, 0/false/no/off or auto.")
+    raw = os.environ.get("MOEBENCH_LAZY_BYTES", str(2**31)).strip()
+    if not raw.isdigit():
+        raise UserError(f"MOEBENCH_LAZY_BYTES={raw!r} is not a whole number of bytes.")
     shards = list(folder.glob("*.safetensors"))
     if not shards:
         return False
     if (cfg.get("quantization_config") or {}).get("quant_method") == "mxfp4":
         return True
-    return sum(p.stat().st_size for p in shards) >= int(os.environ.get("MOEBENCH_LAZY_BYTES", 2**31))
+    return sum(p.stat().st_size for p in shards) >= int(raw)
 
 
 def load_model(name_or_path: str, *, seed: int = 0, dtype: str | None = None,

@@ -172,9 +172,13 @@ def resolve_config(name_or_path: str) -> tuple[dict, str, Preset | None, Path | 
 
 
 def model_shape(name_or_path: str, dtype: str | None = None) -> ModelShape:
-    cfg, name, _, _ = resolve_config(name_or_path)
+    """The shape a live run of this model has, from its config alone (the embedded default
+    model runs in float32, as `moebench.models.loading` loads it, whatever its config says)."""
+    cfg, name, preset, _ = resolve_config(name_or_path)
     if not cfg:
         raise UserError(f"model '{name}' has no config on disk.")
+    if dtype is None and preset is not None and preset.embedded:
+        dtype = "float32"
     return shape_from_config(cfg, name=name, dtype=dtype)
 
 

@@ -151,6 +151,13 @@ def check_trace_fits(trace: Any, shape: Any) -> None:
     if trace.num_experts_seen > shape.num_experts:
         raise UserError(f"the trace uses expert id {trace.num_experts_seen - 1} but model "
                         f"'{shape.name}' has {shape.num_experts} experts per layer.")
+    counts = (trace.experts >= 0).sum(axis=-1)                           # [S, L]
+    bad = np.argwhere(counts != shape.top_k)
+    if bad.size:
+        s, m = (int(x) for x in bad[0])
+        raise UserError(f"trace request {int(trace.request[s])} step {int(trace.step[s])} layer {m} "
+                        f"lists {int(counts[s, m])} experts, but model '{shape.name}' routes each "
+                        f"token to its top-{shape.top_k}; pass the --model the trace was recorded on.")
 
 
 # ----------------------------------------------------------------------------------------------

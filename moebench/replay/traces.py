@@ -105,13 +105,18 @@ class ReplayTrace:
         return [float(w) for w in self.weights[s, m, :len(ids)]]
 
 
-def _dedupe(ids: Any, where: str) -> tuple[int, ...]:
+def _dedupe(ids: Any, where: str, key: str = "experts", distinct: bool = False) -> tuple[int, ...]:
+    """The ids of a row's `key`, in order; `distinct`: a repeated id is an error (a token's
+    top-k never names one expert twice), else repeats are dropped (a union)."""
     if not isinstance(ids, (list, tuple)) or not ids:
-        raise UserError(f"{where}: 'experts' must be a non-empty list of expert ids.")
+        raise UserError(f"{where}: '{key}' must be a non-empty list of expert ids.")
     seen: dict[int, None] = {}
     for e in ids:
         if isinstance(e, bool) or not isinstance(e, int) or e < 0:
             raise UserError(f"{where}: expert id {e!r} is not a non-negative integer.")
+        if distinct and int(e) in seen:
+            raise UserError(f"{where}: '{key}' lists expert {e} twice (a top-k names each "
+                            "expert once).")
         seen.setdefault(int(e), None)
     return tuple(seen)
 
@@ -146,6 +151,9 @@ def trace_from_rows(rows: list[dict], *, source: str = "", recorded: RecordedRun
             keys.append((req, step))
         if layer in per_step[s]:
             raise UserError(f"{where}: request {req} step {step} has layer {layer} twice.")
+        if not isinstance(r.get("experts"), list):
+            raise UserError(f"{where}: 'experts' must be a non-empty list of expert ids (the "
+                            "router's choice).")
         per_step[s][layer] = r
         n_layers = max(n_layers, layer + 1)
         k = max(k, len(r["experts"]) if isinstance(r["experts"], list) else 0)
@@ -164,7 +172,7 @@ def trace_from_rows(rows: list[dict], *, source: str = "", recorded: RecordedRun
                             f"(every step must list all {n_layers} MoE layers).")
         for m, r in layers.items():
             where = f"trace {source} request {req} step {step} layer {m}"
-            ids = _dedupe(r["experts"], where)
+            ids = _dedupe(r["experts"], where, distinct=True)
             experts[s, m, :len(ids)] = ids
             if weights is not None:
                 w = r["weights"]
@@ -175,7 +183,7 @@ def trace_from_rows(rows: list[dict], *, source: str = "", recorded: RecordedRun
                     firsts.setdefault(int(e), float(x))
                 weights[s, m, :len(ids)] = [firsts[e] for e in ids]
             if step == 0 and r.get("used"):
-                prefill_used[(s, m)] = _dedupe(r["used"], where)
+                prefill_used[(s, m)] = _dedupe(r["used"], where, "used")
             preds = r.get("predicted") or {}
             if not isinstance(preds, dict):
                 raise UserError(f"{where}: 'predicted' must map a predictor name to expert ids.")

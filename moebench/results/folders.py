@@ -11,6 +11,7 @@ See docs/RESULT_FORMAT.md for what goes in them; `moebench.results.model` reads 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -51,12 +52,31 @@ def atomic_write(path: Path, text: str | bytes) -> None:
         raise
 
 
+def strict(obj: Any) -> Any:
+    """`obj` with every non-finite float as None: strict JSON (no bare NaN / Infinity, which
+    most JSON parsers refuse); a value that is not a number is unknown, not a number."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
+def _dumps(obj: Any, **kw: Any) -> str:
+    try:
+        return json.dumps(obj, allow_nan=False, default=_default, **kw)
+    except ValueError:
+        return json.dumps(strict(obj), allow_nan=False, default=_default, **kw)
+
+
 def write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, json.dumps(obj, indent=2, sort_keys=False, default=_default) + "\n")
+    atomic_write(path, _dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    atomic_write(path, "".join(json.dumps(r, sort_keys=True, default=_default) + "\n" for r in rows))
+    atomic_write(path, "".join(_dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
 def _default(o: Any) -> Any:

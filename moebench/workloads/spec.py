@@ -135,6 +135,7 @@ class Request:
     id: str
     input_ids: tuple[int, ...]
     item: Item
+    cut_from: int | None = None     # the prompt's token count before max_prompt_tokens cut it
 
 
 def builtin_dir() -> Path:
@@ -359,11 +360,12 @@ def build_requests(wl: Workload, tokenizer: Any, vocab_size: int) -> list[Reques
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:
             raise UserError(f"workload {wl.name}: prompt '{item.id}' tokenises to nothing.")
+        cut_from = len(ids) if len(ids) > wl.max_prompt_tokens else None
         ids = ids[-wl.max_prompt_tokens:]
         if max(ids) >= vocab_size:
             raise UserError(f"workload {wl.name}: the tokenizer produces ids beyond the model's "
                             f"vocabulary ({vocab_size}).")
-        reqs.append(Request(item.id, tuple(ids), item))
+        reqs.append(Request(item.id, tuple(ids), item, cut_from))
     if wl.limit is not None:
         reqs = reqs[: wl.limit]
     if not reqs:

@@ -237,10 +237,21 @@ def test_any_jsonl_of_step_layer_experts_replays(tmp_path) -> None:
     ([{"step": 1, "layer": 0, "experts": [1]}, {"step": 1, "layer": 0, "experts": [2]}], "layer 0 twice"),
     ([{"step": 1, "layer": 0, "experts": "3"}], "non-empty list"),
     ([{"step": 1, "layer": 0, "experts": [-1]}], "non-negative"),
+    ([{"step": 1, "layer": 0}], "non-empty list"),
+    ([{"step": 1, "layer": 0, "experts": [3, 3]}], "lists expert 3 twice"),
 ])
 def test_bad_traces_are_one_sentence_errors(rows, msg) -> None:
     with pytest.raises(UserError, match=msg):
         trace_from_rows(rows, source="t")
+
+
+@pytest.mark.parametrize("k", [7, 9])
+def test_a_trace_of_another_top_k_is_refused(k: int) -> None:
+    rows = [{"step": s, "layer": m, "experts": list(range(k))} for s in range(1, 3) for m in range(4)]
+    with pytest.raises(UserError, match=f"lists {k} experts, but model 'tiny-qwen3-moe' routes each "
+                                        "token to its top-8"):
+        replay_one(trace_from_rows(rows, source="t"), "lru", shape=model_shape("tiny-qwen3-moe"),
+                   profile=load_profile(PROFILE), budget="0.5")
 
 
 def test_a_trace_must_fit_the_model() -> None:
