@@ -65,7 +65,7 @@ def replay(
     import time
 
     from moebench.errors import UserError
-    from moebench.replay.sweep import ReplaySpec, run_replay, write_replay
+    from moebench.replay.sweep import ReplaySpec, check_replay_out, run_replay, write_replay
 
     sw = _parse_sweep(sweep or [])
     budgets = sw.get("cache_budget", []) + ([cache_budget] if cache_budget else [])
@@ -82,8 +82,7 @@ def replay(
                       hit_rate_only=hit_rate_only, consistency=not no_consistency,
                       bounds=not no_bounds)
     folder = out or Path("reports") / f"replay-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (folder / "report.md").exists():
-        raise UserError(f"{folder} already holds a replay report; pass a new --out folder.")
+    check_replay_out(folder)
     with console(stderr=True).status("replaying", spinner="dots") if not json_out else _null():
         outcome = run_replay(spec)
         files = write_replay(outcome, folder)

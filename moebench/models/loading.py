@@ -118,7 +118,10 @@ def load_model(name_or_path: str, *, seed: int = 0, dtype: str | None = None,
         places = "\n  ".join(str(p) for p in P.candidate_dirs(preset)) or "(none)"
         raise UserError(f"model '{name}' ({hf_id}) is not on this machine; looked in: {places} "
                         f"-- download it there, put it in $MOEBENCH_MODELS/{name}, or pass --model PATH.")
-    if folder is not None and want_lazy(folder, cfg, lazy):
+    lazily = folder is not None and want_lazy(folder, cfg, lazy)     # (checks $MOEBENCH_LAZY_*)
+    if folder is not None:
+        check_weight_files(folder)
+    if lazily:
         from moebench.models.checkpoint import load_lazy
 
         return load_lazy(folder, cfg=cfg, name=name, hf_id=hf_id, device=device,
@@ -134,8 +137,10 @@ def load_model(name_or_path: str, *, seed: int = 0, dtype: str | None = None,
         kwargs = {"dtype": torch_dtype or (torch.float32 if preset and preset.embedded else "auto")}
         try:
             model = AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True, **kwargs)
-        except (OSError, ValueError) as exc:
-            raise UserError(f"cannot load the checkpoint in {folder}: {str(exc).splitlines()[0]}") from None
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"cannot load the checkpoint in {folder} (do its weights match its "
+                            f"config.json?): {first}") from None
         snapshot = _snapshot(cfg, _weights_index(folder))
     model.eval()
     if getattr(model.config, "model_type", "") == "qwen3_moe" and "norm_topk_prob" not in cfg:
@@ -145,6 +150,21 @@ def load_model(name_or_path: str, *, seed: int = 0, dtype: str | None = None,
     dt = str(next(model.parameters()).dtype).replace("torch.", "")
     shape = shape_from_config(model.config.to_dict(), name=name, dtype=dt)
     return LoadedModel(name, shape.arch, hf_id, folder, model, tok, shape, snapshot)
+
+
+def check_weight_files(folder: Path) -> None:
+    """Every `*.safetensors` shard of a checkpoint folder has a readable header that covers the
+    file (an empty, truncated or random-bytes file is named here, before anything loads)."""
+    from safetensors import safe_open
+
+    for p in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                f.keys()
+        except Exception as exc:   # safetensors raises its own error type for a bad header
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UserError(f"weights file {p} is not a readable safetensors file ({why}); "
+                            "it may be truncated or corrupt.") from None
 
 
 def _weights_index(folder: Path) -> str:

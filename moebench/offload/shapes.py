@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from moebench.errors import UserError
+
 _DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "fp8": 1, "mxfp4": 0.53125}
 
 
@@ -76,7 +78,22 @@ class ModelShape:
 
 def shape_from_config(cfg: dict[str, Any], *, name: str, dtype: str | None = None,
                       expert_bytes: int | None = None) -> ModelShape:
-    """A `ModelShape` from a HF `config.json` mapping of a Qwen3-MoE, Mixtral, OLMoE or GPT-OSS model."""
+    """A `ModelShape` from a HF `config.json` mapping of a Qwen3-MoE, Mixtral, OLMoE or GPT-OSS
+    model; a config without the keys (or with values that are not numbers) is one sentence."""
+    if not isinstance(cfg, dict):
+        raise UserError(f"model '{name}': its config is not a JSON object.")
+    try:
+        return _shape_from_config(cfg, name=name, dtype=dtype, expert_bytes=expert_bytes)
+    except KeyError as exc:
+        raise UserError(f"model '{name}': its config.json lacks {exc.args[0]!r}, which an MoE "
+                        "model's config states.") from None
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"model '{name}': its config.json has a value that is not a number "
+                        f"({exc}).") from None
+
+
+def _shape_from_config(cfg: dict[str, Any], *, name: str, dtype: str | None = None,
+                       expert_bytes: int | None = None) -> ModelShape:
     arch = cfg.get("model_type", "qwen3_moe")
     hidden = int(cfg["hidden_size"])
     layers = int(cfg["num_hidden_layers"])

@@ -201,6 +201,20 @@ def _hit_result(name: str, budget: str, n_slots: int, shape: Any, hr: dict, prof
             "notes": []}
 
 
+REPLAY_FILES = ("report.md", "report.html", "replay.json", "compare")
+
+
+def check_replay_out(folder: Path) -> None:
+    """Before any work: `folder` can be written, and holds nothing a replay report would write."""
+    from moebench.results.folders import check_output_dir
+
+    folder = Path(folder)
+    check_output_dir(folder)
+    taken = [n for n in REPLAY_FILES if (folder / n).exists()]
+    if taken:
+        raise UserError(f"{folder} already holds {taken[0]} (a replay report); pass a new --out folder.")
+
+
 def write_replay(out: ReplayOutcome, folder: Path) -> dict[str, Path]:
     """Result folders (full mode) and the report into `folder` (refuses one that holds a report)."""
     from moebench.results.machine import replay_machine
@@ -208,8 +222,7 @@ def write_replay(out: ReplayOutcome, folder: Path) -> dict[str, Path]:
     from moebench.results.folders import new_run_dir, write_json, write_jsonl
 
     folder = Path(folder)
-    if (folder / "report.md").exists():
-        raise UserError(f"{folder} already holds a replay report; pass a new --out folder.")
+    check_replay_out(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if not out.spec.hit_rate_only:
         env = replay_machine()

@@ -1,0 +1,4 @@
+"""`python -m moebench.cli` is `moebench`."""
+from moebench.cli import main
+
+main()
