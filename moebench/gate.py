@@ -4,7 +4,8 @@
 
     0  pass          every metric is within its threshold (or better)
     1  regression    some metric is significantly AND practically worse
-    2  usage         a malformed rule, an unreadable file (``GateUsageError``)
+    2  usage         a malformed rule, an unreadable file, an in-sample result on either
+                     side (calibrated on its own evaluation prompts) (``GateUsageError``)
     3  inconclusive  too few samples, a possible-but-unproven regression, or results that cannot
                      be compared (different workload hash, model, clock, budget or strategy)
 
@@ -52,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from moebench.errors import UserError, did_you_mean
-from moebench.results.compat import VERSION, mismatches
+from moebench.results.compat import VERSION, in_sample_refusal, mismatches
 from moebench.results.model import RunResult, load_runs
 from moebench.offload.records import distinct_samples, pair_samples, sample_values
 from moebench.stats import MIN_SAMPLES, RatioEstimate, paired_ratio, unpaired_ratio
@@ -374,6 +375,9 @@ def _judge(rule: Rule, base: RunResult, cand: RunResult, *, alpha: float, seed: 
 def _check_run(run: Any, side: str) -> RunResult:
     if not isinstance(run, RunResult):
         raise GateUsageError(f"The {side} is not a loaded result (a moebench.results.model.RunResult).")
+    refusal = in_sample_refusal(run, side)       # calibrated on its own evaluation prompts
+    if refusal:
+        raise GateUsageError(refusal)
     return run
 
 

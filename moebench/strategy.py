@@ -14,8 +14,10 @@ protocol all three execute). Per MoE layer of every step the engine calls, in or
     victim(layer, candidates)         -> ExpertKey    eviction when no slot is free
     on_access / on_insert / on_evict                  bookkeeping for the cache policy
 
-and once per run `setup(ctx)` (after `make_policy(ctx)`), `initial_residents(n_slots)` (what to
-load before timing), and per prompt `begin_request(request)`.
+and once per run `setup(ctx)` (after `make_policy(ctx)`; it calls `check_model(shape)`, which
+refuses parameter values that would make the strategy something else on this model),
+`run_notes()` (legal but degenerate values, said in the result), `initial_residents(n_slots)`
+(what to load before timing), and per prompt `begin_request(request)`.
 
 **Declarations** (class attributes; `traits_for(params)` turns them into the instance's
 `traits` when a parameter changes one):
@@ -134,11 +136,23 @@ class Strategy:
         """The cache policy `victim` / `on_*` delegate to (global LRU by default)."""
         return LRUPolicy(scope="global", n_slots=ctx.n_slots, moe_layers=ctx.moe_layers)
 
+    def check_model(self, shape: Any) -> None:
+        """Raise `UserError` (one sentence) when a parameter value, on this model's shape, would
+        make the strategy something else (e.g. a speculation that speculates no layer is `sync`
+        under another label). Called by `setup` and before any calibration for this model."""
+
     def setup(self, ctx: StrategyContext) -> None:
         """Once per run, before anything else: `ctx` is the shape, budget, artifacts, trace."""
+        self.check_model(ctx.shape)
         self.ctx = ctx
         if self.policy is None:      # (a plugin may still assign its policy before calling this)
             self.policy = self.make_policy(ctx)
+
+    def run_notes(self) -> list[str]:
+        """After `setup`: sentences for result.json `notes` (and a warning on stderr) about legal
+        but degenerate parameter values on this model and budget (a learned part that is never
+        used, a prediction that can change nothing, ...). Default: none."""
+        return []
 
     def initial_residents(self, n_slots: int) -> Sequence[ExpertKey]:
         """Experts to make resident before timing starts (all-resident, pinning)."""

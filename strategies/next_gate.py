@@ -52,6 +52,22 @@ class NextGateStrategy(Strategy):
     def make_policy(self, ctx: StrategyContext) -> LRUPolicy:
         return LRUPolicy(scope=self.params.scope, n_slots=ctx.n_slots, moe_layers=ctx.moe_layers)
 
+    def check_model(self, shape: Any) -> None:
+        d, last = self.params.lookahead, shape.moe_layers - 1
+        if d > last:
+            raise UserError(
+                f"next-gate.lookahead={d} reaches past the last MoE layer: this model has "
+                f"{shape.moe_layers} MoE layers, so at most {last} layers ahead can be guessed "
+                + ("(with one MoE layer there is nothing to guess: that is `lru`)." if last < 1 else
+                   f"(distances {last + 1}..{d} would never predict anything)."))
+
+    def run_notes(self) -> list[str]:
+        ctx = self.ctx
+        if ctx.n_slots >= ctx.moe_layers * ctx.num_experts:
+            return ["next-gate: the budget holds every expert, so nothing is ever evicted and its "
+                    "guesses only change each expert's first copy"]
+        return []
+
     def after_routing(self, ev: LayerEvent, executed: Routing, s: Any, u: Any) -> list[Prefetch]:
         if ev.phase != "decode":
             return []

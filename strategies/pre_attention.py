@@ -1,26 +1,32 @@
-"""`pre-attention`: the pre-attention linear expert predictor (Zhu, Bohl, Oester, Alonso, ETH
-Zurich; arXiv 2511.10676).
+"""`pre-attention`: the pre-attention expert predictor (Zhu, Bohl, Oester, Alonso, ETH Zurich;
+arXiv 2511.10676), following the paper where the published material is specific.
 
 Legend: T tokens, H hidden, E experts per layer, k experts per token, r predictor width.
 
-In decode, at MoE layer `i`, right after `h = norm1_i(x_i)` (before layer `i`'s attention) the
-strategy predicts layer `i`'s own experts from `h` and starts copying them, so the copy overlaps
-that layer's attention; unlike cross-layer predictors it covers layer 0 too. The router then
-decides what runs (the true routing: lossless); a prediction miss waits for its demand fetch.
-Fetched experts stay in an LRU cache under the budget (`scope` layer or global, as `lru`).
+In decode, at MoE layer `i`, right after `h = norm1_i(x_i)` (the normalised activations just
+before layer `i`'s attention, the paper's input) the strategy predicts layer `i`'s own experts
+from `h` and starts copying them, so the copy overlaps that layer's attention; unlike
+cross-layer predictors it covers layer 0 too (the paper's point). The router then decides what
+runs (the true routing: lossless); a prediction miss waits for its demand fetch. Fetched experts
+stay in an LRU cache under the budget (`scope` layer or global, as `lru`).
 
-- `predictor=trained` (default): per layer "two linear functions", `scores = W2 (W1 h + b1) + b2`
-  (`W1 [r, H]`, `W2 [E, r]`, no non-linearity between them: the paper's wording), initialised
-  from a rank-`r` SVD of the layer's router and trained by `moebench calibrate pre-attention`
-  on hidden states and true routing of the calibration text with a ranking-aware loss
-  (listwise cross-entropy against the true router's softmax + a top-k margin hinge). The
-  predicted set is the top-k of the scores. Held-out recall@k is reported by `calibrate`.
+- `predictor=trained` (default): per layer the paper's "2 linear functions" ("2-layer
+  predictor"), `scores = W2 act(W1 h + b1) + b2` (`W1 [r, H]`, `W2 [E, r]`), trained by
+  `moebench calibrate pre-attention` on the model's own `h` and true routing over the
+  calibration text with a ranking-aware loss (listwise cross-entropy against the true router's
+  softmax + a top-k margin hinge, `margin`). The predicted set is the top-k of the scores (k =
+  the router's). Held-out recall@k and exact-set match (the paper's "accuracy" is an exact-match
+  figure) are reported by `calibrate`, on held-out *prompts*.
 - `predictor=router`: the zero-training baseline, layer `i`'s own router (and routing rule)
   applied to `h` instead of `norm2_i(s_i)`.
 
-Prefill is fetched on demand (the predictor runs in decode only). The predictor's own compute is
-charged on the simulated clock (two small GEMVs, or one router GEMV). `rank` 0 means `r = E`;
-`calibration`, `epochs`, `lr`, `holdout` choose the training data and fit.
+Where the published material is silent, a parameter with a stated default:
+`activation` (`relu`; `gelu`, `silu`, or `none` = the old single affine map, no richer than a
+refitted router), `width` (`r`, 0 = `2E`: room for the router's full rank as antisymmetric
+pairs), `init` (`router`: starts exactly at the router variant; `random`: `nn.Linear`'s
+initialisation), `margin` (1.0), `calibration`, `epochs`, `lr`, `holdout` (of the calibration
+prompts). Prefill is fetched on demand (the predictor runs in decode only). The predictor's own
+compute is charged on the simulated clock (two small GEMVs, or one router GEMV).
 """
 from __future__ import annotations
 
@@ -35,26 +41,31 @@ from moebench.strategy import LRUPolicy, LayerEvent, Prefetch, Strategy, Strateg
 class PreAttentionParams:
     predictor: Literal["trained", "router"] = "trained"
     scope: Literal["layer", "global"] = "layer"
-    rank: int = 0
+    activation: Literal["relu", "gelu", "silu", "none"] = "relu"
+    width: int = 0
+    init: Literal["router", "random"] = "router"
+    margin: float = 1.0
     calibration: str = ""
     epochs: int = 200
     lr: float = 0.01
     holdout: float = 0.2
 
     def validate(self, where: str) -> None:
-        if self.rank < 0:
-            raise UserError(f"{where}.rank must not be negative (0 means the number of experts).")
+        if self.width < 0:
+            raise UserError(f"{where}.width must not be negative (0 means twice the number of experts).")
+        if self.margin < 0:
+            raise UserError(f"{where}.margin must not be negative.")
         if self.epochs < 0 or self.lr <= 0 or not 0.0 <= self.holdout < 1.0:
             raise UserError(f"{where}: epochs >= 0, lr > 0 and holdout in [0, 1) are required.")
 
 
 class PreAttentionStrategy(Strategy):
     name: ClassVar[str] = "pre-attention"
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2             # 2: a non-linear 2-layer predictor, split by prompt
     lossless: ClassVar[bool] = True
     needs: ClassVar[tuple[str, ...]] = ("pre-attention",)
     reads: ClassVar[frozenset[str]] = frozenset({"routing", "hidden"})
-    source: ClassVar[str] = "pre-attention linear expert predictor (arXiv 2511.10676)"
+    source: ClassVar[str] = "pre-attention expert predictor, 2 linear functions (arXiv 2511.10676)"
     Params: ClassVar[type] = PreAttentionParams
 
     @classmethod
@@ -78,7 +89,7 @@ class PreAttentionStrategy(Strategy):
             t = ctx.artifacts.get("pre-attention") or {}
             for m in range(ctx.moe_layers):
                 try:
-                    pred = TwoLinear.from_tensors(t, f"layer{m}")
+                    pred = TwoLinear.from_tensors(t, f"layer{m}", self.params.activation)
                 except KeyError:
                     raise UserError(f"the pre-attention artifact has no predictor for MoE layer {m}.") from None
                 if pred.w1.shape[1] != ctx.shape.hidden or pred.w2.shape[0] != ctx.num_experts:
@@ -102,4 +113,21 @@ class PreAttentionStrategy(Strategy):
             return 2.0 * ev.n_tokens * sh.num_experts * sh.hidden, sh.router_bytes(), 3
         p = next(iter(self.predictors.values()))
         params = p.w1.numel() + p.w2.numel()
-        return 2.0 * ev.n_tokens * params, params * 4.0, 3
+        act = self.params.activation != "none"          # one elementwise kernel over r values
+        flops = 2.0 * ev.n_tokens * params + (ev.n_tokens * p.w1.shape[0] if act else 0.0)
+        return flops, params * 4.0, 3 + int(act)
+
+    def run_notes(self) -> list[str]:
+        """Legal parameter values that make this something less than the paper's predictor."""
+        p, ctx, notes = self.params, self.ctx, []
+        if p.predictor == "trained" and p.activation == "none":
+            notes.append("pre-attention: activation=none makes the two linear functions one affine "
+                         "map (rank <= number of experts), no richer than a refitted router")
+        if p.predictor == "trained" and p.epochs == 0:
+            notes.append("pre-attention: epochs=0, so the trained predictor is its initialisation"
+                         + (" (init=router: the router variant, up to its width)" if p.init == "router" else
+                            " (init=random: untrained random weights)"))
+        if ctx.n_slots >= ctx.moe_layers * ctx.num_experts:
+            notes.append("pre-attention: the budget holds every expert, so nothing is ever evicted "
+                         "and its predictions only change each expert's first copy")
+        return notes

@@ -8,12 +8,17 @@ version); when it is missing it calibrates (and logs a warning, and leaves a not
 unless the run said `--no-calibrate`, in which case a missing artifact is a `UserError` (exit 2).
 
 Calibration data: the calibration workload (strategy parameter `calibration`, else the run
-workload's `calibration` field, default `smoke`) is tokenised like any workload, each prompt is
+workload's `calibration` field, default `calibration`: text disjoint from every shipped evaluation
+workload) is tokenised like any workload, each prompt is
 continued greedily for the workload's `max_new_tokens` by the *unmodified* model (no engine
 attached), and one teacher-forced forward over prompt + continuation is observed with hooks:
 per MoE layer `h = norm1(x)`, `s` (the residual entering `norm2`), `u = norm2(s)`, and the
 router's logits, weights and ids, at every position. Expert outputs for the default vectors are
 computed by the model's own experts module, one expert per row with weight 1 (unweighted).
+
+Every artifact's provenance (`result.json` `strategy.artifacts`) names its calibration workload,
+hash and size, and how many evaluation prompts it shares with the run (`shared_prompts`: same
+token ids, same text, or one inside the other); any shared prompt makes the run `in_sample`.
 
 The oracle's "trace" is a recording pass of the same workload with `sync` (lossless, so the
 routing is exactly the one the oracle will see), cached as a `routing-trace` artifact keyed by
@@ -48,11 +53,40 @@ def calibration_set(loaded: Any, name: str, overrides: dict | None = None) -> Ca
     return CalibrationSet(wl, reqs, workload_sha256(wl, reqs))
 
 
+MIN_CONTAINED_CHARS = 32    # a prompt this long found inside another counts as shared (few-shot)
+
+
+def shared_prompts(calibration: list, evaluation: list) -> list[str]:
+    """Ids of the `evaluation` requests that share a prompt with a `calibration` request: the
+    same token ids, the same text, or the whole text of one (at least `MIN_CONTAINED_CHARS`
+    long) inside the other, as a few-shot example is inside a GSM8K prompt. Calibrating on the
+    evaluation workload itself shares every prompt."""
+    ids = {tuple(r.input_ids) for r in calibration}
+    texts = [t for t in (r.item.text.strip() for r in calibration) if t]
+    out = []
+    for r in evaluation:
+        text = r.item.text.strip()
+        if tuple(r.input_ids) in ids or (text and any(
+                c == text or (len(c) >= MIN_CONTAINED_CHARS and c in text)
+                or (len(text) >= MIN_CONTAINED_CHARS and text in c) for c in texts)):
+            out.append(r.id)
+    return out
+
+
+def calibration_provenance(prep: Any, cal: CalibrationSet) -> dict:
+    """What result.json says about a calibration set next to each artifact built on it (beside
+    its name and hash): its size, how many of the run's evaluation prompts it shares (the first
+    ten of their ids) and `in_sample`, true when it shares any."""
+    shared = shared_prompts(cal.requests, prep.requests)
+    return {"calibration_n_prompts": len(cal.requests), "calibration_shared_prompts": len(shared),
+            "calibration_shared_ids": shared[:10], "in_sample": bool(shared) or cal.sha == prep.workload_sha}
+
+
 # ----------------------------------------------------------------------------------------------
 # artifact keys (what changes the result is in the key; nothing else is)
 # ----------------------------------------------------------------------------------------------
 def _train_params(p: Any) -> dict:
-    return {"epochs": p.epochs, "lr": p.lr, "holdout": p.holdout, "seed": 0}
+    return {"epochs": p.epochs, "lr": p.lr, "holdout": p.holdout, "seed": 0, "split": "prompt"}
 
 
 def dv_key(loaded: Any, cal: CalibrationSet, strategy: Any) -> A.ArtifactKey:
@@ -63,27 +97,36 @@ def dv_key(loaded: Any, cal: CalibrationSet, strategy: Any) -> A.ArtifactKey:
 
 
 def estimator_key(loaded: Any, cal: CalibrationSet, strategy: Any) -> A.ArtifactKey:
+    """The estimator's training inputs are the run's speculation chain, so what shapes that chain
+    (where speculation starts, whether prefill speculates, whether layers execute their guesses)
+    is in the key."""
     p = strategy.params
     params = {"dv": dv_key(loaded, cal, strategy).digest(), "shape": p.estimator,
-              "layers": estimator_targets(strategy, loaded.shape.moe_layers), **_train_params(p)}
+              "layers": estimator_targets(strategy, loaded.shape.moe_layers),
+              "inputs": "speculation-chain", "speculate_from_layer": p.speculate_from_layer,
+              "speculate_prefill": p.speculate_prefill, "refetch_on_miss": p.refetch_on_miss,
+              **_train_params(p)}
     return A.ArtifactKey("spec-estimator", loaded.name, loaded.snapshot, cal.workload.name, cal.sha,
                          params, strategy.version)
 
 
 def pre_attention_key(loaded: Any, cal: CalibrationSet, strategy: Any) -> A.ArtifactKey:
     p = strategy.params
-    params = {"rank": pre_attention_rank(strategy, loaded.shape), **_train_params(p)}
+    params = {"width": pre_attention_rank(strategy, loaded.shape), "activation": p.activation,
+              "init": p.init, "margin": p.margin, **_train_params(p)}
     return A.ArtifactKey("pre-attention", loaded.name, loaded.snapshot, cal.workload.name, cal.sha,
                          params, strategy.version)
 
 
 def estimator_targets(strategy: Any, moe_layers: int) -> list[int]:
-    """MoE layers whose speculation uses the learned estimator: 1..estimator_layers."""
-    return list(range(1, min(strategy.params.estimator_layers, moe_layers - 1) + 1))
+    """MoE layers whose speculation uses the learned estimator: the speculated ones among
+    1..estimator_layers (none when `speculate_from_layer > estimator_layers`)."""
+    return strategy.estimator_targets(moe_layers)
 
 
 def pre_attention_rank(strategy: Any, shape: Any) -> int:
-    return strategy.params.rank or shape.num_experts
+    """The pre-attention predictor's width `r` (`W1 [r, H]`): `width`, 0 = twice the experts."""
+    return strategy.params.width or 2 * shape.num_experts
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,23 +216,21 @@ def calibrate_speculative(loaded: Any, cal: CalibrationSet, strategy: Any
     from moebench.calibration import predictors as P
     from moebench.models.adapters import adapter_for
 
+    strategy.check_model(loaded.shape)          # refuse a meaningless speculation before any work
     p, shape = strategy.params, loaded.shape
     dev = model_device(loaded)
     adapter = adapter_for(loaded.model)
-    targets = estimator_targets(strategy, shape.moe_layers) if p.estimator != "none" else []
+    targets = estimator_targets(strategy, shape.moe_layers)
     acc = P.DefaultVectors(shape.moe_layers, shape.num_experts, shape.hidden, method=p.dv_method,
                            beta=p.dv_beta)
-    kept: list[list[dict]] = []
+    seqs = sequences(loaded, cal)
     n_tokens = 0
-    for seq in sequences(loaded, cal):
+    for seq in seqs:
         caps = capture(loaded, seq)
         n_tokens += seq.shape[1]
         for m, c in enumerate(caps):
             acc.add_batch(m, expert_outputs(adapter.moe[m].experts, c["u"], c["ids"], dev),
                           c["ids"].reshape(-1))
-        if targets:
-            kept.append([{k: caps[m][k] for k in ("s", "weights", "ids", "logits")}
-                         for m in range(max(targets) + 1)])
     dv = acc.tables()                                                 # [L, E, H] float32
     unseen = int((acc.count == 0).sum())
     dv_art = A.save(dv_key(loaded, cal, strategy), {"dv": dv, "counts": acc.count},
@@ -197,57 +238,154 @@ def calibrate_speculative(loaded: Any, cal: CalibrationSet, strategy: Any
                      "method": p.dv_method, "beta": p.dv_beta if p.dv_method == "ema" else None})
     if not targets:
         return dv_art, None
+    # The estimator of layer j is trained on what it will see: the quasi states the run's
+    # speculation chain builds (earlier speculated layers execute their guesses, earlier
+    # estimators included), against the true router of layer j on that same forward.
+    chain = _speculation_chain(loaded, strategy, dv, dev)
+    prompt_lens = [len(r.input_ids) for r in cal.requests]
     tensors, report = {}, {}
     cfg = P.TrainConfig(epochs=p.epochs, lr=p.lr, holdout=p.holdout)
     for j in targets:
+        rows = [chain_capture(loaded, chain, seq, n_prompt, j) for seq, n_prompt in zip(seqs, prompt_lens)]
+        q, logits, ids = (torch.cat([r[k] for r in rows]) for k in ("q", "logits", "ids"))
+        groups = torch.cat([torch.full((r["q"].shape[0],), g, dtype=torch.int64)
+                            for g, r in enumerate(rows)])
         nxt = adapter.moe[j]
-        with torch.no_grad():   # q = norm2_j(s_{j-1} + dv_{j-1}), dv from the true routing of j-1
-            q = torch.cat([nxt.norm2((r[j - 1]["s"] + P.default_vector_estimate(
-                dv[j - 1], r[j - 1]["ids"], r[j - 1]["weights"]).to(r[j - 1]["s"].dtype)).to(dev)).cpu()
-                for r in kept])
-        logits = torch.cat([r[j]["logits"] for r in kept])
-        ids = torch.cat([r[j]["ids"] for r in kept])
-        bias = getattr(nxt.router, "bias", None)
-        w, rep = P.train_router_copy(q, logits, ids, nxt.router.weight, bias, cfg=cfg)
+        w, rep = P.train_router_copy(q, logits, ids, groups, nxt.router.weight,
+                                     getattr(nxt.router, "bias", None), cfg=cfg)
         tensors.update({f"layer{j}.{n}": t for n, t in w.items()})
-        report[str(j)] = rep
+        chain.estimators[j] = {n: t.to(dev) for n, t in w.items()}   # the next target's chain uses it
+        report[str(j)] = {**rep, "inputs": "speculation-chain"}
     est_art = A.save(estimator_key(loaded, cal, strategy), tensors,
                      {"calibration_tokens": n_tokens, "layers": targets, "heldout": report})
     return dv_art, est_art
 
 
+def _speculation_chain(loaded: Any, strategy: Any, dv: Any, dev: Any) -> Any:
+    """A fresh instance of `strategy` set up to speculate on the unmodified model (no engine):
+    its own `quasi` / `route_quasi` build the chain, so calibration and run share one formula."""
+    from moebench.models.adapters import adapter_for
+    from moebench.strategy import StrategyContext
+
+    chain = type(strategy)(strategy.params)
+    ctx = StrategyContext(shape=loaded.shape, n_slots=loaded.shape.total_experts,
+                          is_resident=lambda key: False, adapter=adapter_for(loaded.model),
+                          artifacts={"default-vectors": dv}, device=dev)
+    chain.setup(ctx)
+    return chain
+
+
+class _Reached(Exception):
+    """Raised by a hook once the target layer is captured: the rest of the forward is not needed."""
+
+
+def chain_capture(loaded: Any, chain: Any, ids: Any, n_prompt: int, target: int) -> dict[str, Any]:
+    """One forward over ids [1, T] in which the speculated layers execute the speculation chain
+    (as `speculative` does at run time: positions `< n_prompt` only when `speculate_prefill`, none
+    with `refetch_on_miss`), stopped at layer `target`. Returns {q [T, H], logits [T, E], ids
+    [T, k]}: layer `target`'s quasi state as the chain builds it, and its true router's logits and
+    top-k on that forward (on the host)."""
+    import torch
+
+    from moebench.offload.events import Routing
+
+    p = chain.params
+    adapter = chain.ctx.adapter
+    model = loaded.model
+    t = ids.shape[1]
+    spec_pos = torch.ones(t, dtype=torch.bool)
+    if not p.speculate_prefill:
+        spec_pos[:n_prompt] = False
+    s_of: dict[int, Any] = {}
+    pending: dict[int, Routing] = {}
+    out: dict[str, Any] = {}
+    busy = [False]          # the chain calls routers itself; those calls are not the model's
+    hooks = []
+
+    def flat(x: Any) -> Any:
+        return x.detach().reshape(-1, x.shape[-1])
+
+    for v in adapter.moe:
+        m = v.moe_index
+        if m > target:
+            break
+        hooks.append(v.norm2.register_forward_pre_hook(
+            lambda mod, a, m=m: s_of.__setitem__(m, flat(a[0]))))
+
+        def on_router(mod: Any, a: Any, o: Any, m: int = m) -> Any:
+            if busy[0]:
+                return None
+            logits, weights, top = o
+            if m == target:
+                out["logits"], out["ids"] = flat(logits).to("cpu", copy=True), flat(top).to("cpu", copy=True)
+                raise _Reached
+            executed = Routing(top, weights)
+            spec = pending.pop(m, None)
+            if spec is not None and not p.refetch_on_miss:
+                mask = spec_pos.to(top.device)[:, None]
+                executed = Routing(torch.where(mask, spec.ids.to(top.dtype), top),
+                                   torch.where(mask, spec.weights.to(weights.dtype), weights))
+            if m + 1 >= p.speculate_from_layer:
+                busy[0] = True
+                try:
+                    q = chain.quasi(m, executed, s_of[m])
+                    if m + 1 == target:
+                        out["q"] = q.detach().to("cpu", copy=True)
+                    else:
+                        pending[m + 1] = chain.route_quasi(m + 1, q)
+                finally:
+                    busy[0] = False
+            return (logits, executed.weights, executed.ids)
+        hooks.append(v.router.register_forward_hook(on_router))
+    try:
+        with torch.no_grad():
+            model(input_ids=ids.to(model_device(loaded)), use_cache=False)
+    except _Reached:
+        pass
+    finally:
+        for h in hooks:
+            h.remove()
+    if "q" not in out or "logits" not in out:
+        raise RuntimeError(f"the speculation chain never reached MoE layer {target}")
+    return out
+
+
 def calibrate_pre_attention(loaded: Any, cal: CalibrationSet, strategy: Any) -> A.Artifact:
-    """Per-layer two-linear predictors on h = norm1(x), with held-out recall@k."""
+    """Per-layer pre-attention predictors on h = norm1(x), with held-out (by prompt) recall@k."""
     import torch
 
     from moebench.calibration import predictors as P
     from moebench.models.adapters import adapter_for
 
+    strategy.check_model(loaded.shape)
     p, shape = strategy.params, loaded.shape
     dev = model_device(loaded)
     adapter = adapter_for(loaded.model)
-    per_layer: list[dict[str, list]] = [{"h": [], "logits": [], "ids": []} for _ in adapter.moe]
+    per_layer: list[dict[str, list]] = [{"h": [], "logits": [], "ids": [], "groups": []} for _ in adapter.moe]
     n_tokens = 0
-    for seq in sequences(loaded, cal):
+    for g, seq in enumerate(sequences(loaded, cal)):
         n_tokens += seq.shape[1]
         for m, c in enumerate(capture(loaded, seq)):
             for k in ("h", "logits", "ids"):
                 per_layer[m][k].append(c[k])
-    rank = pre_attention_rank(strategy, shape)
-    cfg = P.TrainConfig(epochs=p.epochs, lr=p.lr, holdout=p.holdout)
+            per_layer[m]["groups"].append(torch.full((c["h"].shape[0],), g, dtype=torch.int64))
+    width = pre_attention_rank(strategy, shape)
+    cfg = P.TrainConfig(epochs=p.epochs, lr=p.lr, holdout=p.holdout, margin=p.margin)
     tensors, report = {}, {}
     for m, d in enumerate(per_layer):
-        h, logits, ids = (torch.cat(d[k]) for k in ("h", "logits", "ids"))
+        h, logits, ids, groups = (torch.cat(d[k]) for k in ("h", "logits", "ids", "groups"))
         with torch.no_grad():
             router_scores = adapter.route(m, h.to(dev))[0].cpu()
         view = adapter.moe[m]
-        pred, rep = P.train_two_linear(h, logits, ids, view.router.weight,
-                                       getattr(view.router, "bias", None), rank=rank, cfg=cfg,
+        pred, rep = P.train_two_linear(h, logits, ids, groups, view.router.weight,
+                                       getattr(view.router, "bias", None), width=width,
+                                       activation=p.activation, init=p.init, cfg=cfg,
                                        router_scores=router_scores)
         tensors.update(pred.tensors(f"layer{m}"))
         report[str(m)] = rep
     return A.save(pre_attention_key(loaded, cal, strategy), tensors,
-                  {"calibration_tokens": n_tokens, "rank": rank, "heldout": report})
+                  {"calibration_tokens": n_tokens, "width": width, "activation": p.activation,
+                   "init": p.init, "heldout": report})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -353,10 +491,11 @@ def artifacts_for(prep: Any, strategy: Any) -> Provisioned:
     provenance: list[dict] = []
     out: dict[str, Any] = {}
     trace = None
-    cal = None
+    cal, cal_about = None, {}
     if any(n != "trace" for n in needs):
         name = getattr(strategy.params, "calibration", "") or prep.workload.calibration
         cal = calibration_set(loaded, name)
+        cal_about = calibration_provenance(prep, cal)
     for need in needs:
         if need == "default-vectors":
             art = _obtain(prep, dv_key(loaded, cal, strategy),
@@ -385,5 +524,6 @@ def artifacts_for(prep: Any, strategy: Any) -> Provisioned:
             trace, art = recorded_trace(prep, strategy, notes)
         else:
             raise UserError(f"strategy '{strategy.name}' needs '{need}', which moebench cannot provide.")
-        provenance.append({**art.key.describe(), "path": str(art.path)})
+        about = {} if need == "trace" else cal_about     # the oracle replays this run's own routing
+        provenance.append({**art.key.describe(), "path": str(art.path), **about})
     return Provisioned(out, trace, tuple(notes), tuple(provenance))

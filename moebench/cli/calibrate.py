@@ -1,16 +1,16 @@
 """`moebench calibrate ...`: build the artifacts the predicting strategies run on.
 
-    moebench calibrate default-vectors --model tiny-qwen3-moe --workload smoke
+    moebench calibrate default-vectors --model tiny-qwen3-moe --workload calibration
     moebench calibrate default-vectors --model M --workload W --set dv_method=ema --set dv_beta=0.9
     moebench calibrate default-vectors --model M --workload W --set estimator=linear --set estimator_layers=2
-    moebench calibrate pre-attention --model M --workload W [--set rank=32 --set epochs=300]
+    moebench calibrate pre-attention --model M --workload W [--set width=64 --set epochs=300]
 
 `--set` takes the calibration parameters of the strategy that uses the artifact (`speculative`
 for default vectors and the estimator, `pre-attention` for its predictors) and workload fields
 (`limit`, `max_new_tokens`, ...) of the calibration workload. The artifact is keyed by model
 snapshot, calibration workload hash, those parameters and the strategy version, so a later
 `moebench run` with the same choices finds it (a run's calibration workload is the strategy
-parameter `calibration`, else the run workload's `calibration` field, default `smoke`).
+parameter `calibration`, else the run workload's `calibration` field, default `calibration`).
 An existing artifact is reused (and verified) unless `--force`.
 
 `calibrate_app` is the sub-app: other modules attach sub-commands to it (`calibrate profile`).
@@ -76,18 +76,23 @@ def _render(doc: dict, json_out: bool, title: str) -> None:
         held = a["meta"].get("heldout") or {}
         if held:
             t = Table(title=f"{title}: held-out prediction quality ({a['kind']})")
-            for c in ("layer", "train / held-out tokens", "recall@k", "router recall@k", "exact set"):
+            for c in ("layer", "train / held-out prompts (tokens)", "recall@k", "router recall@k",
+                      "exact set", "router exact set"):
                 t.add_column(c)
             for layer, r in sorted(held.items(), key=lambda kv: int(kv[0])):
-                ex = r.get("heldout_exact_set")
-                t.add_row(layer, f"{r['n_train']} / {r['n_heldout']}", f"{r['heldout_recall_at_k']:.3f}",
-                          f"{r['router_heldout_recall_at_k']:.3f}", "-" if ex is None else f"{ex:.3f}")
+                ex, rex = r.get("heldout_exact_set"), r.get("router_heldout_exact_set")
+                prompts = (f"{r['n_train_prompts']} / {r['n_heldout_prompts']} "
+                           if "n_train_prompts" in r else "")
+                t.add_row(layer, f"{prompts}({r['n_train']} / {r['n_heldout']})",
+                          f"{r['heldout_recall_at_k']:.3f}", f"{r['router_heldout_recall_at_k']:.3f}",
+                          "-" if ex is None else f"{ex:.3f}", "-" if rex is None else f"{rex:.3f}")
             con.print(t)
+            con.print("  held out: whole calibration prompts, never seen in training", highlight=False)
 
 
 @calibrate_app.command("default-vectors")
 @handle_errors
-def default_vectors(model: ModelOpt = "default", workload: WorkloadOpt = "smoke",
+def default_vectors(model: ModelOpt = "default", workload: WorkloadOpt = "calibration",
                     set_: SetOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
                     seed: SeedOpt = 0) -> None:
     """Per-layer (experts x hidden) tables of unweighted expert outputs for `speculative`
@@ -95,9 +100,15 @@ def default_vectors(model: ModelOpt = "default", workload: WorkloadOpt = "smoke"
     from moebench.calibration.provision import calibrate_speculative, dv_key, estimator_key
 
     strategy, loaded, cal = _prepare("speculative", model, workload, set_ or [], seed)
+    strategy.check_model(loaded.shape)
     keys = [dv_key(loaded, cal, strategy)]
-    if strategy.params.estimator != "none":
+    if "spec-estimator" in strategy.traits.needs:
         keys.append(estimator_key(loaded, cal, strategy))
+    elif strategy.params.estimator != "none":
+        console(stderr=True).print(f"[yellow]estimator={strategy.params.estimator} is unused "
+                        f"(speculate_from_layer={strategy.params.speculate_from_layer} > "
+                        f"estimator_layers={strategy.params.estimator_layers}): not trained[/]",
+                        highlight=False)
     arts = _existing(keys, force)
     reused = arts is not None
     if arts is None:
@@ -107,11 +118,12 @@ def default_vectors(model: ModelOpt = "default", workload: WorkloadOpt = "smoke"
 
 @calibrate_app.command("pre-attention")
 @handle_errors
-def pre_attention(model: ModelOpt = "default", workload: WorkloadOpt = "smoke",
+def pre_attention(model: ModelOpt = "default", workload: WorkloadOpt = "calibration",
                   set_: SetOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
                   seed: SeedOpt = 0) -> None:
-    """Per-layer pre-attention predictors (two linear functions, ranking-aware loss), with
-    held-out recall@k against the zero-training router variant."""
+    """Per-layer pre-attention predictors (two linear functions with an activation between,
+    ranking-aware loss), with held-out (whole prompts) recall@k and exact-set match against the
+    zero-training router variant."""
     from moebench.calibration.provision import calibrate_pre_attention, pre_attention_key
 
     strategy, loaded, cal = _prepare("pre-attention", model, workload, set_ or [], seed)

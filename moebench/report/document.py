@@ -12,7 +12,8 @@ puts it on disk).
       "schedule": [["", "lru", 0], ...],    # (point, strategy, repetition) in the order they ran
       "skipped": [{"strategy": "oracle", "reason": "..."}],
       "accuracy_measured": false,
-      "notes": [...],
+      "in_sample": ["speculative"],     # results calibrated on their own evaluation prompts
+      "notes": [...],                   # an "IN-SAMPLE: ..." note first for each of them
       "results": [{"dir": "lru", "point": "", "strategy": "lru", "result": {<result.json>}}]
     }
 
@@ -27,6 +28,13 @@ from typing import Any
 from moebench import SCHEMA_VERSION, __version__
 from moebench.errors import MismatchError, UserError
 from moebench.report.summary import summarize_point
+from moebench.report.terminal import in_sample_warning
+
+
+def _key(entry: dict) -> str:
+    """How the gate names a result of the report: `<point>/<strategy>`, or the strategy alone."""
+    name = entry["result"]["strategy"]["name"]
+    return f"{entry['point']}/{name}" if entry.get("point") else name
 
 
 def _points(entries: Sequence[dict]) -> list[tuple[str, Any, list[dict]]]:
@@ -111,7 +119,8 @@ def build_report(entries: Sequence[dict], *, baseline: str | None, plan: dict | 
         rows = summarize_point(group, baseline=baseline, alpha=alpha, seed=seed)
         points.append({"label": label, "sweep_value": value, "budget": _budget(group[0]["result"]),
                        "clock_label": group[0]["result"]["clock"]["label"], "rows": rows})
-    all_notes = list(notes)
+    flagged = [(e, w) for e in entries if (w := in_sample_warning(e["result"]))]   # in-sample first
+    all_notes = [w + (f" (at {e['point']})" if e.get("point") else "") for e, w in flagged] + list(notes)
     if not clock["measured"]:
         all_notes.append("simulated clock: every time is computed by the discrete-event simulator "
                          "from a hardware profile, not measured; the same seed and workload give "
@@ -140,6 +149,7 @@ def build_report(entries: Sequence[dict], *, baseline: str | None, plan: dict | 
         "schedule": [list(s) for s in schedule],
         "skipped": [{"strategy": s, "reason": why} for s, why in skipped],
         "accuracy_measured": accuracy,
+        "in_sample": [_key(e) for e, _ in flagged],   # calibrated on their own evaluation prompts
         "notes": all_notes,
         "intervals": intervals(points, accuracy),
         "results": [{"dir": e.get("dir"), "point": e.get("point", ""), "strategy":

@@ -58,6 +58,35 @@ def fmt_bytes(b: float | None) -> str:
     return str(b)
 
 
+def in_sample_clause(result: dict) -> str | None:
+    """How a result is in-sample (an artifact its strategy ran on was calibrated on prompts of
+    its own evaluation workload), as a clause naming the strategy, the calibration workload and
+    the shared prompts; None when it is not (result.json `in_sample`, `strategy.artifacts`)."""
+    strategy = result.get("strategy") if isinstance(result.get("strategy"), dict) else {}
+    arts = [a for a in strategy.get("artifacts") or () if isinstance(a, dict) and a.get("in_sample") is True]
+    if not arts and result.get("in_sample") is not True:
+        return None
+    wl = result.get("workload") if isinstance(result.get("workload"), dict) else {}
+    name, evaluated = strategy.get("name", "?"), wl.get("name", "?")
+    if not arts:
+        return f"'{name}' ran on artifacts calibrated on prompts of its evaluation workload '{evaluated}'"
+    kinds = ", ".join(dict.fromkeys(str(a.get("kind")) for a in arts))
+    shared, of = arts[0].get("calibration_shared_prompts"), wl.get("n_prompts")
+    how = (f"which shares {shared} of the {of} prompts of the evaluation workload '{evaluated}'"
+           if isinstance(shared, int) and isinstance(of, int) else
+           f"which overlaps the evaluation workload '{evaluated}'")
+    return f"'{name}' ran on {kinds} calibrated on workload '{arts[0].get('calibration_workload')}', {how}"
+
+
+def in_sample_warning(result: dict) -> str | None:
+    """The one line every report prints for an in-sample result (None when it is not)."""
+    clause = in_sample_clause(result)
+    if clause is None:
+        return None
+    return (f"IN-SAMPLE: {clause}; its prediction and speed figures are optimistic (calibrate on "
+            "a disjoint workload, such as the default `calibration`)")
+
+
 def render_result(console: Any, result: dict, d: Path | None) -> None:
     from rich.table import Table
 
@@ -79,8 +108,11 @@ def render_result(console: Any, result: dict, d: Path | None) -> None:
     t.add_row("H2D bytes / token", fmt_bytes(m["h2d_bytes_per_token"]))
     t.add_row("stall ms / token", f"{m['stall_ms_per_token']:.4g}")
     t.add_row("transfer share", f"{m['transfer_share']:.3f}")
-    t.add_row("budget", f"{result['budget']['spec']} = {result['budget']['experts']} experts "
-                        f"({fmt_bytes(result['budget']['bytes'])})")
+    b = result["budget"]
+    held = b.get("held", b["spec"])
+    forced = f" (asked for {b['spec']}; {result['strategy']['name']} always holds {held})" \
+        if b.get("forced_by_strategy") else ""
+    t.add_row("budget held", f"{held} = {b['experts']} experts ({fmt_bytes(b['bytes'])}){forced}")
     t.add_row("decode tokens", str(m["decode_tokens"]))
     pred = m.get("prediction")
     if pred:
@@ -93,5 +125,9 @@ def render_result(console: Any, result: dict, d: Path | None) -> None:
     if result.get("status") != "complete":
         t.add_row("status", result.get("status", "?"))
     console.print(t)
+    warning = in_sample_warning(result)
+    if warning:
+        from rich.text import Text
+        console.print(Text(warning, style="bold yellow"), soft_wrap=True)
     if d is not None:
         console.print(f"result folder: {d}")

@@ -14,6 +14,9 @@ Two runs measure the same thing only when they ran
 belongs to the caller: `check_comparable` (compare, a table of distinct strategies) refuses with
 `MismatchError` (exit 2), the gate reports "inconclusive" (exit 3), except for a changed strategy
 version alone, which the gate reports as not gated (see `moebench.gate`).
+
+An in-sample run (calibrated on its own evaluation prompts) is comparable and `compare` marks
+it; the gate refuses it outright (`in_sample_refusal`, exit 2): its numbers are optimistic.
 """
 from __future__ import annotations
 
@@ -88,6 +91,20 @@ def mismatches(a: RunResult, b: RunResult, *, one_strategy: bool = False,
                                      f"{a.strategy.version} in {wa}, {b.strategy.version} in {wb} "
                                      "(results of two versions of a strategy are not comparable)"))
     return out
+
+
+def in_sample_refusal(run: RunResult, side: str) -> str | None:
+    """The gate's one sentence refusing `run` as its `side` ("baseline" or "candidate") when it
+    is in-sample (`RunResult.in_sample`: its strategy ran on artifacts calibrated on prompts of
+    its own evaluation workload, so its numbers are optimistic); None when it is not."""
+    if not run.in_sample:
+        return None
+    from moebench.report.terminal import in_sample_clause
+
+    clause = in_sample_clause(run.raw) or f"'{run.strategy.name}' is marked in-sample"
+    return (f"moebench gate refuses in-sample results: in the {side} ({run.where}), {clause}; "
+            "rerun it calibrated on a workload disjoint from the evaluated one (the default, "
+            "`calibration`).")
 
 
 def check_comparable(runs: Sequence[RunResult]) -> None:

@@ -175,6 +175,15 @@ class RunResult:
         return self.status != "incomplete"
 
     @property
+    def in_sample(self) -> bool:
+        """True when an artifact the strategy ran on was calibrated on prompts of this run's own
+        workload (result.json `in_sample`, or any `strategy.artifacts[].in_sample`). Results
+        written before moebench recorded it read as False."""
+        arts = _section(self.raw, "strategy").get("artifacts")
+        return self.raw.get("in_sample") is True or (isinstance(arts, list) and any(
+            isinstance(a, Mapping) and a.get("in_sample") is True for a in arts))
+
+    @property
     def where(self) -> str:
         """How messages name this run: its folder, else its key."""
         return str(self.dir) if self.dir is not None else self.key

@@ -20,6 +20,8 @@ A workload is YAML (built-ins in `workloads/*.yaml`, or any path):
     repetitions: 1          # passes over the items in one run (the cache stays warm)
     warmup_steps: 2         # untimed decode steps before measuring
     seed: 0
+    calibration: calibration   # what predictors are fitted on (default: the shipped set, disjoint
+                               # from every shipped evaluation workload)
 
 Everything is checked when the workload is loaded, before any model is: unknown keys (with a
 did-you-mean), wrong types, impossible settings, and `dataset_path` / `few_shot_path` that are
@@ -68,7 +70,7 @@ class Workload:
     warmup_steps: int = 2
     chat: bool = False
     seed: int = 0
-    calibration: str = "smoke"      # workload used to calibrate predictors for this one
+    calibration: str = "calibration"   # workload the predictors are calibrated on (disjoint text)
     source_file: str | None = None
 
     def validate(self, where: str) -> None:

@@ -15,7 +15,7 @@ from moebench.accuracy.fidelity import Fidelity, FidelityAccumulator, exact_matc
 from moebench.workloads.answers import answers_match, extract_model_answer, extract_reference_answer, normalize_number
 from moebench.workloads.datasets import DatasetError, build_gsm8k_prompt, load_jsonl, select_shots
 
-GSM8K = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k"
+GSM8K = Path(__file__).resolve().parents[2] / "workloads" / "data" / "gsm8k"       # shipped
 needs_gsm8k = pytest.mark.skipif(
     not (GSM8K / "test.jsonl").exists(), reason="GSM8K data not present"
 )

@@ -22,7 +22,7 @@ from moebench.models.loading import load_model, load_tokenizer
 from moebench.strategy import REGISTRY, Routing, Strategy
 from tests.helpers import reference_decode
 
-GSM8K_TEST = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "test.jsonl"
+GSM8K_TEST = Path(__file__).resolve().parents[2] / "workloads" / "data" / "gsm8k" / "test.jsonl"
 # Real GSM8K test items, 1-shot from train, prompts cut to their last 64 tokens (the question and
 # "Answer:" survive), 4 greedy tokens each. Five items: the fewest that get a paired interval.
 GSM8K_FAST = {"dataset_path": str(GSM8K_TEST), "limit": 5, "max_new_tokens": 4, "n_shot": 1,

@@ -86,7 +86,8 @@ def _route_by_hand(arch: str, router, q: torch.Tensor, top_k: int, weight=None, 
 
 
 @pytest.mark.parametrize("model,params", [("tiny-qwen3-moe", {}), ("tiny-gpt-oss", {}),
-                                          ("tiny-qwen3-moe", {"estimator": "linear"})])
+                                          ("tiny-qwen3-moe", {"estimator": "linear"}),
+                                          ("tiny-qwen3-moe", {"speculate_prefill": False})])
 def test_speculative_prediction_is_the_published_formula(models, model: str, params: dict) -> None:
     loaded = models[model]
     prep = _prep(loaded, limit=1, max_new_tokens=4)
@@ -116,10 +117,15 @@ def test_speculative_prediction_is_the_published_formula(models, model: str, par
             # layer i+1 executes the speculated ids with the speculated weights
             nxt = chosen[(req, step, i + 1)]
             assert torch.equal(nxt["ids"], r["pred_ids"]) and torch.equal(nxt["w"], r["pred_w"].to(nxt["w"].dtype))
-    # layer 0 and the prefill execute their true routing; the trace records the speculation
+    # layer 0 executes its true routing (and the prefill too with speculate_prefill=false); the
+    # trace records the speculation; a speculated prefill copies each speculated layer whole
+    prefill = params.get("speculate_prefill", True)
+    assert any(r["pos"][1] == 0 for r in preds) == prefill
     for row in piece.trace:
-        if row.layer == 0 or row.step == 0:
+        if row.layer == 0 or (row.step == 0 and not prefill):
             assert row.executed == row.experts
+        elif row.step == 0:
+            assert row.predicted["speculative"] == list(range(loaded.shape.num_experts))
         else:
             assert sorted(row.executed) == row.predicted["speculative"]
     if params.get("estimator"):

@@ -13,7 +13,7 @@ from moebench.cli import app
 from moebench.errors import UserError
 from moebench.workloads.spec import available_workloads, build_items, load_workload, workload_sha256
 
-GSM8K_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k"
+GSM8K_DIR = Path(__file__).resolve().parents[2] / "workloads" / "data" / "gsm8k"   # shipped
 needs_gsm8k = pytest.mark.skipif(not (GSM8K_DIR / "test.jsonl").exists(),
                                  reason=f"GSM8K not found in {GSM8K_DIR}")
 cli = CliRunner()
