@@ -68,7 +68,7 @@ def strategy_row(entry: dict) -> dict:
     return {
         "strategy": r["strategy"]["name"], "version": r["strategy"].get("version"),
         "lossless": r["strategy"].get("lossless"), "params": r["strategy"].get("params", {}),
-        "dir": entry.get("dir"), "status": r.get("status"),
+        "dir": entry.get("dir"), "status": r.get("status"), "in_sample": r.get("in_sample") is True,
         "budget": r.get("budget"), "clock_label": r.get("clock", {}).get("label"),
         "tpot_ms": {k: tpot.get(k) for k in ("median", "mean", "p90", "p99", "ci95", "ci_method", "n",
                                              "unit")},

@@ -51,6 +51,8 @@ def summary_cells(row: dict) -> list[str]:
     name = row["strategy"] + ("" if row.get("lossless", True) else " (lossy)")
     if row.get("status") not in (None, "complete"):
         name += f" ({row['status']})"
+    if row.get("in_sample"):
+        name += " (IN-SAMPLE)"
     hit = "–" if row["hit_rate"] is None else f"{row['hit_rate']:.3f}" + _ci(row.get("hit_rate_ci95"), ".3f")
     late, miss = row.get("late_rate"), row.get("miss_rate")
     late_miss = "–" if late is None or miss is None else f"{late:.3f} / {miss:.3f}"

@@ -144,6 +144,8 @@ def test_calibrating_on_the_evaluation_workload_is_marked_in_sample_and_refused_
     assert re.search(r"^- IN-SAMPLE: 'speculative' ran on default-vectors calibrated on workload "
                      r"'smoke', which shares 2 of the 2 prompts", md, re.M), md
     assert "<li>IN-SAMPLE: " in (rep / "report.html").read_text()
+    assert "| speculative (lossy) (IN-SAMPLE) |" in md                # in the table's row, too
+    assert "| sync |" in md
     assert "IN-SAMPLE" not in json.dumps(json.loads((rep / "sync" / "result.json").read_text()))
 
     g = cli.invoke(app, ["gate", str(rep), str(rep)])                  # a report: refused as a whole
