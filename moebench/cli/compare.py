@@ -64,19 +64,29 @@ def _show_report(d: Path, json_out: bool) -> None:
         return
     from rich.table import Table
 
+    from rich import box
+
     from moebench.report.markdown import clock_sentence
-    from moebench.report.table import accuracy_table, summary_cells, summary_header
+    from moebench.report.table import (COMPACT_LEGEND, accuracy_table, compact_cells, compact_header,
+                                       summary_cells, summary_header)
 
     con = console()
+    if not con.is_terminal:             # piped to a file: nothing wraps there, print it whole
+        from rich.console import Console
+        con = Console(width=200)
+    compact = con.width < 150
     con.print(clock_sentence(doc).replace("**", ""), highlight=False)
     for p in doc["points"]:
         at = f" — {p['label']}" if p["label"] else ""
-        t = Table(title=f"{doc['model']['name']} — {doc['workload']['name']}{at}")
-        for h in summary_header(doc, short=True):
-            t.add_column(h)
+        t = Table(title=f"{doc['model']['name']} — {doc['workload']['name']}{at}",
+                  box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD, pad_edge=not compact)
+        for i, h in enumerate(compact_header(doc) if compact else summary_header(doc, short=True)):
+            t.add_column(h, no_wrap=i == 0)
         for r in p["rows"]:
-            t.add_row(*summary_cells(r))
+            t.add_row(*(compact_cells(r) if compact else summary_cells(r)))
         con.print(t)
+        if compact:
+            con.print(COMPACT_LEGEND, highlight=False, style="dim")
         acc = accuracy_table(p["rows"])
         if acc:                 # one line per strategy: the table is too wide for a terminal
             con.print(f"accuracy against the lossless reference{at}:", highlight=False)
@@ -85,7 +95,7 @@ def _show_report(d: Path, json_out: bool) -> None:
                     f"{h} {v}" for h, v in zip(acc[0][1:], row[1:]) if v not in ("–", "None")),
                     highlight=False)
     for line in doc.get("intervals", []):
-        con.print(f"interval: {line}", highlight=False)
+        con.print(f"interval: {line}", highlight=False, style="dim")
     for n in doc.get("notes", []):
         if "were collapsed" in n:
             con.print(n, highlight=False)

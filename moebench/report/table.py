@@ -62,6 +62,38 @@ def summary_cells(row: dict) -> list[str]:
             _pct(row["stall_share"]), _g(row["efficiency_vs_oracle"], 3)]
 
 
+COMPACT_VERDICTS = {"faster": "faster", "slower": "slower", "baseline": "base", "not compared": "–"}
+
+
+def compact_header(doc: dict) -> list[str]:
+    """The columns of `compact_cells`: what fits an 80-column terminal."""
+    return ["strategy", "TPOT ms", f"vs {doc['baseline']}", "p Holm", "verdict", "hit", "H2D/tok",
+            "stall"]
+
+
+def compact_cells(row: dict) -> list[str]:
+    """`summary_cells` without intervals or long words (the full table is in report.md)."""
+    ratio = row.get("ratio") or {}
+    name = row["strategy"] + ("" if row.get("lossless", True) else "*")
+    if row.get("status") not in (None, "complete"):
+        name += "!"
+    if row.get("in_sample"):
+        name += "†"
+    verdict = ratio.get("verdict", "–")
+    short = COMPACT_VERDICTS.get(verdict) or ("n.s." if verdict.startswith("not significant")
+                                               else "few" if verdict.startswith("too few") else verdict)
+    r = ratio.get("ratio")
+    return [name, _g((row["tpot_ms"] or {}).get("median")),
+            "1" if ratio.get("method") == "baseline" else ("–" if r is None else f"{r:.3f}×"),
+            _g(ratio.get("p_holm"), 2) if ratio.get("method") != "baseline" else "–", short,
+            "–" if row["hit_rate"] is None else f"{row['hit_rate']:.3f}",
+            fmt_bytes(row["h2d_bytes_per_token"]), _pct(row["stall_share"])]
+
+
+COMPACT_LEGEND = ("* lossy · ! incomplete · † in-sample calibration · n.s. not significant · "
+                  "few: too few pairs for a test; intervals, TTFT and late/miss rates in report.md")
+
+
 def _scalar(v: Any) -> str:
     if isinstance(v, bool) or v is None:
         return str(v)

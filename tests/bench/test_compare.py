@@ -379,3 +379,20 @@ def test_the_committed_baseline_records_a_rerunnable_simulated_plan():
     assert set(plan.strategies) == {r["strategy"] for r in doc["results"]}
     r = invoke("gate", base, base)
     assert r.exit_code == 0, r.output
+
+
+def test_the_terminal_table_is_readable_at_80_columns(report: Path, monkeypatch):
+    """At 80 columns the table drops its intervals instead of cutting names to `strat…`."""
+    from rich.console import Console
+
+    from moebench.cli import compare as cli_compare
+
+    con = Console(width=80, force_terminal=True, record=True, color_system=None)
+    monkeypatch.setattr(cli_compare, "console", lambda stderr=False: con)
+    cli_compare._show_report(report, json_out=False)
+    text = con.export_text()
+    table = text[text.index("strategy"):text.index("* lossy")]
+    assert "…" not in table and max(len(x) for x in table.splitlines()) <= 80
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[2:] if line.strip()}
+    assert set(rows) == {"sync", "lru"}
+    assert rows["lru"][2].endswith("×")                     # the ratio to sync, whole
