@@ -49,7 +49,10 @@ def calibration_set(loaded: Any, name: str, overrides: dict | None = None) -> Ca
     from moebench.workloads.spec import build_requests, load_workload, workload_sha256
 
     wl = load_workload(name, overrides)
-    reqs = build_requests(wl, loaded.tokenizer, loaded.model.config.vocab_size)
+    from moebench.engine.session import context_length
+
+    reqs = build_requests(wl, loaded.tokenizer, loaded.model.config.vocab_size,
+                          context=context_length(loaded.model.config.to_dict()))
     return CalibrationSet(wl, reqs, workload_sha256(wl, reqs))
 
 

@@ -81,8 +81,10 @@ def prepare(cfg: RunConfig, loaded: Any = None) -> Prepared:
         from moebench.models.presets import resolve_config
         check_context(wl, resolve_config(cfg.model)[0], cfg.model)     # before loading weights
         loaded = load_model(cfg.model, seed=cfg.seed, device=device)
-    reqs = build_requests(wl, loaded.tokenizer, loaded.model.config.vocab_size)
-    check_context(wl, loaded.model.config.to_dict(), loaded.name, reqs)
+    config = loaded.model.config.to_dict()
+    reqs = build_requests(wl, loaded.tokenizer, loaded.model.config.vocab_size,
+                          context=context_length(config))
+    check_context(wl, config, loaded.name, reqs)
     return Prepared(cfg, wl, reqs, workload_sha256(wl, reqs), loaded, budget, profile, clock, device)
 
 
@@ -119,8 +121,8 @@ def request_notes(requests: list) -> list[str]:
     keep = len(cut[0].input_ids)
     names = ", ".join(f"{r.id} ({r.cut_from} -> {len(r.input_ids)})" for r in cut[:5])
     more = f" and {len(cut) - 5} more" if len(cut) > 5 else ""
-    return [f"{len(cut)} prompt(s) were cut from the left to max_prompt_tokens (to {keep} tokens "
-            f"for the first): {names}{more}"]
+    return [f"{len(cut)} prompt(s) were cut from the left to fit max_prompt_tokens and the "
+            f"model's context less max_new_tokens (to {keep} tokens for the first): {names}{more}"]
 
 
 def run_session(prep: Prepared, strategy: Any, provisioned: Provisioned = NOTHING, *,

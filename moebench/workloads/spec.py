@@ -343,9 +343,14 @@ def _dataset_items(wl: Workload, room: int | None) -> list[Item]:
     return items
 
 
-def build_requests(wl: Workload, tokenizer: Any, vocab_size: int) -> list[Request]:
-    """Token ids for every prompt (truncated from the left to `max_prompt_tokens`)."""
+def build_requests(wl: Workload, tokenizer: Any, vocab_size: int,
+                   context: int | None = None) -> list[Request]:
+    """Token ids for every prompt, cut from the left to `max_prompt_tokens`, and to what the
+    model's `context` leaves after `max_new_tokens` (each cut is recorded: `Request.cut_from`)."""
     reqs: list[Request] = []
+    keep = wl.max_prompt_tokens
+    if context is not None:
+        keep = max(1, min(keep, context - wl.max_new_tokens))
     gen = wl.generator or {}
     if gen:
         _check_generator(gen, f"workload {wl.name}.generator")
@@ -362,8 +367,8 @@ def build_requests(wl: Workload, tokenizer: Any, vocab_size: int) -> list[Reques
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if not ids:
             raise UserError(f"workload {wl.name}: prompt '{item.id}' tokenises to nothing.")
-        cut_from = len(ids) if len(ids) > wl.max_prompt_tokens else None
-        ids = ids[-wl.max_prompt_tokens:]
+        cut_from = len(ids) if len(ids) > keep else None
+        ids = ids[-keep:]
         if max(ids) >= vocab_size:
             raise UserError(f"workload {wl.name}: the tokenizer produces ids beyond the model's "
                             f"vocabulary ({vocab_size}).")

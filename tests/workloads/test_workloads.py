@@ -198,3 +198,17 @@ def test_item_ids_must_be_unique(tmp_path: Path) -> None:
                                             "  - {id: a, text: two}\n")))
     with pytest.raises(UserError, match="share the id 'a'"):
         build_requests(wl, load_tokenizer(None), 4096)
+
+
+def test_prompts_are_cut_to_the_models_context_and_the_cut_is_said() -> None:
+    """gsm8k's 4-shot prompts are longer than the default model's 512 positions: they are cut to
+    what the context leaves after max_new_tokens, and the result says which and by how much."""
+    from moebench.bench.run import run_context
+    from moebench.config import RunConfig
+    from moebench.engine import session
+
+    prep = session.prepare(RunConfig(model="default", workload="gsm8k", clock="sim",
+                                     workload_overrides={"limit": 2, "max_new_tokens": 8}))
+    assert all(len(r.input_ids) == 512 - 8 and r.cut_from > 504 for r in prep.requests)
+    notes = run_context(prep).load_notes
+    assert any("2 prompt(s) were cut" in n and f"({prep.requests[0].cut_from} -> 504)" in n for n in notes)
