@@ -19,6 +19,9 @@ OUT_DIR="${OUT:-$ROOT/results/gpu_check}"
 mkdir -p "$OUT_DIR"
 # calibration artifacts (default vectors, recorded routing) of this random model: throwaway
 export MOEBENCH_CACHE="${MOEBENCH_CACHE:-$(mktemp -d)}"
+# the project's environment when there is one (the CPU machine's .venv: `--dry-run` needs its
+# torch), else the image's python3 (a CUDA machine has torch there); $PYTHON overrides both
+if [ -z "${PYTHON:-}" ] && [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; fi
 PY="${PYTHON:-python3}"
 "$PY" -c 'import torch, transformers, yaml, scipy; print("gpu_check: torch", torch.__version__, "transformers", transformers.__version__, "cuda", torch.cuda.is_available())'
 status=0

@@ -81,21 +81,18 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-_COLORS: dict[str, str] = {}
+BOUND_LABELS = {BOUND_HIT: "belady (MIN: best demand-fetch cache)", BOUND_TPOT: "oracle (lossless bound)"}
 
 
-def _style(policy: str) -> dict:
-    """The same look for a policy in every plot of a report."""
-    if policy == BOUND_HIT:
-        return {"color": "black", "linestyle": "--", "marker": "x",
-                "label": "belady (MIN: best demand-fetch cache)"}
-    if policy == BOUND_TPOT:
-        return {"color": "black", "linestyle": ":", "marker": "+", "label": "oracle (lossless bound)"}
-    if policy not in _COLORS:
-        palette = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
-                   "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
-        _COLORS[policy] = palette[sum(map(ord, policy)) % len(palette)]
-    return {"marker": "o", "label": policy, "color": _COLORS[policy]}
+def _styles(rows: Sequence[dict]) -> dict[str, dict]:
+    """The look of every policy of this report (`moebench.report.plots.styles_for`: distinct
+    colours, markers and line styles; the bounds black and dashed, drawn on top), with labels."""
+    from moebench.report.plots import styles_for
+
+    styles = styles_for([r["policy"] for r in rows])
+    for policy, st in styles.items():
+        st["label"] = BOUND_LABELS.get(policy, policy)
+    return styles
 
 
 def _curves(rows: Sequence[dict], key: str, profile: str | None) -> dict[str, list[tuple[float, float]]]:
@@ -107,12 +104,12 @@ def _curves(rows: Sequence[dict], key: str, profile: str | None) -> dict[str, li
     return {p: sorted(v) for p, v in out.items()}
 
 
-def _draw(ax: Any, curves: dict, extra: Any = None) -> None:
+def _draw(ax: Any, curves: dict, styles: dict, extra: Any = None) -> None:
     if extra is not None:
         extra(ax)
     for policy, pts in sorted(curves.items(), key=lambda kv: kv[0] in (BOUND_HIT, BOUND_TPOT)):
         xs, ys = zip(*pts)
-        ax.plot(xs, ys, **_style(policy))
+        ax.plot(xs, ys, **styles[policy])
     ax.set_xlabel("expert cache budget (fraction of all experts)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
@@ -124,7 +121,7 @@ def hit_rate_plot(rows: Sequence[dict]) -> bytes | None:
     if not curves:
         return None
     fig, (ax,) = _figure()
-    _draw(ax, curves)
+    _draw(ax, curves, _styles(rows))
     ax.set_ylabel("hit rate (decode activations)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("hit rate vs budget" + (f" ({profiles[0]})" if len(profiles) > 1 else ""))
@@ -143,7 +140,7 @@ def tpot_plot(rows: Sequence[dict], profile: str) -> bytes | None:
         if floor:
             xs, ys = zip(*sorted(floor))
             ax.plot(xs, ys, color="grey", linestyle=":", label="sync copy-bound floor")
-    _draw(ax, curves, draw_floor)
+    _draw(ax, curves, _styles(rows), draw_floor)
     ax.set_ylabel(f"median TPOT ms (simulated:{profile})")
     ax.set_title(f"TPOT vs budget, clock simulated:{profile}")
     return _png(fig)
@@ -156,12 +153,13 @@ def per_layer_plot(rows: Sequence[dict]) -> bytes | None:
     sel = [r for r in rows if r["profile"] == profiles[0] and r.get("hit_rate_per_layer")]
     budgets = sorted({(r["budget_fraction"], r["budget"]) for r in sel})
     fig, axes = _figure(w=max(7.0, 3.6 * len(budgets)), h=3.8, n=len(budgets))
+    styles = _styles(sel)
     for ax, (frac, spec) in zip(axes, budgets):
         for r in sorted(sel, key=lambda r: r["policy"]):
             if r["budget"] != spec:
                 continue
             ys = [math.nan if v is None else v for v in r["hit_rate_per_layer"]]
-            st = _style(r["policy"])
+            st = dict(styles[r["policy"]])
             st["marker"] = "." if len(ys) > 12 else st["marker"]
             ax.plot(range(len(ys)), ys, **st)
         ax.set_title(f"budget {spec} ({frac:.3g} of experts)", fontsize=9)

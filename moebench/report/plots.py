@@ -57,10 +57,28 @@ def _steps(e: dict) -> list[dict]:
     return [s for s in e["samples"] if s.get("kind") == "step"]
 
 
+# 20 distinguishable colours (tab10, then the light half of tab20), never two alike in one plot
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+           "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5")
+LINESTYLES = ("-", "--", "-.", ":")
+# the bounds are black and dashed, with hollow markers drawn on top: a strategy that reaches the
+# bound (all-resident on the oracle's line) still shows beneath it
+BOUNDS = {"oracle": {"color": "black", "linestyle": ":", "marker": "P", "mfc": "none", "zorder": 3},
+          "belady": {"color": "black", "linestyle": "--", "marker": "x", "zorder": 3}}
+
+
 def styles_for(names: Sequence[str]) -> dict[str, dict]:
-    """One colour and marker per strategy, the same in every plot of a report."""
-    return {n: {"color": f"C{i % 10}", "marker": MARKERS[i % len(MARKERS)]}
-            for i, n in enumerate(sorted(set(names)))}
+    """One look per strategy (colour, marker, line style), distinct from every other name in the
+    same plot and the same in every plot of a report; replay reports use it too."""
+    out: dict[str, dict] = {}
+    others = [n for n in sorted(set(names)) if n not in BOUNDS]
+    for i, n in enumerate(others):
+        out[n] = {"color": PALETTE[i % len(PALETTE)], "marker": MARKERS[i % len(MARKERS)],
+                  "linestyle": LINESTYLES[(i // len(PALETTE)) % len(LINESTYLES)]}
+    for n in set(names) & set(BOUNDS):
+        out[n] = dict(BOUNDS[n])
+    return out
 
 
 def step_latency(entries: Sequence[dict], clock: str) -> bytes | None:

@@ -86,3 +86,15 @@ def test_layer_choice_respects_time_and_memory():
     small = mod.choose_layers(args, 50.0, eb, 8, 128, 16 << 30, 139 << 30)
     assert small * 128 * eb <= 0.5 * (16 << 30)                   # host memory caps the store
     assert mod.choose_layers(mod.parse(["--layers", "7"]), 50.0, eb, 8, 128, 1, 1) == 7
+
+
+@pytest.mark.skipif(not (ROOT / ".venv" / "bin" / "python").exists(), reason="no project .venv")
+def test_dry_run_of_the_wrapper_uses_the_projects_environment(tmp_path):
+    """`bash benchmarks/gpu_check.sh --dry-run` on the CPU machine: the system python3 has no
+    torch, so the wrapper must pick the project's .venv (a CUDA image has torch in python3)."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OUT": str(tmp_path / "out"),
+           "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "gpu_check: torch" in r.stdout and "elapsed_s=" in r.stdout
