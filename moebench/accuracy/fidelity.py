@@ -2,7 +2,7 @@
 
 Some strategies change the numbers the model computes (a quantised or skipped expert, a
 substituted one). moebench prices that loss three ways, each against the *lossless reference
-run on the same workload* (MEASUREMENT.md, "Accuracy"):
+run on the same workload* (docs/measurement.md, "Lossless means bit-identical"):
 
 - **Greedy agreement** — decode greedily under both and compare the token ids:
   `token_agreement` gives the first divergence position and the matching fraction;

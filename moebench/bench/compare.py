@@ -5,7 +5,7 @@
     report_dir = run_compare(plan, Path("reports"))          # result folders + report.*
     report_dir = compare_existing(["a/", "b/"], Path("reports"))   # folders written earlier
 
-What makes the comparison fair (MEASUREMENT.md, "Identical workloads"):
+What makes the comparison fair (docs/measurement.md, "Identical workloads"):
 - one `runner.prepare` for every strategy: one loaded model, one tokenised workload, one
   `workload_sha256`. A sweep point changes only the budget or the hardware profile of that
   preparation, never the model or the prompts;
