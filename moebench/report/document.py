@@ -79,11 +79,11 @@ def _collapsed(entries: Sequence[dict]) -> str | None:
         return None
     r = hit[0][1]
     same = all(x == r for _, x in hit)
-    what = (f"{r['run']} repetitions of every strategy" if same and len(hit) == len(runs)
-            else ", ".join(f"{x['collapsed']} of {x['run']} repetitions of {n}" for n, x in hit))
-    return (f"{what} were bit-identical to an earlier repetition and were collapsed: nothing "
-            "identical is counted twice, so n, every interval and every p-value are those of "
-            "the distinct repetitions")
+    what = (f"{r['collapsed']} of the {r['run']} repetitions of every strategy" if same and len(hit) == len(runs)
+            else ", ".join(f"{x['collapsed']} of the {x['run']} repetitions of {n}" for n, x in hit))
+    return (f"{what} repeated an earlier repetition bit for bit (identical repetitions) and were "
+            "collapsed: nothing identical is counted twice, so n, every interval and every p-value "
+            "are those of the distinct repetitions")
 
 
 def intervals(points: Sequence[dict], accuracy: bool) -> list[str]:

@@ -105,7 +105,8 @@ def result_document(ctx: RunContext, pieces: list[Piece], *, source: str = "run"
         "notes": sorted({n for p in pieces for n in p.notes}) + load_notes + [
             "true router runs in the model graph for every strategy (simulated clock charges it "
             "only to strategies that use it)",
-            "prefill fetches the distinct experts its tokens route to, one copy per expert"],
+            "prefill fetches the distinct experts its prompt tokens execute, one copy per expert "
+            "(a strategy that copies otherwise in prefill says so in its own note)"],
         "metrics": metrics,
         "accuracy": None,
         "outputs": [o for p in pieces for o in p.outputs],
