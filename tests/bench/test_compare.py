@@ -287,24 +287,25 @@ def test_gate_skips_a_strategy_whose_version_changed_and_still_catches_a_regress
 
 
 def test_gate_skips_a_bumped_strategy_against_the_committed_baseline(tmp_path: Path):
-    """The committed CI baseline against a copy of itself in which one strategy (oracle) is at
-    version 2, everything else unchanged: the gate passes and says why oracle is not gated."""
+    """The committed CI baseline against a copy of itself in which one strategy (oracle) is one
+    version on, everything else unchanged: the gate passes and says why oracle is not gated."""
     base = Path(__file__).resolve().parents[2] / "reports" / "baselines" / "smoke"
     cand = tmp_path / "smoke"
     shutil.copytree(base, cand)
     res = json.loads((cand / "oracle" / "result.json").read_text())
-    res["strategy"]["version"] = 2
+    old = res["strategy"]["version"]
+    res["strategy"]["version"] = old + 1
     (cand / "oracle" / "result.json").write_text(json.dumps(res))
     doc = json.loads((cand / "report.json").read_text())
     for e in doc["results"]:
         if e["strategy"] == "oracle":
-            e["result"]["strategy"]["version"] = 2
+            e["result"]["strategy"]["version"] = old + 1
     (cand / "report.json").write_text(json.dumps(doc))
     r = invoke("gate", base, cand, "--json")
     out = json.loads(r.stdout)
     assert r.exit_code == 0, r.output
-    assert out["notes"] == ["oracle: not gated: strategy version changed 1 -> 2; refresh the "
-                            "baseline with `moebench baseline update`"]
+    assert out["notes"] == [f"oracle: not gated: strategy version changed {old} -> {old + 1}; "
+                            "refresh the baseline with `moebench baseline update`"]
     assert not any(v["metric"].startswith("oracle/") for v in out["verdicts"])
     assert any(v["metric"] == "lru/tpot_ms" and v["status"] == "pass" for v in out["verdicts"])
 
