@@ -102,3 +102,25 @@ def test_result_files_follow_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_write_that_fails_keeps_what_it_can_marked_incomplete(tmp_path: Path, monkeypatch) -> None:
+    """A full disk while writing the samples: one sentence, exit 2, and the folder keeps the
+    files already written plus a result.json that says it is incomplete."""
+    import errno
+
+    from moebench.results import folders
+
+    real = folders.write_jsonl
+
+    def full_disk(path, rows):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(folders, "write_jsonl", full_disk)
+    r = invoke("run", "--model", "tiny-qwen3-moe", "--clock", "sim", "--set", "limit=1",
+               "--set", "max_new_tokens=2", "--out", tmp_path)
+    monkeypatch.setattr(folders, "write_jsonl", real)
+    assert r.exit_code == 2, r.output
+    assert "No space left on device" in r.output and "kept: config.json, environment.json" in r.output
+    (d,) = list(tmp_path.iterdir())
+    res = json.loads((d / "result.json").read_text())
+    assert res["status"] == "incomplete" and "writing the result failed" in res["notes"][-1]

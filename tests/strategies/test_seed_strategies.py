@@ -244,6 +244,14 @@ def test_prediction_metrics_per_layer(models) -> None:
     assert [r["layer"] for r in per] == list(range(loaded.shape.moe_layers))
     assert per[0]["prefetches_issued"] == 0
     assert sum(r["wasted_bytes"] for r in per) == pred["wasted_bytes"]
+    # scored against the true router, precision is not 1 where recall is not (speculative
+    # predicts as many experts as the router picks: the two are equal per layer)
+    for row in src["per_layer"]:
+        assert row["mean_predicted"] == pytest.approx(loaded.shape.top_k)
+        assert row["precision"] == pytest.approx(row["recall_at_k"])
+        if row["recall_at_k"] < 1:
+            assert row["precision"] < 1
+    assert src["precision"] < 1
     assert m["hits"] + m["late"] + m["misses"] == m["activations"]
     assert m["hit_rate"] + m["late_rate"] + m["miss_rate"] == pytest.approx(1.0)
     # refetch with no cache: every wrong guess is dropped unused after its layer
