@@ -43,7 +43,7 @@ def test_user_profile_file_and_unknown_keys(tmp_path) -> None:
 
 def test_run_config_has_no_warmup_steps_and_old_config_json_still_reads(tmp_path) -> None:
     """The workload's warmup_steps is the only one; config.json files written while RunConfig
-    carried an unused `warmup_steps: 1` (the committed baseline's) still read back."""
+    carried an unused `warmup_steps: 1` (as the baseline once did) still read back."""
     import json
     import shutil
     from pathlib import Path
@@ -53,8 +53,9 @@ def test_run_config_has_no_warmup_steps_and_old_config_json_still_reads(tmp_path
 
     assert "warmup_steps" not in field_names(RunConfig) and "warmup_steps" not in to_dict(RunConfig())
     base = Path(__file__).resolve().parents[2] / "reports" / "baselines" / "smoke" / "sync"
-    old = json.loads((base / "config.json").read_text())
-    assert old["warmup_steps"] == 1                          # written by the old RunConfig
     shutil.copytree(base, tmp_path / "sync")
+    old = json.loads((base / "config.json").read_text())
+    old["warmup_steps"] = 1                                  # as the old RunConfig wrote it
+    (tmp_path / "sync" / "config.json").write_text(json.dumps(old))
     rec = recorded_run(tmp_path / "sync")
     assert rec is not None and rec.warmup_steps == old["workload_resolved"]["warmup_steps"] == 2
