@@ -171,6 +171,16 @@ class Strategy:
         clock); by default whether the strategy reads `routing`."""
         return "routing" in self.traits.reads
 
+    uses_host: ClassVar[bool] = False
+    """Whether the strategy computes experts on the host CPU (`host_experts`): the simulated
+    clock then needs the profile's host figures."""
+
+    def host_experts(self, ev: LayerEvent, experts: list[int]) -> Sequence[int]:
+        """Of a decode step's experts, those to compute on the host CPU instead of copying to
+        the device (Fiddler, llama.cpp `--n-cpu-moe`); called only when `uses_host`, before the
+        layer's residency is prepared. Default: none."""
+        return ()
+
     def expert_granular_waits(self) -> bool:
         """Whether a decode step's experts run as their copies land (the resident ones first,
         then each late or missed one) instead of after every copy of the layer has landed.
@@ -223,6 +233,7 @@ BUILTINS = {
     "pre-attention": "moebench.strategies.pre_attention:PreAttentionStrategy",
     "next-gate": "moebench.strategies.next_gate:NextGateStrategy",
     "oracle": "moebench.strategies.oracle:OracleStrategy",
+    "host-compute": "moebench.strategies.host_compute:HostComputeStrategy",
 }
 
 

@@ -206,7 +206,7 @@ class OffloadEngine:
             self._record_trace(moe_index, true, chosen, experts)
         out = proto.prepare(moe_index, experts, prefetches, lambda: (
             [int(e) for e in true.ids[-1].tolist()], true.weights[-1].float().tolist()))
-        if not out.pending:                     # layer-granular: one kernel call over the layer
+        if not out.pending and not out.host:    # layer-granular: one kernel call over the layer
             done = proto.compute_experts(moe_index, out, experts, lambda group: self._kernel(
                 module, u, chosen.ids, chosen.weights, out.slots))
             proto.after_experts(moe_index)
@@ -227,15 +227,45 @@ class OffloadEngine:
                 ys[e] = self._kernel(module, u, chosen.ids[:, j:j + 1], chosen.weights[:, j:j + 1],
                                      {e: out.slots[e]})
             return ys
-        done = proto.compute_experts(moe_index, out, experts, per_expert)
+        def on_host(e: int) -> dict[int, torch.Tensor]:
+            j = row.index(e)
+            return {e: self._host_kernel(module, moe_index, e, u, chosen.weights[:, j:j + 1])}
+
+        done = proto.compute_experts(moe_index, out, experts, per_expert, on_host)
         parts = {e: y for _, ys in done for e, y in ys.items()}
         if self._sequential_sum:
+            # the eager kernel adds in ascending slot order; host experts have no slot, and then
+            # the unmodified model's order (ascending expert id) is followed
+            order = (sorted(parts, key=lambda e: out.slots[e]) if not out.host else sorted(parts))
             y = torch.zeros_like(u)
-            for e in sorted(parts, key=lambda e: out.slots[e]):
+            for e in order:
                 y = y + parts[e]
         else:
             y = torch.stack([parts[e] for e in row], dim=1).sum(dim=1).to(u.dtype)   # [1, k, H]
         proto.after_experts(moe_index)
+        return y
+
+    def _host_kernel(self, module: Any, layer: int, expert: int, u: torch.Tensor,
+                     weight: torch.Tensor) -> torch.Tensor:
+        """One expert computed on the host CPU from the host store's copy of its weights (a view,
+        no copy): the token's state goes to the host, the model's own experts kernel runs there
+        (real torch CPU kernels), the weighted output comes back. On a CPU engine the host is
+        the device, and the result is bit-identical to running it from a cache slot."""
+        import time
+
+        if self.pools.packed:
+            from moebench.errors import UserError
+            raise UserError("host compute of packed (MXFP4) experts is not supported; use a "
+                            "strategy that copies them.")
+        t0 = time.perf_counter()
+        store = self.pools.store.layers[layer]
+        pools = {n: t[expert:expert + 1] for n, t in store.items()}            # [1, ...] views
+        x = u.to("cpu")
+        idx = torch.zeros((x.shape[0], 1), dtype=torch.long)
+        y = self._impl(SlotExperts(module, pools), x, idx, weight.to("cpu"))
+        if u.device.type != "cpu":
+            y = y.to(u.device, non_blocking=False)
+            self.timeline.note_host(time.perf_counter() - t0)
         return y
 
     def _kernel(self, module: Any, u: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor,

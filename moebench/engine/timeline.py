@@ -27,6 +27,7 @@ class CudaTimeline:
         self.copy_stream = torch.cuda.Stream(device=device, priority=-1)
         self._start = None
         self._waits: list[tuple[Any, Any, bool]] = []   # (before, after, late) per wait
+        self._host = 0.0                                  # host compute seconds, this step
         self._copies: list[tuple[Any, Any]] = []
 
     def _event(self) -> Any:
@@ -34,6 +35,7 @@ class CudaTimeline:
 
     def step_begin(self) -> None:
         self._waits.clear()           # copies still in flight from the last step stay listed
+        self._host = 0.0
         self._start = self._event()
         self._start.record(self.torch.cuda.current_stream(self.device))
 
@@ -52,7 +54,11 @@ class CudaTimeline:
             (done if pair[1].query() else pending).append(pair)
         self._copies = pending
         busy = sum(a.elapsed_time(b) for a, b in done) / 1e3
-        return StepClock(latency, stall, busy, max(0.0, latency - stall), late)
+        return StepClock(latency, stall, busy, max(0.0, latency - stall), late, self._host)
+
+    def note_host(self, seconds: float) -> None:
+        """Host compute measured around the CPU kernels (they run synchronously on the host)."""
+        self._host += seconds
 
     def compute(self, seconds: float) -> None:
         pass  # the kernels really ran on the compute stream

@@ -36,6 +36,7 @@ class LayerOutcome:
     stall_s: float = 0.0   # simulated; the clock's step record splits it into late and miss
     # expert-granular waits: (expert, ticket, late) not yet waited for, late ones first
     pending: list[tuple[int, Any, bool]] = field(default_factory=list)
+    host: list[int] = field(default_factory=list)   # experts computed on the host, not fetched
     demand_bytes: int = 0
     prefetch_bytes: int = 0
     dropped_prefetches: int = 0

@@ -43,6 +43,8 @@ class StepClock:
     copy_busy_s: float = 0.0
     compute_s: float = 0.0
     late_stall_s: float = 0.0     # the part of stall_s spent waiting for late prefetches
+    host_s: float = 0.0           # host CPU busy computing experts (host-computing strategies)
+    host_stall_s: float = 0.0     # the part of stall_s spent waiting for host-computed experts
 
 
 class SimTimeline:
@@ -56,6 +58,8 @@ class SimTimeline:
         self._step_start = 0.0
         self._stall = 0.0
         self._late_stall = 0.0
+        self._host = self._host_stall = 0.0
+        self.host_free = 0.0      # when the host CPU becomes free
         self._busy = 0.0
         self._compute = 0.0
 
@@ -63,10 +67,28 @@ class SimTimeline:
     def step_begin(self) -> None:
         self._step_start = self.now
         self._stall = self._late_stall = self._busy = self._compute = 0.0
+        self._host = self._host_stall = 0.0
 
     def step_end(self) -> StepClock:
         return StepClock(self.now - self._step_start, self._stall, self._busy, self._compute,
-                         self._late_stall)
+                         self._late_stall, self._host, self._host_stall)
+
+    def host_compute(self, d2h_seconds: float, seconds: float, back_bytes: int) -> Ticket:
+        """An expert computed on the host, a third resource: the activation leaves when compute
+        reaches this point (on the D2H engine, which H2D copies do not occupy), the host runs the
+        expert when it is free, and the result comes back on the H2D copy engine, behind any copy
+        already queued there."""
+        start = max(self.now + d2h_seconds, self.host_free)
+        self.host_free = start + seconds
+        self._host += seconds
+        back = max(self.host_free, self.copy_free)
+        cost = self.profile.copy_seconds(back_bytes)
+        self.copy_free = back + cost
+        self._busy += cost
+        return Ticket(nbytes=back_bytes, done_at=self.copy_free)
+
+    def note_host(self, seconds: float) -> None:
+        """Host compute that really ran (the CUDA clock measures it; here it is charged above)."""
 
     # -- operations --------------------------------------------------------------------------
     def compute(self, seconds: float) -> None:
@@ -85,12 +107,14 @@ class SimTimeline:
     def ready(self, ticket: Ticket) -> bool:
         return ticket.done_at <= self.now
 
-    def wait(self, ticket: Ticket, late: bool = False) -> float:
+    def wait(self, ticket: Ticket, late: bool = False, host: bool = False) -> float:
         stall = max(0.0, ticket.done_at - self.now)
         self.now += stall
         self._stall += stall
         if late:
             self._late_stall += stall
+        if host:
+            self._host_stall += stall
         return stall
 
     def synchronize(self) -> None:

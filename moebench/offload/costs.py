@@ -59,6 +59,34 @@ def expert_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int) -> float
     return _measured(hw, "expert_us", _expert_roofline(shape, hw, tokens), _expert_roofline(shape, hw, 1))
 
 
+def host_expert_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int) -> float:
+    """One expert over `tokens` tokens on the host CPU (`hw.host`): it reads the expert's weights
+    from DRAM once, as the GPU reads them from HBM."""
+    return hw.host.kernel_seconds(flops=shape.expert_flops(tokens), nbytes=shape.expert_bytes,
+                                  kernels=EXPERT_KERNELS)
+
+
+def activation_bytes(shape: ModelShape, tokens: int) -> int:
+    """One hidden state per token, each way across the link for a host-computed expert."""
+    return int(tokens * shape.hidden * shape.bytes_per_param)
+
+
+def host_instead_of_copy(shape: ModelShape, hw: HardwareProfile, tokens: int = 1) -> tuple[float, float]:
+    """(seconds to compute one expert on the host, activations both ways included; seconds to
+    copy it to the device): Fiddler's per-miss choice, on an idle link and host."""
+    act = hw.copy_seconds(activation_bytes(shape, tokens))
+    return 2 * act + host_expert_seconds(shape, hw, tokens), hw.copy_seconds(shape.expert_bytes)
+
+
+def shared_expert_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int) -> float:
+    """One MoE layer's shared experts (DeepSeek, Qwen2-MoE) over every token: resident weights,
+    never copied; 0 for a model without them."""
+    if not shape.shared_expert_bytes:
+        return 0.0
+    return hw.kernel_seconds(flops=shape.shared_expert_flops(tokens), nbytes=shape.shared_expert_bytes,
+                             kernels=EXPERT_KERNELS)
+
+
 def dense_mlp_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int) -> float:
     flops = 2.0 * 3 * shape.hidden * shape.dense_mlp_width * tokens
     return hw.kernel_seconds(flops=flops, nbytes=shape.dense_mlp_bytes(), kernels=EXPERT_KERNELS)

@@ -61,11 +61,15 @@ class StrategyContext:
 
     `trace` is a `moebench.offload.routing.RoutingTrace` of the run's routing for strategies that read
     `trace` (the oracle, Belady, pinning), the same type live and in replay; `adapter` and
-    `device` are None in replay (no model is loaded there)."""
+    `device` are None in replay (no model is loaded there). `profile` is the run's hardware
+    profile, for strategies that weigh costs (a copy against host compute); on the CUDA clock
+    it is the nominal one the floor is drawn from."""
 
     def __init__(self, *, shape: Any, n_slots: int, is_resident: Any, adapter: Any = None,
-                 artifacts: dict | None = None, trace: Any = None, device: Any = None):
+                 artifacts: dict | None = None, trace: Any = None, device: Any = None,
+                 profile: Any = None):
         self.shape = shape
+        self.profile = profile
         self.adapter = adapter
         self.n_slots = n_slots
         self._is_resident = is_resident

@@ -7,6 +7,16 @@ A profile is a YAML file of public (or `moebench calibrate profile`-measured) fi
 
 Built-ins live in `moebench/offload/profiles/*.yaml`; a user passes `--profile my.yaml`, or drops files
 in `$MOEBENCH_PROFILES` (a folder) to make them known by name.
+
+A profile may name the **host** CPU beside the GPU (`host: epyc-9654`, a file of
+`moebench/offload/profiles/hosts/`, or the figures inline): what strategies that compute experts
+on the host (Fiddler, KTransformers, llama.cpp `--n-cpu-moe`) are charged:
+
+    host kernel = max(flops / host_peak, bytes / (host_mem_bandwidth * efficiency)) + launches
+    activation  = h2d_latency + bytes / h2d_bandwidth, each way (PCIe is symmetric)
+
+A profile without host figures cannot run such a strategy (one sentence, exit 2): copies are
+never free, and neither is host compute.
 """
 from __future__ import annotations
 
@@ -19,6 +29,34 @@ import yaml
 
 from moebench.config import from_dict
 from moebench.errors import UserError, did_you_mean
+
+
+@dataclass(frozen=True)
+class HostProfile:
+    """The host CPU's figures (public spec sheets; `source` says which)."""
+
+    name: str
+    mem_bandwidth_gbps: float           # DRAM: channels x MT/s x 8 bytes
+    peak_tflops: float                  # all cores, in the experts' dtype (bf16 where supported)
+    mem_efficiency: float = 0.6         # achieved / theoretical bandwidth of a GEMV (stated default)
+    launch_overhead_us: float = 5.0     # one torch CPU op's dispatch
+    cores: int = 0
+    description: str = ""
+    source: str = ""
+
+    def validate(self, where: str) -> None:
+        for key in ("mem_bandwidth_gbps", "peak_tflops"):
+            if getattr(self, key) <= 0:
+                raise UserError(f"{where}.{key} must be positive.")
+        if not 0 < self.mem_efficiency <= 1:
+            raise UserError(f"{where}.mem_efficiency must be in (0, 1].")
+        if self.launch_overhead_us < 0:
+            raise UserError(f"{where}.launch_overhead_us must not be negative.")
+
+    def kernel_seconds(self, *, flops: float, nbytes: float, kernels: int = 1) -> float:
+        compute = flops / (self.peak_tflops * 1e12)
+        memory = nbytes / (self.mem_bandwidth_gbps * 1e9 * self.mem_efficiency)
+        return max(compute, memory) + kernels * self.launch_overhead_us * 1e-6
 
 
 @dataclass(frozen=True)
@@ -43,6 +81,14 @@ class HardwareProfile:
     lm_head_us: float = 0.0       # final norm + LM head
     calibrated_for: str = ""      # the model the floors were measured on
     measured: dict = field(default_factory=dict)   # raw calibration data (curves, GPU, date)
+    host: HostProfile | None = None    # the CPU beside the GPU (host-computing strategies)
+
+    def require_host(self, who: str) -> HostProfile:
+        if self.host is None:
+            raise UserError(f"'{who}' computes experts on the host, but profile '{self.name}' has "
+                            "no host figures; add `host: epyc-9654` (or another file of "
+                            "moebench/offload/profiles/hosts/, or the figures inline) to it.")
+        return self.host
 
     def validate(self, where: str) -> None:
         for key in ("h2d_bandwidth_gbps", "mem_bandwidth_gbps", "peak_tflops"):
@@ -105,4 +151,27 @@ def load_profile(name_or_path: str) -> HardwareProfile:
         raise UserError(f"profile {path} is not valid YAML: {str(exc).splitlines()[0]}.") from None
     if isinstance(data, dict) and "name" not in data:
         data["name"] = path.stem
+    if isinstance(data, dict) and isinstance(data.get("host"), str):
+        data["host"] = _host_figures(data["host"], f"profile {path.name}")
     return from_dict(HardwareProfile, data, f"profile {path.name}")
+
+
+def available_hosts() -> dict[str, Path]:
+    d = _builtin_dir() / "hosts"
+    return {p.stem: p for p in sorted(d.glob("*.yaml"))} if d.is_dir() else {}
+
+
+def _host_figures(name: str, where: str) -> dict:
+    known = available_hosts()
+    path = Path(name)
+    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+        if name not in known:
+            raise UserError(f"{where}.host: unknown host '{name}'{did_you_mean(name, known)}.")
+        path = known[name]
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"host figures {path} are not valid YAML: {str(exc).splitlines()[0]}.") from None
+    if isinstance(data, dict) and "name" not in data:
+        data["name"] = path.stem
+    return data

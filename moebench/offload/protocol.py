@@ -56,7 +56,10 @@ class LayerProtocol:
         self.expert_waits = bool(strategy.expert_granular_waits())
         self.ctx = StrategyContext(shape=shape, adapter=adapter, n_slots=cache.n_slots,
                                    is_resident=cache.is_resident, artifacts=artifacts or {},
-                                   trace=trace, device=device)
+                                   trace=trace, device=device, profile=profile)
+        self.uses_host = bool(getattr(strategy, "uses_host", False))
+        if self.uses_host and charge:        # the simulated clock charges host compute: figures
+            profile.require_host(strategy.name)
         self.pred_stats: dict[int, dict[str, dict]] = {}
         self.step: StepStats | None = None
         self.request = 0
@@ -123,6 +126,7 @@ class LayerProtocol:
         clock = self.timeline.step_end()
         st = self.step
         st.latency_s, st.stall_s, st.late_stall_s = clock.latency_s, clock.stall_s, clock.late_stall_s
+        st.host_s, st.host_stall_s = clock.host_s, clock.host_stall_s
         st.copy_busy_s, st.compute_s = clock.copy_busy_s, clock.compute_s
         self.context += self.n_tokens
         self.step = None
@@ -167,26 +171,40 @@ class LayerProtocol:
         st = self.step
         if st.phase == "decode":
             self._score_predictions(layer, last_token)
-        defer = self.expert_waits and st.phase == "decode" and self.n_tokens == 1
-        out = self.sched.prepare(layer, experts, prefetches, defer_waits=defer)
+        decode1 = st.phase == "decode" and self.n_tokens == 1
+        host: set[int] = set()
+        if self.uses_host and decode1:       # host compute is a decode-time choice (one token)
+            host = {int(e) for e in self.strategy.host_experts(self.event(layer), list(experts))}
+        on_device = [e for e in experts if int(e) not in host]
+        out = self.sched.prepare(layer, on_device, prefetches,
+                                 defer_waits=decode1 and (self.expert_waits or bool(host)))
+        out.host = [e for e in experts if int(e) in host]
         st.account(layer, out, len(experts))
         self._predicted.pop(layer, None)
         return out
 
     @staticmethod
     def expert_groups(out: LayerOutcome, experts: list[int]) -> list[list[int]]:
-        """The order the layer's experts run in: one group (layer-granular waits), or the
-        resident ones, then each pending one alone, late prefetches before misses."""
-        if not out.pending:
+        """The order the layer's device experts run in: one group (layer-granular waits), or the
+        resident ones, then each pending one alone, late prefetches before misses. Experts
+        computed on the host (`out.host`) are not among them."""
+        host = set(out.host)
+        experts = [e for e in experts if e not in host]
+        if not out.pending and not host:
             return [list(experts)]
         waiting = {e for e, _, _ in out.pending}
         ready = [e for e in experts if e not in waiting]
         return ([ready] if ready else []) + [[e] for e, _, _ in out.pending]
 
     def compute_experts(self, layer: int, out: LayerOutcome, experts: list[int],
-                        kernel: Callable[[list[int]], Any] | None = None) -> list[tuple[list[int], Any]]:
+                        kernel: Callable[[list[int]], Any] | None = None,
+                        host_kernel: Callable[[int], Any] | None = None) -> list[tuple[list[int], Any]]:
         """Wait for and run the layer's experts, group by group: `kernel(group)` computes one
-        group on a live engine (replay passes None); returns `(group, kernel output)` pairs."""
+        group on a live engine (replay passes None); returns `(group, kernel output)` pairs.
+
+        Experts computed on the host go first: each one's activation leaves for the host as
+        soon as routing is known (`host_kernel(expert)` computes it there on a live engine), the
+        device computes its own experts meanwhile, and waits for the host's results last."""
         tickets = {e: (t, late) for e, t, late in out.pending}
         n = len(experts)
         each = 0.0
@@ -194,6 +212,13 @@ class LayerProtocol:
             tokens_per_expert = max(1, (self.n_tokens * self.shape.top_k) // max(1, n))
             each = self.cost(costs.expert_seconds, tokens_per_expert)
         done = []
+        host_tickets = []
+        for e in out.host:
+            if self.charge:
+                act = costs.activation_bytes(self.shape, self.n_tokens)
+                host_tickets.append(self.timeline.host_compute(
+                    self.profile.copy_seconds(act), self.cost(costs.host_expert_seconds, self.n_tokens), act))
+            done.append(([e], host_kernel(e) if host_kernel is not None else None))
         for group in self.expert_groups(out, experts):
             for e in group:
                 if e in tickets:
@@ -202,6 +227,11 @@ class LayerProtocol:
             done.append((group, kernel(group) if kernel is not None else None))
             if self.charge:
                 self.timeline.compute(len(group) * each)
+        if self.charge and getattr(self.shape, "shared_expert_bytes", 0):
+            # shared experts (DeepSeek, Qwen2-MoE): resident, run on every token of the layer
+            self.timeline.compute(self.cost(costs.shared_expert_seconds, self.n_tokens))
+        for t in host_tickets:
+            out.stall_s += self.timeline.wait(t, host=True)
         out.pending = []
         return done
 

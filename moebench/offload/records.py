@@ -14,9 +14,10 @@ class StepStats:
 
     Every expert a decode step executes is one *access*, classified once: a **hit** (resident,
     its copy complete, when compute needs it), **late** (a prefetch whose copy is still in
-    flight: compute waits for the rest of it, `late_stall_s`) or a **miss** (not resident: a
-    demand fetch, waited for in full). Per MoE layer too, so `samples.jsonl` alone determines
-    every access metric of a result.
+    flight: compute waits for the rest of it, `late_stall_s`), a **miss** (not resident: a
+    demand fetch, waited for in full) or **host** (computed on the host CPU instead of copied:
+    `host_s` of host compute, `host_stall_s` waiting for its result). Per MoE layer too, so
+    `samples.jsonl` alone determines every access metric of a result.
     """
 
     phase: str
@@ -29,22 +30,28 @@ class StepStats:
     demand_bytes: int = 0
     prefetch_bytes: int = 0
     late_stall_s: float = 0.0      # the part of stall_s spent on late prefetches
+    host_s: float = 0.0            # host CPU busy computing experts
+    host_stall_s: float = 0.0      # the part of stall_s spent waiting for host results
     hits: int = 0
     activations: int = 0
     late: int = 0
     misses: int = 0
+    host: int = 0
     layer_hits: list[int] = field(default_factory=list)
     layer_late: list[int] = field(default_factory=list)
     layer_misses: list[int] = field(default_factory=list)
+    layer_host: list[int] = field(default_factory=list)
 
     @classmethod
     def begin(cls, phase: str, position: int, moe_layers: int) -> StepStats:
         return cls(phase=phase, position=position, layer_hits=[0] * moe_layers,
-                   layer_late=[0] * moe_layers, layer_misses=[0] * moe_layers)
+                   layer_late=[0] * moe_layers, layer_misses=[0] * moe_layers,
+                   layer_host=[0] * moe_layers)
 
     @property
     def layer_acts(self) -> list[int]:
-        return [h + l + m for h, l, m in zip(self.layer_hits, self.layer_late, self.layer_misses)]
+        return [h + l + m + c for h, l, m, c in zip(self.layer_hits, self.layer_late,
+                                                    self.layer_misses, self.layer_host)]
 
     def account(self, layer: int, out: Any, n_experts: int) -> None:
         """Add one MoE layer's `LayerOutcome`: bytes always, accesses in decode."""
@@ -52,14 +59,17 @@ class StepStats:
         self.demand_bytes += out.demand_bytes
         self.prefetch_bytes += out.prefetch_bytes
         if self.phase == "decode":
-            assert out.hits + out.late + out.misses == n_experts
+            host = len(out.host)
+            assert out.hits + out.late + out.misses + host == n_experts
             self.activations += n_experts
             self.hits += out.hits
             self.late += out.late
             self.misses += out.misses
+            self.host += host
             self.layer_hits[layer] += out.hits
             self.layer_late[layer] += out.late
             self.layer_misses[layer] += out.misses
+            self.layer_host[layer] += host
 
     def row(self) -> dict:
         """The step's row of samples.jsonl (times in ms)."""
@@ -71,7 +81,10 @@ class StepStats:
                 "prefetch_bytes": self.prefetch_bytes, "hits": self.hits,
                 "activations": self.activations, "late": self.late, "misses": self.misses,
                 "layer_hits": list(self.layer_hits), "layer_late": list(self.layer_late),
-                "layer_misses": list(self.layer_misses)}
+                "layer_misses": list(self.layer_misses),
+                **({"host": self.host, "layer_host": list(self.layer_host),
+                    "host_ms": self.host_s * 1e3, "host_stall_ms": self.host_stall_s * 1e3}
+                   if self.host or self.host_s else {})}
 
 
 def request_samples(steps: list[StepStats], prompt_id: str, repetition: int) -> list[dict]:

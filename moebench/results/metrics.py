@@ -56,6 +56,8 @@ def compute_metrics(samples: list[dict], *, moe_layers: int, link_gbps: float | 
     acts = sum(s["activations"] for s in steps)
     late = sum(s.get("late", 0) for s in steps)
     misses = sum(s.get("misses", 0) for s in steps)
+    host = sum(s.get("host", 0) for s in steps)
+    host_ms = sum(s.get("host_ms", 0.0) for s in steps)
     total_ms = sum(s["latency_ms"] for s in steps)
     busy_ms = sum(s.get("copy_busy_ms", 0.0) for s in steps)
     h2d = sum(s["h2d_bytes"] for s in steps)
@@ -71,8 +73,9 @@ def compute_metrics(samples: list[dict], *, moe_layers: int, link_gbps: float | 
         c[1] += s["activations"]
     hr, hr_ci, hr_method = ratio_of_sums([c[0] for c in clusters.values()],
                                          [c[1] for c in clusters.values()], seed=seed)
-    lh, ll, lm = (_layer_sums(steps, k, moe_layers) for k in ("layer_hits", "layer_late", "layer_misses"))
-    la = [h + l_ + m for h, l_, m in zip(lh, ll, lm)]
+    lh, ll, lm, lc = (_layer_sums(steps, k, moe_layers)
+                      for k in ("layer_hits", "layer_late", "layer_misses", "layer_host"))
+    la = [h + l_ + m + c for h, l_, m, c in zip(lh, ll, lm, lc)]
     m: dict[str, Any] = {
         "repetitions": reps.to_dict(),
         "tpot_ms": summarize([r["tpot_ms"] for r in reqs], seed=seed, unit=reps.unit),
@@ -91,12 +94,19 @@ def compute_metrics(samples: list[dict], *, moe_layers: int, link_gbps: float | 
         "hits": hits,
         "late": late,
         "misses": misses,
+        **({"host": host, "host_rate": _rate(host, acts),
+            "host_rate_per_layer": [_rate(x, a) for x, a in zip(lc, la)],
+            "host_ms_per_token": host_ms / n_dec if n_dec else 0.0,
+            "host_stall_ms_per_token": sum(s.get("host_stall_ms", 0.0) for s in steps) / n_dec
+            if n_dec else 0.0,
+            "host_share": host_ms / total_ms if total_ms else 0.0} if host or host_ms else {}),
         "h2d_bytes_per_token": per_token_bytes,
         "demand_bytes_per_token": sum(s.get("demand_bytes", 0) for s in steps) / n_dec if n_dec else 0.0,
         "prefetch_bytes_per_token": sum(s.get("prefetch_bytes", 0) for s in steps) / n_dec if n_dec else 0.0,
         "stall_ms_per_token": stall / n_dec if n_dec else 0.0,
         "late_stall_ms_per_token": late_stall / n_dec if n_dec else 0.0,
-        "miss_stall_ms_per_token": (stall - late_stall) / n_dec if n_dec else 0.0,
+        "miss_stall_ms_per_token": (stall - late_stall - sum(s.get("host_stall_ms", 0.0) for s in steps))
+        / n_dec if n_dec else 0.0,
         "compute_ms_per_token": sum(s.get("compute_ms", 0.0) for s in steps) / n_dec if n_dec else 0.0,
         "transfer_share": busy_ms / total_ms if total_ms else 0.0,
         "floor_ms_per_token": (per_token_bytes / (link_gbps * 1e9) * 1e3) if link_gbps else None,

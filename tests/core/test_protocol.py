@@ -11,6 +11,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from moebench.errors import UserError
 from moebench.offload import costs
 from moebench.offload.cache import ExpertCache
 from moebench.offload.clock import SimTimeline
@@ -501,3 +502,54 @@ def test_expert_groups_put_resident_experts_first_then_late_then_misses() -> Non
     out = LayerOutcome(pending=[(3, None, True), (1, None, False)])
     assert LayerProtocol.expert_groups(out, [1, 2, 3, 4]) == [[2, 4], [3], [1]]
     assert LayerProtocol.expert_groups(LayerOutcome(), [1, 2]) == [[1, 2]]
+
+
+class _OnHost(Recorder):
+    uses_host = True
+
+    def __init__(self, host=(), **kw):
+        super().__init__(**kw)
+        self._host = set(host)
+
+    def host_experts(self, ev, experts):
+        return [e for e in experts if e in self._host]
+
+
+def test_a_host_computed_expert_runs_on_the_host_while_the_device_computes() -> None:
+    """Layer 0 runs expert 0 (resident) on the device and expert 1 on the host: no copy is made,
+    the activation goes out and back over the link, the host computes while the device runs
+    expert 0, and the device waits for the rest of the host's result."""
+    from dataclasses import replace
+
+    from moebench.offload.profile import HostProfile
+
+    host = HostProfile(name="h", mem_bandwidth_gbps=1.0, peak_tflops=1.0, mem_efficiency=1.0,
+                       launch_overhead_us=0.0)
+    prof = replace(PROFILE, host=host)
+    shape = make_shape(moe_layer_ids=(0,))
+    s = _OnHost(host=[1], residents=[(0, 0)])
+    tl = RecordingTimeline(prof)
+    cache = ExpertCache(4, shape.expert_bytes)
+    p = LayerProtocol(s, shape=shape, profile=prof, timeline=tl, cache=cache, charge=True)
+    p.setup()
+    p.prefill_warm()
+    st, outs = run_step(p, shape, "decode", 1, {0: [0, 1]})
+    out = outs[0]
+    assert out.host == [1] and (out.hits, out.misses) == (1, 0)
+    assert st.h2d_bytes == 0 and not cache.is_resident((0, 1))            # nothing was copied
+    assert (st.hits, st.host, st.activations) == (1, 1, 2) and st.layer_host == [1]
+    act = costs.activation_bytes(shape, 1)
+    want_host = costs.host_expert_seconds(shape, prof, 1)
+    assert st.host_s == pytest.approx(want_host) and want_host > 0
+    # the result lands at d2h + host + h2d; the device computed expert 0 (50 us) meanwhile
+    expert = PROFILE.expert_us * 1e-6
+    lands = prof.copy_seconds(act) + want_host + prof.copy_seconds(act)
+    assert st.host_stall_s == pytest.approx(max(0.0, lands - expert))
+    assert st.row()["host"] == 1 and st.row()["host_ms"] == pytest.approx(want_host * 1e3)
+
+
+def test_a_profile_without_host_figures_refuses_a_host_computing_strategy() -> None:
+    shape = make_shape(moe_layer_ids=(0,))
+    with pytest.raises(UserError, match="has no host figures"):
+        make_protocol(_OnHost(), shape, n_slots=4)
+    make_protocol(_OnHost(), shape, n_slots=4, charge=False)   # the CUDA clock measures it

@@ -26,10 +26,14 @@ def prepared(request: pytest.FixtureRequest) -> tuple[session.Prepared, object]:
     return prep, reference
 
 
-@pytest.mark.parametrize("strategy", ["sync", "lru", "all-resident"])
-def test_lossless_tokens_and_logits_match_unmodified_model(prepared, strategy: str) -> None:
+LOSSLESS = [("sync", {}), ("lru", {}), ("all-resident", {}), ("lru", {"waits": "expert"}),
+            ("host-compute", {"decide": "always"}), ("host-compute", {"upload_cap": 1})]
+
+
+@pytest.mark.parametrize("strategy,params", LOSSLESS, ids=[f"{n}{p or ''}" for n, p in LOSSLESS])
+def test_lossless_tokens_and_logits_match_unmodified_model(prepared, strategy: str, params: dict) -> None:
     prep, reference = prepared
-    piece = runner.run_strategy(prep, strategy, keep_logits=True)
+    piece = runner.run_strategy(prep, strategy, params, keep_logits=True)
     assert piece.outputs, "no output recorded"
     for out in piece.outputs:
         n = len(out["token_ids"])

@@ -80,7 +80,10 @@ def test_budget_victims_and_determinism(loaded, name: str) -> None:
 
 
 # parameter values that change how a lossless strategy runs, each proven lossless too
-VARIANTS = [("lru", {"waits": "expert"}), ("lru", {"scope": "global", "waits": "expert"})]
+VARIANTS = [("lru", {"waits": "expert"}), ("lru", {"scope": "global", "waits": "expert"}),
+            ("host-compute", {"decide": "always"}),
+            ("host-compute", {"placement": "layers", "host_layers": 2}),
+            ("host-compute", {"upload_cap": 1})]
 LOSSLESS = [(n, {}) for n in NAMES if build_strategy(n).traits.lossless] + VARIANTS
 
 
