@@ -211,6 +211,14 @@ def build_policy(name: str, trace: Any = None) -> Strategy:
             raise UserError(f"the trace has no predictions from '{src}' (it has: {have}).")
         rec = trace.recorded.strategy if trace is not None and trace.recorded else None
         return PredictedStrategy(predictor=src, recorded=rec)
+    base, colon, sets = name.partition(":")
+    if colon and base in REGISTRY.names():      # `host-compute:decide=always+upload_cap=2`
+        from moebench.config import parse_overrides
+
+        strategy = build_strategy(base, parse_overrides([x for x in sets.split("+") if x.strip()]))
+        if not strategy.traits.replayable:
+            raise UserError(f"strategy '{base}' reads more than routing and cannot be replayed.")
+        return strategy
     if name in REGISTRY.names():
         strategy = build_strategy(name)
         if not strategy.traits.replayable:

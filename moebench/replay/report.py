@@ -50,6 +50,7 @@ def summary_rows(runs: Sequence[Any], total_experts: int) -> list[dict]:
                 "h2d_bytes_per_token": m.get("h2d_bytes_per_token"),
                 "floor_ms_per_token": m.get("floor_ms_per_token"),
                 "late_rate": m.get("late_rate"), "miss_rate": m.get("miss_rate"),
+                "host_rate": m.get("host_rate"), "host_share": m.get("host_share"),
             })
         rows.append(row)
     # efficiency_vs_oracle = oracle TPOT / policy TPOT at the same budget and profile

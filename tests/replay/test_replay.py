@@ -26,7 +26,9 @@ SMALL = {"max_new_tokens": "5", "limit": "2"}   # the smoke workload's 2 warm-up
 # agreement with live runs
 # ----------------------------------------------------------------------------------------------
 LIVE = {"sync": ("sync", {}), "lru": ("lru", {}), "lru-global": ("lru", {"scope": "global"}),
-        "lru-expert-waits": ("lru", {"waits": "expert"})}
+        "lru-expert-waits": ("lru", {"waits": "expert"}),
+        "host-compute:decide=always+upload_cap=1": ("host-compute", {"decide": "always", "upload_cap": 1}),
+        "host-compute:upload_cap=1": ("host-compute", {"upload_cap": 1})}
 
 
 @pytest.fixture(scope="module")
