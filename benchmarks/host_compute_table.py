@@ -28,7 +28,7 @@ def _replay(trace: Path, model: str, half: int, out: Path) -> list[dict]:
                                    "a6000-pcie4,t4-pcie3", "--out", str(out), "--no-consistency",
                                    "--no-bounds", "--json"], capture_output=True, text=True, cwd=ROOT)
     if r.returncode:
-        sys.exit(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "replay failed")
+        sys.exit(r.stderr[-3000:] or "replay failed")
     return json.loads(r.stdout)["rows"]
 
 

@@ -79,6 +79,9 @@ def belady_fetches(trace: Any, t0: int, resident: list[ExpertKey], n_slots: int)
     for t in range(t0, len(trace)):
         layer = trace.positions[t][2]
         keys = [(layer, e) for e in trace.demand[t]]
+        if len(keys) > n_slots:
+            raise UserError(f"the cache budget holds {n_slots} experts, but layer {layer} needs "
+                            f"{len(keys)} at once (prefill touches many experts); raise --cache-budget.")
         locked = set(keys)
         pol.now = t
         for key in keys:

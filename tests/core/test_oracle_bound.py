@@ -60,3 +60,21 @@ def test_oracle_prefetches_what_belady_would_fetch_and_nothing_more() -> None:
     assert o_copies == b_copies
     assert oracle["hits"] > belady["hits"]
     assert sum(oracle["tpot"].values()) < sum(belady["tpot"].values())
+
+
+def test_a_budget_below_a_prefill_layer_is_one_sentence_for_the_oracle_too() -> None:
+    """A prompt that touches more experts of a layer than the budget holds: the oracle's planner
+    says so like every other strategy, instead of failing inside its eviction search."""
+    import pytest
+
+    from moebench.errors import UserError
+    from moebench.offload.profile import load_profile
+    from moebench.replay.engine import replay_one
+    from moebench.replay.traces import trace_from_rows
+
+    shape = make_shape(moe_layers=2, num_experts=8, top_k=2)
+    rows = [{"step": 0, "layer": m, "experts": [0, 1], "used": list(range(6))} for m in range(2)]
+    rows += [{"step": 1, "layer": m, "experts": [2, 3]} for m in range(2)]
+    with pytest.raises(UserError, match="needs 6 at once"):
+        replay_one(trace_from_rows(rows, source="t"), "oracle", shape=shape,
+                   profile=load_profile("a6000-pcie4"), budget="2/layer")
