@@ -35,7 +35,8 @@ def _replay(trace: Path, model: str, half: int, out: Path) -> list[dict]:
 def _table(title: str, rows: list[dict]) -> list[str]:
     out = [f"#### {title}", "", "| profile | budget | strategy | TPOT ms (median) | vs oracle | "
            "host share | hit / host rate |", "|---|---|---|---|---|---|---|"]
-    oracle = {(r["profile"], r["budget"]): r["tpot_ms_median"] for r in rows if r["policy"] == "oracle"}
+    oracle = {(r["profile"], r["budget"]): r.get("tpot_ms_median") for r in rows
+              if r["policy"] == "oracle" and not r.get("skipped")}
     for r in sorted(rows, key=lambda r: (r["profile"], float(r["budget"]), POLICIES.index(
             r["policy"]) if r["policy"] in POLICIES else 99)):
         if r.get("skipped"):
@@ -45,7 +46,7 @@ def _table(title: str, rows: list[dict]) -> list[str]:
         t = r["tpot_ms_median"]
         hs = r.get("host_share")
         out.append(f"| {r['profile']} | {r['budget']} | {r['policy']} | {t:.3f} | "
-                   f"{t / o:.3f} | {'–' if hs is None else f'{100 * hs:.1f}%'} | "
+                   f"{'–' if not o else f'{t / o:.3f}'} | {'–' if hs is None else f'{100 * hs:.1f}%'} | "
                    f"{r['hit_rate']:.3f} / {r.get('host_rate') or 0:.3f} |")
     return out + [""]
 

@@ -200,8 +200,11 @@ class BudgetSpec:
             raise UserError(f"cache budget fraction {text} must be in (0, 1].")
         return BudgetSpec("fraction", frac, str(text))
 
-    def slots(self, *, moe_layers: int, num_experts: int, expert_bytes: int) -> int:
-        """Number of expert slots this budget buys on a model (never more than all experts)."""
+    def slots(self, *, moe_layers: int, num_experts: int, expert_bytes: int,
+              reserved_bytes: int = 0) -> int:
+        """Number of expert slots this budget buys on a model (never more than all experts).
+        `reserved_bytes` (a model's always-resident shared experts) come out of a byte budget
+        first; the other kinds count routed experts only."""
         total = moe_layers * num_experts
         if self.kind == "all":
             n = total
@@ -210,7 +213,7 @@ class BudgetSpec:
         elif self.kind == "per_layer":
             n = int(self.value) * moe_layers
         else:
-            n = int(self.value // expert_bytes)
+            n = int(max(0.0, self.value - reserved_bytes) // expert_bytes)
         return max(0, min(n, total))
 
 

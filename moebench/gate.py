@@ -35,6 +35,11 @@ the baseline, it is left out of the verdict, and it does not fail the gate by it
 nothing at all is left to gate is the result inconclusive). Every other mismatch is
 inconclusive, as above.
 
+Every verdict says what it judged and how (``MetricVerdict``: the run and metric, the rule and
+its threshold, both values, the change, the test used, the decision); ``GateReport.to_dict()`` is
+what ``moebench gate --format json`` prints, and ``moebench.results.export`` turns that document
+into JUnit XML or CSV (``--format junit|csv``).
+
 ``gate(baseline_path, candidate_path)`` is the one entry point (``moebench gate`` and
 ``moebench baseline check`` call it): it loads result or report folders through
 ``moebench.results.model.load_runs`` and decides with ``decide`` / ``decide_many``, which are
@@ -147,7 +152,14 @@ def parse_rule(text: str) -> Rule:
 class MetricVerdict:
     """One metric's decision. ``change`` (and ``ci95``) are relative (0.05 = +5%) when
     ``relative``, else in the metric's units; ``baseline``/``candidate`` are the compared values
-    (medians for sampled latencies)."""
+    (medians for sampled latencies); ``status`` is the decision.
+
+    ``metric`` is the name the gate prints (``<strategy>/<metric>`` for reports, the bare metric
+    for two result folders, the strategy alone for a verdict on the whole run). The fields after
+    ``relative`` say the same in parts, for machines: ``run`` (``<strategy>`` or
+    ``<point>/<strategy>``), ``measure`` (the metric; "" for a whole-run verdict), ``rule``
+    (``tpot_ms:+3%``), ``direction`` (the good one: ``lower`` | ``higher``), ``test`` (how it was
+    decided) and ``clock`` (the compared runs' clock label)."""
 
     metric: str
     status: str
@@ -159,6 +171,17 @@ class MetricVerdict:
     threshold: float
     reason: str
     relative: bool = True
+    run: str = ""
+    measure: str = ""
+    rule: str = ""
+    direction: str = ""
+    test: str = ""
+    clock: str = ""
+
+    @property
+    def name(self) -> str:
+        """``<run>/<measure>`` (``<point>/<strategy>/<metric>``), whatever ``metric`` prints."""
+        return "/".join(x for x in (self.run, self.measure) if x) or self.metric
 
 
 @dataclass(frozen=True)
@@ -172,15 +195,26 @@ class GateReport:
     verdicts: list[MetricVerdict]
     reason: str
     notes: tuple[str, ...] = field(default=())
+    alpha: float | None = None
+    rules: tuple[str, ...] = field(default=())
+    baseline: str | None = None
+    candidate: str | None = None
 
     def to_dict(self) -> dict:
+        """The whole verdict as JSON (``moebench gate --format json``): the aggregate, the inputs
+        and rules, and every metric's baseline, candidate, change, threshold, test and decision."""
         return {
+            "kind": "gate",
             "status": self.status,
             "exit_code": int(self.exit_code),
             "reason": self.reason,
             "notes": list(self.notes),
+            "baseline": self.baseline,
+            "candidate": self.candidate,
+            "alpha": self.alpha,
+            "rules": list(self.rules),
             "verdicts": [
-                {**asdict(v), "ci95": None if v.ci95 is None else list(v.ci95)}
+                {**asdict(v), "name": v.name, "ci95": None if v.ci95 is None else list(v.ci95)}
                 for v in self.verdicts
             ],
         }
@@ -222,7 +256,8 @@ def _exact_verdict(rule: Rule, base: float, cand: float, note: str) -> MetricVer
 
     def verdict(status: str, change: float | None, reason: str) -> MetricVerdict:
         return MetricVerdict(rule.metric, status, base, cand, change, None, None,
-                             rule.threshold, reason, rule.relative)
+                             rule.threshold, reason, rule.relative,
+                             test=f"exact, against the threshold ({note})")
 
     if rule.relative and base == 0:
         if cand == base:
@@ -268,7 +303,8 @@ def _interval_verdict(rule: Rule, base: float, cand: float, change: float,
     else:
         status, why = INCONCLUSIVE, "not significant, but the CI reaches beyond the threshold (more samples needed)"
     return MetricVerdict(rule.metric, status, base, cand, change, ci, p, t,
-                         f"{why}: {shown}", rule.relative)
+                         f"{why}: {shown}", rule.relative,
+                         test=f"{method}; regression: p < {alpha:g} and the 95% CI beyond the threshold")
 
 
 # ------------------------------------------------------------------------------------------
@@ -279,9 +315,9 @@ def _is_number(x: Any) -> bool:
 
 
 def _inconclusive(rule: Rule, reason: str, base: float | None = None,
-                  cand: float | None = None) -> MetricVerdict:
+                  cand: float | None = None, test: str = "none: nothing to test") -> MetricVerdict:
     return MetricVerdict(rule.metric, INCONCLUSIVE, base, cand, None, None, None,
-                         rule.threshold, reason, rule.relative)
+                         rule.threshold, reason, rule.relative, test=test)
 
 
 def _judge_sampled(rule: Rule, base: RunResult, cand: RunResult, *, alpha: float, seed: int,
@@ -303,7 +339,8 @@ def _judge_sampled(rule: Rule, base: RunResult, cand: RunResult, *, alpha: float
     if min(bvals.size, cvals.size) < MIN_SAMPLES:
         return _inconclusive(
             rule, f"too few samples (baseline n={bvals.size}, candidate n={cvals.size}; "
-                  f"need at least {MIN_SAMPLES})", bmed, cmed)
+                  f"need at least {MIN_SAMPLES})", bmed, cmed,
+            test=f"none: fewer than {MIN_SAMPLES} samples for a test")
     try:
         est: RatioEstimate
         if pairs.paired:
@@ -313,7 +350,8 @@ def _judge_sampled(rule: Rule, base: RunResult, cand: RunResult, *, alpha: float
     except ValueError as exc:
         return _inconclusive(rule, f"cannot compare: {exc}", bmed, cmed)
     if est.ratio is None or est.ci95 is None or est.p_value is None:
-        return _inconclusive(rule, f"no interval or p-value ({est.method})", bmed, cmed)
+        return _inconclusive(rule, f"no interval or p-value ({est.method})", bmed, cmed,
+                             test=est.method)
 
     # An absolute threshold (ms) is judged in ms: scale the relative change by the baseline median.
     scale = 1.0 if rule.relative else bmed
@@ -409,13 +447,23 @@ def decide(baseline: RunResult, candidate: RunResult, rules: Sequence[Rule] | No
     problems += [f"the {side} run is incomplete"
                  for side, run in (("baseline", base), ("candidate", cand)) if not run.complete]
     version_only = bool(found) and all(m.field == VERSION for m in found) and len(problems) == len(found)
+    rules = _rules(rules)
+    clock = base.clock.label or ""
     if problems and not version_only:
-        return _report([], reason="; ".join(problems), status=INCONCLUSIVE)
+        return _with_inputs(_report([], reason="; ".join(problems), status=INCONCLUSIVE), rules, alpha)
     if version_only:
         note = not_gated_note(base.key, base.strategy.version, cand.strategy.version)
-        return _report([MetricVerdict(base.key, NOT_GATED, None, None, None, None, None, 0.0, note)])
-    verdicts = [_judge(r, base, cand, alpha=alpha, seed=seed) for r in _rules(rules)]
-    return _report(verdicts)
+        return _with_inputs(_report([MetricVerdict(
+            base.key, NOT_GATED, None, None, None, None, None, 0.0, note, run=base.key,
+            test="none: the strategy version changed", clock=clock)]), rules, alpha)
+    verdicts = [replace(_judge(r, base, cand, alpha=alpha, seed=seed), run=base.key,
+                        measure=r.metric, rule=str(r), direction=r.direction, clock=clock)
+                for r in rules]
+    return _with_inputs(_report(verdicts), rules, alpha)
+
+
+def _with_inputs(report: GateReport, rules: Sequence[Rule], alpha: float) -> GateReport:
+    return replace(report, alpha=alpha, rules=tuple(str(r) for r in rules))
 
 
 def _by_key(runs: Sequence[RunResult], side: str) -> dict[str, RunResult]:
@@ -445,17 +493,20 @@ def decide_many(baseline_runs: Sequence[RunResult], candidate_runs: Sequence[Run
     threshold = 0.0
     verdicts: list[MetricVerdict] = []
     for name in sorted(base):
+        clock = base[name].clock.label or ""
         if name not in cand:
             verdicts.append(MetricVerdict(name, INCONCLUSIVE, None, None, None, None, None,
-                                          threshold, f"strategy {name!r} missing from the candidate"))
+                                          threshold, f"strategy {name!r} missing from the candidate",
+                                          run=name, test="none: nothing to compare", clock=clock))
             continue
         sub = decide(base[name], cand[name], rules, alpha=alpha, seed=seed)
         if not sub.verdicts:
             verdicts.append(MetricVerdict(name, sub.status, None, None, None, None, None,
-                                          threshold, sub.reason))
+                                          threshold, sub.reason, run=name,
+                                          test="none: the runs cannot be compared", clock=clock))
         verdicts.extend(replace(v, metric=name if v.status == NOT_GATED else f"{name}/{v.metric}")
                         for v in sub.verdicts)
-    return _report(verdicts)
+    return _with_inputs(_report(verdicts), _rules(rules), alpha)
 
 
 def gate(baseline: str | Path, candidate: str | Path, rules: Sequence[Rule] | None = None, *,
@@ -467,5 +518,7 @@ def gate(baseline: str | Path, candidate: str | Path, rules: Sequence[Rule] | No
     b_report, b = load_runs(baseline)
     c_report, c = load_runs(candidate)
     if b_report is None and c_report is None:
-        return decide(b[0], c[0], rules, alpha=alpha, seed=seed)
-    return decide_many(b, c, rules, alpha=alpha, seed=seed)
+        report = decide(b[0], c[0], rules, alpha=alpha, seed=seed)
+    else:
+        report = decide_many(b, c, rules, alpha=alpha, seed=seed)
+    return replace(report, baseline=str(baseline), candidate=str(candidate))

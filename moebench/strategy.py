@@ -47,11 +47,13 @@ from typing import Any, ClassVar
 from moebench.config import field_names, from_dict, to_dict
 from moebench.errors import UserError, did_you_mean
 from moebench.offload.events import ExpertKey, LayerEvent, Prefetch, Routing, StrategyContext
-from moebench.offload.policies import BeladyPolicy, CachePolicy, LFUPolicy, LRUPolicy
+from moebench.offload.policies import (ARCPolicy, BeladyPolicy, CachePolicy, LeastStalePolicy,
+                                       LFRUPolicy, LFUPolicy, LRUPolicy)
 
-__all__ = ["ENTRY_POINT_GROUP", "READS", "REGISTRY", "BeladyPolicy", "CachePolicy", "ExpertKey",
-           "LFUPolicy", "LRUPolicy", "LayerEvent", "NoParams", "Prefetch", "Registry", "Routing",
-           "Strategy", "StrategyContext", "Traits", "UserError", "build_strategy", "register"]
+__all__ = ["ENTRY_POINT_GROUP", "READS", "REGISTRY", "ARCPolicy", "BeladyPolicy", "CachePolicy",
+           "ExpertKey", "LFRUPolicy", "LFUPolicy", "LRUPolicy", "LayerEvent", "LeastStalePolicy",
+           "NoParams", "Prefetch", "Registry", "Routing", "Strategy", "StrategyContext", "Traits",
+           "UserError", "build_strategy", "register"]
 
 ENTRY_POINT_GROUP = "moebench.strategies"
 READS = frozenset({"routing", "hidden", "residual", "trace"})
@@ -233,6 +235,10 @@ BUILTINS = {
     "pre-attention": "moebench.strategies.pre_attention:PreAttentionStrategy",
     "next-gate": "moebench.strategies.next_gate:NextGateStrategy",
     "oracle": "moebench.strategies.oracle:OracleStrategy",
+    "lfu": "moebench.strategies.lfu:LFUStrategy",
+    "lfru": "moebench.strategies.lfru:LFRUStrategy",
+    "arc": "moebench.strategies.arc:ARCStrategy",
+    "least-stale": "moebench.strategies.least_stale:LeastStaleStrategy",
     "host-compute": "moebench.strategies.host_compute:HostComputeStrategy",
 }
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from moebench.cli import calibrate, compare, gpu, replay, trace
+from moebench.cli import calibrate, compare, export, gpu, replay, trace
 from moebench.cli.common import console, handle_errors, split_overrides
 
 app = typer.Typer(no_args_is_help=False, add_completion=False, pretty_exceptions_enable=False,
@@ -150,7 +150,8 @@ def models(json_out: Annotated[bool, typer.Option("--json")] = False) -> None:
         local = P.local_path(p)
         rows.append({"name": p.name, "hf_id": p.hf_id, "arch": p.arch,
                      "local_path": str(local) if local else None, "available": P.is_available(p),
-                     "default": p.name == default, "tiny": p.tiny, "description": p.description})
+                     "default": p.name == default, "tiny": p.tiny, "description": p.description,
+                     **P.shape_summary(p.name)})
     if json_out:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
@@ -195,6 +196,7 @@ def main() -> None:
 # The other command groups, registered in one fixed order (no discovery, no import-order effects).
 calibrate.register(app)
 compare.register(app)
+export.register(app)
 gpu.register(app, calibrate.calibrate_app)
 trace.register(app)
 replay.register(app, trace.trace_app)

@@ -4,6 +4,7 @@
     moebench compare --sweep cache_budget=0.1,0.25,0.5,1.0 --clock sim
     moebench compare results/a-sync results/b-lru            # folders written earlier
     moebench gate reports/baselines/smoke reports/my-run --fail-on tpot_ms:+5%
+    moebench gate reports/baselines/smoke reports/my-run --format junit --out gate.xml
     moebench baseline check                                  # what CI runs: rerun the baseline, gate
     moebench baseline update                                 # rewrite the CI baseline, deliberately
 
@@ -165,18 +166,43 @@ def gate(
     fail_on: Annotated[Optional[list[str]], typer.Option("--fail-on", help="METRIC:+X% or METRIC:-X; the sign is the bad direction (default tpot_ms:+3%, hit_rate:-0.01, h2d_bytes_per_token:+1%)")] = None,
     alpha: Annotated[float, typer.Option(help="significance level (measured clock)")] = 0.05,
     seed: Annotated[int, typer.Option(help="bootstrap seed")] = 0,
-    json_out: Annotated[bool, typer.Option("--json", help="print the verdicts as JSON")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="print the verdicts as JSON (same as --format json)")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="text | json | junit | csv (the verdicts; see docs/ci.md)")] = "text",
+    out: Annotated[Optional[Path], typer.Option(help="write the --format output here (the table still prints)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing --out file")] = False,
 ) -> None:
     """Is the candidate worse than the baseline, beyond noise? Exit 0 pass, 1 regression, 2 usage, 3 inconclusive/mismatch."""
+    from moebench.errors import UserError, did_you_mean
     from moebench.gate import gate as run_gate
     from moebench.gate import parse_rule
 
+    formats = ("text", "json", "junit", "csv")
+    if json_out and fmt not in ("text", "json"):
+        raise UserError(f"--json and --format {fmt} disagree; give one of them.")
+    fmt = "json" if json_out else fmt
+    if fmt not in formats:
+        raise UserError(f"Unknown gate format {fmt!r}{did_you_mean(fmt, formats)}.")
+    if out is not None:
+        if fmt == "text":
+            raise UserError("--out writes a --format json, junit or csv file; name one of them.")
+        from moebench.results.folders import check_output_file
+        check_output_file(out, force=force)
     rules = [parse_rule(r) for r in fail_on or []]
     report = run_gate(baseline, candidate, rules or None, alpha=alpha, seed=seed)
-    if json_out:
-        sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
-    else:
+    if fmt == "text" or out is not None:
         _show_gate(report)
+    if fmt != "text":
+        from moebench.results import export as E
+
+        doc = report.to_dict()
+        text = (json.dumps(doc, indent=2) + "\n" if fmt == "json"
+                else E.gate_junit(doc) if fmt == "junit" else E.gate_csv(doc))
+        if out is None:
+            sys.stdout.write(text)
+        else:
+            from moebench.results.folders import atomic_write
+            atomic_write(out, text)
+            console().print(f"wrote the verdicts ({fmt}) to {out}", highlight=False)
     raise typer.Exit(int(report.exit_code))
 
 

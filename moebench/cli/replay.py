@@ -41,7 +41,8 @@ def _parse_sweep(items: list[str]) -> dict[str, list[str]]:
 
 def replay(
     trace: Annotated[Path, typer.Argument(help="a result folder recorded with --record-trace, its "
-                                               "trace.jsonl, or any JSONL of {step, layer, experts}")],
+                                               "trace.jsonl, any JSONL of {step, layer, experts}, or "
+                                               "a directory / quoted glob of such files (one trace)")],
     strategies: Annotated[Optional[str], typer.Option(help="comma list of replay policies "
                           "(default: sync,lru,lru-global,lfu,pin,belady,oracle and pred:<each "
                           "recorded predictor>)")] = None,
@@ -108,21 +109,37 @@ def _render(outcome: Any, folder: Path) -> None:
     ctx = outcome.context
     clock = "none (hit rate only)" if ctx["hit_rate_only"] else \
         ", ".join(f"simulated:{p}" for p in ctx["profiles"])
-    t = Table(title=f"replay on {ctx['model']} — {ctx['steps']} steps — clock {clock}")
-    for c in ("policy", "budget", "profile", "hit rate", "TPOT ms median", "TPOT ms mean",
-              "vs oracle", "H2D / token"):
-        t.add_column(c)
+    from rich import box
+
+    con = console()
+    if not con.is_terminal:             # piped to a file: nothing wraps there, print it whole
+        from rich.console import Console
+        con = Console(width=200)
+    profiles = list(dict.fromkeys(r["profile"] for r in outcome.rows))
+    wide = con.width >= 110
+    cols = [("policy", lambda r: r["policy"]), ("budget", lambda r: r["budget"])]
+    if len(profiles) > 1:
+        cols.append(("profile", lambda r: r["profile"]))
 
     def num(x: Any, spec: str) -> str:
         return "-" if x is None else format(x, spec)
+    cols += [("hit", lambda r: num(r.get("hit_rate"), ".3f")),
+             ("TPOT ms", lambda r: num(r.get("tpot_ms_median"), ".4g"))]
+    if wide:
+        cols.append(("mean", lambda r: num(r.get("tpot_ms_mean"), ".4g")))
+    cols += [("÷oracle", lambda r: num(r.get("efficiency_vs_oracle"), ".3f")),
+             ("H2D/tok", lambda r: fmt_bytes(r.get("h2d_bytes_per_token")))]
+    t = Table(title=f"replay on {ctx['model']} — {ctx['steps']} steps — clock {clock} "
+                    "(TPOT: median; ÷oracle: oracle TPOT / policy TPOT)",
+              box=box.SIMPLE_HEAD if not wide else box.HEAVY_HEAD)
+    for name, _ in cols:
+        t.add_column(name, no_wrap=True)
     for r in outcome.rows:
         if r.get("skipped"):
-            t.add_row(r["policy"], r["budget"], r["profile"], "skipped", "-", "-", "-", "-")
+            t.add_row(*[(f(r) if name in ("policy", "budget", "profile") else
+                         ("skipped" if name == "hit" else "-")) for name, f in cols])
             continue
-        t.add_row(r["policy"], r["budget"], r["profile"], num(r.get("hit_rate"), ".3f"),
-                  num(r.get("tpot_ms_median"), ".4g"), num(r.get("tpot_ms_mean"), ".4g"),
-                  num(r.get("efficiency_vs_oracle"), ".3f"), fmt_bytes(r.get("h2d_bytes_per_token")))
-    con = console()
+        t.add_row(*[f(r) for _, f in cols])
     con.print(t)
     c = outcome.consistency
     if c and c["segment_lengths"]:

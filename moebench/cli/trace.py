@@ -5,6 +5,10 @@ recorded with `moebench run --record-trace`, one JSON object per (request, step,
      "used": [..], "predicted": {"speculative": [..]}, "strategy": "speculative"}
 
 Without `--out` the rows go to stdout. The format is documented in docs/strategies.md.
+
+`moebench trace import SRC... --format vllm|sglang|moe-beyond|moebench [--model M] --out FILE`:
+routing recorded by a serving engine or published as a dataset, as moebench's trace JSONL
+(formats and sources: docs/replay.md, parsers: `moebench.replay.importers`).
 """
 from __future__ import annotations
 
@@ -48,6 +52,41 @@ def export(
     else:
         atomic_write(out, text)
         console(stderr=True).print(f"wrote {text.count(chr(10))} rows to {out}", highlight=False)
+
+
+@trace_app.command("import")
+@handle_errors
+def import_trace(
+    sources: Annotated[list[str], typer.Argument(help="files, directories or globs of routing to import "
+                                                      "(one trace; requests in file order)")],
+    fmt: Annotated[str, typer.Option("--format", help="vllm | sglang | moe-beyond | moebench")],
+    out: Annotated[Path, typer.Option(help="the trace JSONL to write")],
+    model: Annotated[Optional[str], typer.Option(help="preset or checkpoint folder the routing was "
+                                                      "recorded on: its layers, experts and top-k are "
+                                                      "checked (SGLang's flat arrays need it)")] = None,
+    predictor: Annotated[str, typer.Option(help="name of the predictor for moe-beyond's Predicted "
+                                                "Expert IDs (replay it as pred:<name>)")] = "moe-beyond",
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing --out file")] = False,
+) -> None:
+    """Import routing from vLLM / SGLang responses, MoE-Beyond CSVs or moebench JSONL as one trace."""
+    from moebench.replay.importers import import_trace as do_import
+    from moebench.results.folders import atomic_write, check_output_file
+
+    check_output_file(out, force=force)
+    shape = None
+    if model is not None:
+        from moebench.models.presets import model_shape
+
+        shape = model_shape(model)
+    imp, tr, text = do_import(sources, fmt, shape=shape, predictor=predictor)
+    atomic_write(out, text)
+    err = console(stderr=True)
+    for note in imp.notes:
+        err.print(f"note: {note}", highlight=False)
+    n_prefill = int((tr.step == 0).sum())
+    err.print(f"wrote {imp.requests} request(s), {tr.n_steps} steps ({n_prefill} prefill) x "
+              f"{tr.moe_layers} MoE layers, top-{tr.top_k}, from {len(imp.files)} file(s) to {out}",
+              highlight=False)
 
 
 def register(app: Any) -> None:

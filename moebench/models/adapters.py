@@ -8,6 +8,9 @@ renormalisation of the real one:
 
 - Qwen3-MoE, Mixtral, OLMoE: `mlp.gate` (a TopKRouter): softmax -> top-k -> renormalise when
   `norm_topk_prob` (Mixtral always). Experts: `gate_up_proj [E, 2I, H]`, `down_proj [E, H, I]`.
+  Qwen2-MoE and DeepSeek-V2 / V3 have the same router and experts interface (DeepSeek's own
+  scoring: softmax / sigmoid, group-limited top-k, scaling); their shared experts
+  (`mlp.shared_expert(s)`) and dense layers stay ordinary resident modules, never offloaded.
 - GPT-OSS: `mlp.router` with a bias: top-k on raw logits, softmax over the k. Experts are
   transposed with biases: `gate_up_proj [E, H, 2I]` (gate/up interleaved), `down_proj [E, I, H]`.
 """
@@ -18,7 +21,7 @@ from typing import Any
 
 from moebench.errors import UserError
 
-QWEN_FAMILY = ("qwen3_moe", "mixtral", "olmoe", "qwen2_moe")
+QWEN_FAMILY = ("qwen3_moe", "mixtral", "olmoe", "qwen2_moe", "deepseek_v2", "deepseek_v3")
 GPT_OSS_FAMILY = ("gpt_oss",)
 
 

@@ -55,6 +55,51 @@ _OLMOE = dict(
     num_key_value_heads=16, head_dim=128, intermediate_size=1024, num_experts=64,
     num_experts_per_tok=8, norm_topk_prob=False, vocab_size=50304, dtype="bfloat16",
 )
+# Published configs (config.json on the Hugging Face hub), the keys the shapes read.
+_DEEPSEEK_V2_LITE = dict(
+    model_type="deepseek_v2", hidden_size=2048, num_hidden_layers=27, num_attention_heads=16,
+    num_key_value_heads=16, intermediate_size=10944, moe_intermediate_size=1408,
+    n_routed_experts=64, n_shared_experts=2, num_experts_per_tok=6, first_k_dense_replace=1,
+    moe_layer_freq=1, n_group=1, topk_group=1, topk_method="greedy", norm_topk_prob=False,
+    scoring_func="softmax", routed_scaling_factor=1.0, kv_lora_rank=512, q_lora_rank=None,
+    qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, vocab_size=102400,
+    dtype="bfloat16",
+)
+_DEEPSEEK_V3 = dict(
+    model_type="deepseek_v3", hidden_size=7168, num_hidden_layers=61, num_attention_heads=128,
+    num_key_value_heads=128, intermediate_size=18432, moe_intermediate_size=2048,
+    n_routed_experts=256, n_shared_experts=1, num_experts_per_tok=8, first_k_dense_replace=3,
+    moe_layer_freq=1, n_group=8, topk_group=4, topk_method="noaux_tc", norm_topk_prob=True,
+    scoring_func="sigmoid", routed_scaling_factor=2.5, kv_lora_rank=512, q_lora_rank=1536,
+    qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, vocab_size=129280,
+    num_nextn_predict_layers=1, dtype="bfloat16",
+    quantization_config={"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                         "weight_block_size": [128, 128]},
+)
+_QWEN15_MOE = dict(
+    model_type="qwen2_moe", hidden_size=2048, num_hidden_layers=24, num_attention_heads=16,
+    num_key_value_heads=16, intermediate_size=5632, moe_intermediate_size=1408,
+    shared_expert_intermediate_size=5632, num_experts=60, num_experts_per_tok=4,
+    norm_topk_prob=False, decoder_sparse_step=1, vocab_size=151936, dtype="bfloat16",
+)
+_QWEN2_57B = dict(
+    model_type="qwen2_moe", hidden_size=3584, num_hidden_layers=28, num_attention_heads=28,
+    num_key_value_heads=4, intermediate_size=18944, moe_intermediate_size=2560,
+    shared_expert_intermediate_size=20480, num_experts=64, num_experts_per_tok=8,
+    norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[], vocab_size=151936,
+    dtype="bfloat16",
+)
+_QWEN3_235B = dict(
+    model_type="qwen3_moe", hidden_size=4096, num_hidden_layers=94, num_attention_heads=64,
+    num_key_value_heads=4, head_dim=128, moe_intermediate_size=1536, intermediate_size=12288,
+    num_experts=128, num_experts_per_tok=8, norm_topk_prob=True, vocab_size=151936,
+    decoder_sparse_step=1, mlp_only_layers=[], dtype="bfloat16",
+)
+_MIXTRAL_8X22B = dict(
+    model_type="mixtral", hidden_size=6144, num_hidden_layers=56, num_attention_heads=48,
+    num_key_value_heads=8, head_dim=128, intermediate_size=16384, num_local_experts=8,
+    num_experts_per_tok=2, vocab_size=32000, dtype="bfloat16",
+)
 # Tiny presets: Qwen3-30B-A3B keeps top-8 and hidden/width ~ 2.67; GPT-OSS-20B keeps 32 experts,
 # top-4, width == hidden, biases, the clamped SwiGLU and the alternating sliding window.
 _TINY_QWEN3 = dict(
@@ -83,6 +128,20 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            description="Mixtral-8x7B, 32 x 8 experts, top-2, bf16"),
     Preset("olmoe-1b-7b", "olmoe", "allenai/OLMoE-1B-7B-0924", _OLMOE,
            description="OLMoE-1B-7B, 16 x 64 experts, top-8, bf16"),
+    Preset("deepseek-v2-lite", "deepseek_v2", "deepseek-ai/DeepSeek-V2-Lite", _DEEPSEEK_V2_LITE,
+           description="DeepSeek-V2-Lite, 26 x 64 routed experts (+2 shared), top-6, first layer "
+                       "dense, MLA, bf16"),
+    Preset("deepseek-v3", "deepseek_v3", "deepseek-ai/DeepSeek-V3", _DEEPSEEK_V3,
+           description="DeepSeek-V3, 58 x 256 routed experts (+1 shared), top-8, first 3 layers "
+                       "dense, MLA, FP8 experts"),
+    Preset("qwen1.5-moe-a2.7b", "qwen2_moe", "Qwen/Qwen1.5-MoE-A2.7B", _QWEN15_MOE,
+           description="Qwen1.5-MoE-A2.7B, 24 x 60 experts (+1 gated shared), top-4, bf16"),
+    Preset("qwen2-57b-a14b", "qwen2_moe", "Qwen/Qwen2-57B-A14B", _QWEN2_57B,
+           description="Qwen2-57B-A14B, 28 x 64 experts (+1 gated shared), top-8, bf16"),
+    Preset("qwen3-235b-a22b", "qwen3_moe", "Qwen/Qwen3-235B-A22B", _QWEN3_235B,
+           description="Qwen3-235B-A22B, 94 x 128 experts, top-8, bf16"),
+    Preset("mixtral-8x22b", "mixtral", "mistralai/Mixtral-8x22B-v0.1", _MIXTRAL_8X22B,
+           description="Mixtral-8x22B, 56 x 8 experts, top-2, bf16"),
     Preset("tiny-qwen3-moe", "qwen3_moe", None, _TINY_QWEN3, tiny=True,
            description="random-init Qwen3-MoE, 4 x 32 experts, top-8 (tests)"),
     Preset("tiny-gpt-oss", "gpt_oss", None, _TINY_GPT_OSS, tiny=True,
@@ -180,6 +239,19 @@ def model_shape(name_or_path: str, dtype: str | None = None) -> ModelShape:
     if dtype is None and preset is not None and preset.embedded:
         dtype = "float32"
     return shape_from_config(cfg, name=name, dtype=dtype)
+
+
+def shape_summary(name: str) -> dict:
+    """What `moebench models --json` says of a preset's shape (None where it has no config)."""
+    keys = ("num_layers", "moe_layers", "num_experts", "top_k", "expert_bytes", "shared_experts",
+            "shared_expert_bytes", "dtype")
+    try:
+        s = model_shape(name)
+    except UserError:
+        return dict.fromkeys(keys)
+    return {"num_layers": s.num_layers, "moe_layers": s.moe_layers, "num_experts": s.num_experts,
+            "top_k": s.top_k, "expert_bytes": s.expert_bytes, "shared_experts": s.shared_experts,
+            "shared_expert_bytes": s.shared_bytes, "dtype": s.dtype}
 
 
 def _read_json(p: Path) -> dict:

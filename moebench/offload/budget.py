@@ -37,11 +37,14 @@ def resolve_budget(spec: BudgetSpec | str, shape: Any, strategy: Any) -> Budget:
     given = spec if isinstance(spec, BudgetSpec) else BudgetSpec.parse(spec)
     used = BudgetSpec.parse(strategy.forces_budget) if strategy.forces_budget else given
     n = used.slots(moe_layers=shape.moe_layers, num_experts=shape.num_experts,
-                   expert_bytes=shape.expert_bytes)
+                   expert_bytes=shape.expert_bytes,
+                   reserved_bytes=int(getattr(shape, "shared_bytes", 0) or 0))
     need = strategy.min_slots(shape.top_k, shape.moe_layers)
     if n < need:
+        shared = int(getattr(shape, "shared_bytes", 0) or 0)
+        after = f" after the {shared:,} bytes of shared experts" if shared and used.kind == "bytes" else ""
         raise UserError(
-            f"cache budget '{given.text}' holds {n} experts ({n * shape.expert_bytes:,} bytes), "
+            f"cache budget '{given.text}' holds {n} experts ({n * shape.expert_bytes:,} bytes){after}, "
             f"but '{strategy.name}' needs at least {need} (one layer's top-{shape.top_k} is "
             f"{shape.top_k * shape.expert_bytes:,} bytes).")
     return Budget(given.text, n, shape.expert_bytes, shape.total_experts,

@@ -3,9 +3,8 @@ run's trace), plus a few policies that exist for replay's what-if questions.
 
 | name | what it is |
 |---|---|
-| any registered strategy whose `reads` has neither `hidden` nor `residual` | the registry strategy itself (`sync`, `lru`, `all-resident`, `oracle`, a plugin's), the same object `run` builds |
+| any registered strategy whose `reads` has neither `hidden` nor `residual` | the registry strategy itself (`sync`, `lru`, `lfu`, `lfru`, `arc`, `least-stale`, `all-resident`, `oracle`, a plugin's), the same object `run` builds |
 | `lru-layer`, `lru-global` | registry `lru` with `scope=layer` / `scope=global` |
-| `lfu` | least frequently used (counts persist across evictions), `LFUPolicy` |
 | `pin` | frequency pinning: each layer's `(slots - k) // L` most used experts of the trace are made resident before timing and never evicted; the other slots are an LRU scratch area |
 | `belady` | Belady's MIN: demand fetch, evict the expert used furthest in the future (`BeladyPolicy`) |
 | `pred:<source>` | the prefetches a recorded predictor made (`predicted[source]` in the trace) replayed with a per-layer LRU cache; issued after the previous layer's routing (`+N` in the source name: N layers ahead; `pre-attention` sources: before the layer's own attention) |
@@ -20,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from moebench.errors import UserError, did_you_mean
-from moebench.offload.policies import BeladyPolicy, CachePolicy, LFUPolicy, LRUPolicy
+from moebench.offload.policies import BeladyPolicy, CachePolicy, LRUPolicy
 from moebench.strategy import (REGISTRY, ExpertKey, LayerEvent, Prefetch, Strategy, StrategyContext,
                                build_strategy)
 
@@ -38,15 +37,6 @@ class TraceStrategy(Strategy):
 
     def position(self, ev: LayerEvent, layer: int | None = None) -> int | None:
         return self.ctx.trace.position(ev.request, ev.step, ev.layer if layer is None else layer)
-
-
-class LFUStrategy(Strategy):
-    name: ClassVar[str] = "lfu"
-    reads: ClassVar[frozenset[str]] = frozenset({"routing"})
-    source: ClassVar[str] = "least frequently used (frequency caching, KTransformers / Fiddler style)"
-
-    def make_policy(self, ctx: StrategyContext) -> CachePolicy:
-        return LFUPolicy()
 
 
 class BeladyStrategy(TraceStrategy):
@@ -170,7 +160,7 @@ class PredictedStrategy(TraceStrategy):
         return d
 
 
-REPLAY_ONLY = {"lfu": LFUStrategy, "pin": PinStrategy, "belady": BeladyStrategy}
+REPLAY_ONLY = {"pin": PinStrategy, "belady": BeladyStrategy}
 ALIASES = {"lru-layer": ("lru", {"scope": "layer"}), "lru-global": ("lru", {"scope": "global"}),
            "lru-expert-waits": ("lru", {"waits": "expert"})}
 

@@ -7,7 +7,10 @@ Legend: S steps (one forward each: a prefill or one decode token), L MoE layers,
   `result.json` / `config.json` the model, budget, profile, warm-up length, prompt lengths and
   prompt ids, which become the replay's defaults, so a replay reproduces the live run);
 - a `trace.jsonl` path (the folder around it is read the same way when it is a result folder);
-- any JSONL of `{step, layer, experts}` rows from another tool (`request` optional, default 0).
+- any JSONL of `{step, layer, experts}` rows from another tool (`request` optional, default 0);
+- a directory (that is not a result folder) or a glob of such JSONL files: one trace whose
+  requests are renumbered file by file (`moebench.replay.importers`, which also turns vLLM,
+  SGLang and MoE-Beyond routing into these rows: `moebench trace import`).
 
 Rows are grouped into steps by `(request, step)` in order of first appearance (the order the
 engine ran them); every step must carry every MoE layer once. `step` 0 is a prefill: moebench
@@ -243,6 +246,14 @@ def recorded_run(folder: Path) -> RecordedRun | None:
 def load_replay_trace(path: str | Path) -> ReplayTrace:
     from moebench.trace import read_trace, trace_path
 
+    raw = Path(path)
+    if (raw.is_dir() and not (raw / "trace.jsonl").exists()) or \
+            (not raw.exists() and any(c in str(path) for c in "*?[")):
+        # a directory or glob of JSONL traces: one trace, requests renumbered file by file
+        from moebench.replay.importers import load_many
+
+        rows, source = load_many(path)
+        return trace_from_rows(rows, source=source)
     p = trace_path(path)
     return trace_from_rows(read_trace(p), source=str(p), recorded=recorded_run(p.parent))
 

@@ -63,7 +63,8 @@ def _budget(result: dict) -> dict:
     total = (m.get("moe_layers") or 0) * (m.get("num_experts") or 0)
     try:
         experts = BudgetSpec.parse(spec).slots(moe_layers=m["moe_layers"], num_experts=m["num_experts"],
-                                               expert_bytes=m["expert_bytes"])
+                                               expert_bytes=m["expert_bytes"],
+                                               reserved_bytes=int(m.get("shared_expert_bytes") or 0))
     except (KeyError, TypeError, ValueError, UserError):
         experts = None
     return {"spec": spec, "experts": experts,

@@ -85,7 +85,10 @@ def result_document(ctx: RunContext, pieces: list[Piece], *, source: str = "run"
                   "num_layers": shape.num_layers, "moe_layers": shape.moe_layers,
                   "num_experts": shape.num_experts, "top_k": shape.top_k,
                   "expert_bytes": shape.expert_bytes, "dtype": shape.dtype,
-                  "snapshot": ctx.snapshot},
+                  "snapshot": ctx.snapshot,
+                  # always-resident shared experts (DeepSeek, Qwen2-MoE), out of a byte budget
+                  **({"shared_expert_bytes": shape.shared_bytes}
+                     if getattr(shape, "shared_bytes", 0) else {})},
         "strategy": first.strategy,
         # calibrated on prompts of its own evaluation workload (details: strategy.artifacts)
         "in_sample": any(bool(a.get("in_sample")) for a in first.strategy.get("artifacts", ())),

@@ -100,10 +100,10 @@ def test_the_command_surface_is_pinned() -> None:
     """Adding, renaming or losing a command is a deliberate change to this list (and the README)."""
     assert _commands(app) == {
         "run": [], "strategies": [], "models": [], "env": [], "compare": [], "gate": [],
-        "validate-sim": [], "replay": [],
+        "export": [], "validate-sim": [], "replay": [],
         "baseline": ["check", "update"],
         "calibrate": ["default-vectors", "pre-attention", "profile"],
-        "trace": ["export", "synth"],
+        "trace": ["export", "import", "synth"],
     }
 
 
@@ -119,7 +119,7 @@ def test_calibrate_profile_does_not_depend_on_import_order() -> None:
             "print(sorted(c.name for c in g['calibrate'].registered_commands),"
             " sorted(c.name for c in g['trace'].registered_commands))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['default-vectors', 'pre-attention', 'profile'] ['export', 'synth']"
+    assert out.stdout.strip() == "['default-vectors', 'pre-attention', 'profile'] ['export', 'import', 'synth']"
 
 
 def test_every_package_is_in_the_wheel() -> None:

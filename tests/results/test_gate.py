@@ -252,7 +252,12 @@ def test_report_to_dict_is_json():
     assert d["status"] == REGRESSION and d["exit_code"] == 1
     assert json.loads(json.dumps(d)) == d
     assert {"metric", "status", "baseline", "candidate", "change", "ci95", "p_value",
-            "threshold", "reason"} <= set(d["verdicts"][0])
+            "threshold", "reason", "rule", "direction", "test", "run", "measure", "clock",
+            "name"} <= set(d["verdicts"][0])
+    tpot = next(v for v in d["verdicts"] if v["measure"] == "tpot_ms")
+    assert tpot["status"] == REGRESSION and tpot["rule"] == "tpot_ms:+3%" and tpot["run"] == "lru"
+    assert "unit: prompt" in tpot["test"] and "p < 0.05" in tpot["test"] and tpot["clock"] == "cuda-events"
+    assert d["alpha"] == 0.05 and d["rules"] == [str(r) for r in DEFAULT_RULES]
 
 
 # ---------------------------------------------------------------------------- reports

@@ -166,12 +166,13 @@ VARIANTS = [("lru", {"scope": "global"}), ("next-gate", {"lookahead": 2}),
 
 def lossless_contenders() -> list[tuple[str, dict]]:
     """Every registered lossless strategy at its defaults (plugins included), plus variants; not
-    the oracle itself, nor strategies that force their own budget (all-resident)."""
+    the oracle itself, nor strategies that force their own budget (all-resident), nor those that
+    compute experts on the host (the oracle bounds copy schedules; host compute avoids copies)."""
     out = []
     for name in REGISTRY.names():
         cls = REGISTRY.get(name)
         if cls.lossless and name != "oracle" and not getattr(cls, "forces_budget", None) \
-                and not name.endswith("-probe"):
+                and not getattr(cls, "uses_host", False) and not name.endswith("-probe"):
             out.append((name, {}))
     return out + VARIANTS
 
