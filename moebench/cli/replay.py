@@ -57,6 +57,14 @@ def replay(
                                                              "first (default: the recording's)")] = None,
     hit_rate_only: Annotated[bool, typer.Option("--hit-rate-only", help="no clock: exact fast hit rates, "
                                                 "report only")] = False,
+    reset_per_request: Annotated[bool, typer.Option("--reset-per-request", help="every request "
+                                 "starts with a cold cache and fresh policy state (default: off, "
+                                 "the cache carries over)")] = False,
+    warmup_tokens: Annotated[int, typer.Option(help="the first N decode tokens of each request are "
+                                                    "replayed but not counted (hit rates, TPOT)")] = 0,
+    issue: Annotated[str, typer.Option(help="timed | untimed: untimed adds, beside each "
+                                            "pred:<source>, a row 'pred:<source> (untimed)' whose "
+                                            "prefetches land instantly (default: timed)")] = "timed",
     no_consistency: Annotated[bool, typer.Option("--no-consistency", help="skip the SRP / SCH figures")] = False,
     no_bounds: Annotated[bool, typer.Option("--no-bounds", help="do not add belady and oracle")] = False,
     seed: Annotated[int, typer.Option(help="seed for the bootstrap intervals")] = 0,
@@ -81,7 +89,8 @@ def replay(
                       budgets=tuple(budgets), profiles=tuple(profiles), bandwidths=bandwidths,
                       model=model, warmup_steps=warmup_steps, seed=seed,
                       hit_rate_only=hit_rate_only, consistency=not no_consistency,
-                      bounds=not no_bounds)
+                      bounds=not no_bounds, reset_per_request=reset_per_request,
+                      warmup_tokens=warmup_tokens, issue=issue.strip().lower())
     folder = out or Path("reports") / f"replay-{time.strftime('%Y%m%d-%H%M%S')}"
     check_replay_out(folder)
     with console(stderr=True).status("replaying", spinner="dots") if not json_out else _null():

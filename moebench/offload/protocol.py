@@ -107,6 +107,18 @@ class LayerProtocol:
         self.cache.prefetched.clear()   # a warm-up prefetch used later is neither issued nor used here
         self.pred_stats.clear()
 
+    def reset_residency(self) -> None:
+        """A cold cache (replay's `--reset-per-request`): every expert leaves, unused prefetches
+        counted as wasted, the strategy's cache policy starts afresh (`make_policy`), and what the
+        strategy keeps resident before timing (pinning, all-resident) is loaded again, untimed."""
+        sched, cache = self.sched, self.cache
+        for key in cache.resident():
+            if cache.evict(key):
+                sched.wasted_bytes += cache.expert_bytes
+                sched._count(key[0], "wasted_bytes", cache.expert_bytes)
+        self.strategy.policy = self.strategy.make_policy(self.ctx)
+        self.prefill_warm()
+
     def begin_request(self, request: int) -> None:
         self.request = request
         self.context = 0

@@ -32,8 +32,8 @@ import numpy as np
 from moebench.errors import UserError
 from moebench.results.build import Piece, RunContext, result_document
 from moebench.offload.budget import resolve_budget
-from moebench.offload.cache import ExpertCache
-from moebench.offload.clock import SimTimeline
+from moebench.offload.cache import ExpertCache, SlotScheduler
+from moebench.offload.clock import SimTimeline, Ticket
 from moebench.offload.events import Routing
 from moebench.offload.protocol import LayerProtocol
 from moebench.offload.records import StepStats, request_samples
@@ -60,7 +60,12 @@ class Schedule:
         return RoutingTrace(rows)
 
 
-def build_schedule(trace: Any, warmup_steps: int) -> Schedule:
+def build_schedule(trace: Any, warmup_steps: int, warmup_tokens: int = 0) -> Schedule:
+    """The recorded warm-up (`warmup_steps` decode steps of the first request, request -1, never
+    counted), then every trace step; a step is counted when it is a decode step past the first
+    `warmup_tokens` tokens of its request (`--warmup-tokens`: replayed, not counted)."""
+    if warmup_tokens < 0:
+        raise UserError(f"--warmup-tokens must be 0 or more, got {warmup_tokens}.")
     notes = []
     warm: list[tuple[int, int, bool]] = []
     if warmup_steps > 0 and trace.n_steps:
@@ -72,22 +77,57 @@ def build_schedule(trace: Any, warmup_steps: int) -> Schedule:
         if len(want) < warmup_steps + 1:
             notes.append(f"warm-up of {warmup_steps} steps replayed from the {len(want)} steps the "
                          "first request has")
-    measured = [(s, int(trace.request[s]), bool(trace.step[s] >= 1)) for s in range(trace.n_steps)]
+    measured = [(s, int(trace.request[s]), bool(trace.step[s] >= 1 and trace.step[s] > warmup_tokens))
+                for s in range(trace.n_steps)]
     return Schedule(tuple(warm + measured), tuple(notes))
 
 
+class UntimedPrefetchTimeline(SimTimeline):
+    """`--issue untimed`: while `free` is set (the scheduler's prefetch pass), a copy takes no
+    link time and is complete at once; demand fetches stay timed."""
+
+    free = False
+
+    def copy(self, nbytes: int, do_copy: Callable[[], None] | None = None) -> Ticket:
+        if not self.free:
+            return super().copy(nbytes, do_copy)
+        if do_copy is not None:
+            do_copy()
+        return Ticket(nbytes=nbytes, done_at=float("-inf"))
+
+
+class UntimedPrefetchScheduler(SlotScheduler):
+    """Prefetches (the strategy's `Prefetch` requests) through `UntimedPrefetchTimeline.free`."""
+
+    def prefetch(self, requests: Any, locked: set) -> tuple[int, int]:
+        self.timeline.free = True
+        try:
+            return super().prefetch(requests, locked)
+        finally:
+            self.timeline.free = False
+
+
 class ReplayEngine:
-    """The live engine's protocol, fed from a trace: no tensors, no model, the simulated clock."""
+    """The live engine's protocol, fed from a trace: no tensors, no model, the simulated clock.
+
+    `reset_per_request`: each request starts with a cold cache and a fresh cache policy
+    (`LayerProtocol.reset_residency`); `untimed_prefetch`: prefetch copies land instantly."""
 
     def __init__(self, trace: Any, strategy: Any, *, shape: Any, profile: Any, n_slots: int,
-                 schedule: Schedule):
+                 schedule: Schedule, reset_per_request: bool = False,
+                 untimed_prefetch: bool = False):
         self.trace, self.strategy, self.shape = trace, strategy, shape
         self.schedule = schedule
-        self.timeline = SimTimeline(profile)
+        self.reset_per_request = reset_per_request
+        self.timeline = UntimedPrefetchTimeline(profile) if untimed_prefetch else SimTimeline(profile)
         self.cache = ExpertCache(n_slots, shape.expert_bytes)
         routing = schedule.routing(trace) if "trace" in strategy.traits.reads else None
+        if reset_per_request and hasattr(strategy, "per_request"):
+            strategy.per_request = True      # Belady: a use after the request's end is no use
         self.protocol = LayerProtocol(strategy, shape=shape, profile=profile, timeline=self.timeline,
                                       cache=self.cache, charge=True, trace=routing)
+        if untimed_prefetch:
+            self.protocol.sched = UntimedPrefetchScheduler(self.cache, self.timeline, strategy)
         self.protocol.setup()
         self._moe_of = {i: m for m, i in enumerate(shape.moe_layer_ids)}
 
@@ -128,13 +168,21 @@ class ReplayEngine:
         p.prefill_warm()
         rows: dict[int, list[StepStats]] = {}
         current, warm = None, True
-        for s, request, _counted in self.schedule.steps:
+        for s, request, counted in self.schedule.steps:
             if warm and request != -1:      # warm-up over: counters start now (as in run_strategy)
                 warm = False
                 p.reset_counters()
             if request != current:
                 current = request
+                if self.reset_per_request:
+                    p.reset_residency()
                 p.begin_request(request)
+            decode = int(self.trace.step[s]) >= 1
+            if request != -1 and decode and not counted:   # --warmup-tokens: replayed, not counted
+                kept = _counters(p)
+                self.step(s)
+                _restore(p, kept)
+                continue
             st = self.step(s)
             if request == -1:
                 continue
@@ -142,6 +190,21 @@ class ReplayEngine:
             if progress:
                 progress(1)
         return {"requests": rows}
+
+
+def _counters(p: LayerProtocol) -> tuple:
+    s = p.sched
+    return (s.prefetch_issued, s.prefetch_used, s.wasted_bytes,
+            {m: dict(d) for m, d in s.layer_counts.items()},
+            {m: {k: dict(v) for k, v in d.items()} for m, d in p.pred_stats.items()})
+
+
+def _restore(p: LayerProtocol, kept: tuple) -> None:
+    """After an uncounted step: its prefetch and prediction counts undone; a prefetch it issued
+    and a later step uses is neither issued nor used (as after the recorded warm-up)."""
+    s = p.sched
+    s.prefetch_issued, s.prefetch_used, s.wasted_bytes, s.layer_counts, p.pred_stats = kept
+    p.cache.prefetched.clear()
 
 
 def check_trace_fits(trace: Any, shape: Any) -> None:
@@ -195,29 +258,54 @@ def replay_context(trace: Any, shape: Any, profile: Any, seed: int) -> RunContex
                       profile=profile, device="none (trace replay)", seed=seed)
 
 
+UNTIMED = " (untimed)"
+
+
+def split_issue(policy: str) -> tuple[str, bool]:
+    """`pred:x (untimed)` -> (`pred:x`, True): the label of an `--issue untimed` row."""
+    if policy.endswith(UNTIMED):
+        base = policy[:-len(UNTIMED)].strip()
+        if not base.startswith("pred:"):
+            raise UserError(f"'{policy}': untimed issue applies to pred:<source> policies only.")
+        return base, True
+    return policy, False
+
+
 def replay_one(trace: Any, policy: str, *, shape: Any, profile: Any, budget: str,
                warmup_steps: int | None = None, seed: int = 0,
-               progress: Callable[[int], None] | None = None) -> ReplayRun:
-    """Replay `trace` through `policy` at one budget on one profile (a `ReplayRun`)."""
+               progress: Callable[[int], None] | None = None, reset_per_request: bool = False,
+               warmup_tokens: int = 0) -> ReplayRun:
+    """Replay `trace` through `policy` at one budget on one profile (a `ReplayRun`).
+    `policy` `pred:x (untimed)` is `pred:x` with prefetch copies that land instantly and free."""
 
     check_trace_fits(trace, shape)
     rec = trace.recorded
     if warmup_steps is None:
         warmup_steps = rec.warmup_steps if rec and rec.warmup_steps is not None else 0
-    strategy = build_policy(policy, trace)
+    base, untimed = split_issue(policy)
+    strategy = build_policy(base, trace)
     ctx = replay_context(trace, shape, profile, seed)
     resolved = resolve_budget(budget, shape, strategy)
     n_slots = resolved.experts
-    schedule = build_schedule(trace, warmup_steps)
+    schedule = build_schedule(trace, warmup_steps, warmup_tokens)
     engine = ReplayEngine(trace, strategy, shape=shape, profile=profile, n_slots=n_slots,
-                          schedule=schedule)
+                          schedule=schedule, reset_per_request=reset_per_request,
+                          untimed_prefetch=untimed)
     out = engine.run(progress)
     samples: list[dict] = []
+    all_warm = 0
     for request, rows in out["requests"].items():
+        if warmup_tokens and not any(st.phase == "decode" for st in rows):
+            all_warm += 1            # every decode token of it was warm-up: no TPOT sample
+            continue
         prompt = rec.prompts.get(request) if rec else None
         prompt_id, repetition = prompt or (f"request-{request}", 0)
         samples.extend(request_samples(rows, prompt_id, repetition))
-    piece = Piece(strategy=strategy.describe(), samples=samples,
+    described = strategy.describe()
+    if untimed:
+        described = dict(described, name=policy, params=dict(described.get("params") or {},
+                                                              issue="untimed"))
+    piece = Piece(strategy=described, samples=samples,
                   prediction=engine.protocol.prediction(), budget=resolved,
                   peak_expert_bytes=engine.cache.peak_resident * shape.expert_bytes,
                   pool_bytes=n_slots * shape.expert_bytes)
@@ -230,7 +318,15 @@ def replay_one(trace: Any, policy: str, *, shape: Any, profile: Any, budget: str
                        "steps": trace.n_steps, "requests": len(set(trace.request.tolist())),
                        "recorded_strategy": (rec.strategy or {}).get("name") if rec else None,
                        "recorded_clock": rec.clock if rec else None}
-    result["replay"] = {"warmup_steps": warmup_steps, "policy": policy}
+    if all_warm:
+        notes.append(f"{all_warm} request(s) have no decode token past --warmup-tokens "
+                     f"{warmup_tokens}: they give no sample")
+    if untimed:
+        notes.append("issue untimed: this policy's prefetch copies landed instantly and took no "
+                     "link time (demand fetches timed); its TPOT is not a timed result")
+    result["replay"] = {"warmup_steps": warmup_steps, "policy": policy,
+                        "reset_per_request": reset_per_request, "warmup_tokens": warmup_tokens,
+                        "issue": "untimed" if untimed else "timed"}
     return ReplayRun(policy, budget, profile.name, result, samples)
 
 

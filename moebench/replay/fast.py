@@ -49,6 +49,25 @@ class GroupSeq:
     regular: np.ndarray     # [T] bool: step t is a plain decode-width step (in `dense`)
     num_experts: int
     moe_layers: int
+    request: np.ndarray | None = None   # [T] request of each step (-1: the recorded warm-up)
+
+    def segments(self) -> list[GroupSeq]:
+        """One `GroupSeq` per run of steps of one request, in order (`--reset-per-request`: each
+        starts with a cold cache, so each is replayed on its own)."""
+        L = self.moe_layers
+        T = self.n_groups // L if L else 0
+        if self.request is None or T == 0:
+            return [self]
+        cuts = [0] + (np.flatnonzero(np.diff(self.request)) + 1).tolist() + [T]
+        out = []
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            ga, gb = a * L, b * L
+            k0 = int(self.offsets[ga])
+            out.append(GroupSeq(self.keys[k0:int(self.offsets[gb])], self.offsets[ga:gb + 1] - k0,
+                                self.layer[ga:gb], self.counted[ga:gb],
+                                None if self.dense is None else self.dense[a:b], self.regular[a:b],
+                                self.num_experts, L, self.request[a:b]))
+        return out
 
     @property
     def n_groups(self) -> int:
@@ -84,7 +103,8 @@ def group_sequence(trace, schedule, num_experts: int) -> GroupSeq:
     np.cumsum(lengths, out=offsets[1:])
     layer = np.tile(np.arange(L), len(steps))
     counted = np.repeat(counted_step, L)
-    return GroupSeq(keys, offsets, layer, counted, X, regular, E, L)
+    request = np.array([r for _, r, _ in schedule.steps], dtype=np.int64)
+    return GroupSeq(keys, offsets, layer, counted, X, regular, E, L, request)
 
 
 def _check(seq: GroupSeq, n_slots: int) -> None:
@@ -380,9 +400,18 @@ FAST = {"lru": lru_layer_hits, "lru-layer": lru_layer_hits, "lru-global": lru_gl
         "belady": belady_hits}
 
 
-def fast_hit_rates(seq: GroupSeq, policy: str, n_slots: int) -> dict:
+def group_hits(seq: GroupSeq, policy: str, n_slots: int, reset_per_request: bool = False) -> np.ndarray:
+    """[G] hits per group; `reset_per_request`: each request's groups from a cold cache."""
+    if not reset_per_request:
+        return FAST[policy](seq, n_slots)
+    _check(seq, n_slots)
+    parts = [FAST[policy](part, n_slots) for part in seq.segments()]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def fast_hit_rates(seq: GroupSeq, policy: str, n_slots: int, reset_per_request: bool = False) -> dict:
     """`{"hits", "activations", "hit_rate", "layer_hits", "layer_acts"}` over counted groups."""
-    hits = FAST[policy](seq, n_slots)
+    hits = group_hits(seq, policy, n_slots, reset_per_request)
     acts = np.diff(seq.offsets)
     c = seq.counted
     L = seq.moe_layers

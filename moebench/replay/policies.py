@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from moebench.errors import UserError, did_you_mean
-from moebench.offload.policies import BeladyPolicy, CachePolicy, LRUPolicy
+from moebench.offload.policies import NEVER, BeladyPolicy, CachePolicy, LRUPolicy
 from moebench.strategy import (REGISTRY, ExpertKey, LayerEvent, Prefetch, Strategy, StrategyContext,
                                build_strategy)
 
@@ -43,8 +43,28 @@ class BeladyStrategy(TraceStrategy):
     name: ClassVar[str] = "belady"
     source: ClassVar[str] = "Belady's MIN (1966): evict the expert used furthest in the future"
 
+    per_request: bool = False     # replay --reset-per-request: the cache empties at each request
+
     def make_policy(self, ctx: StrategyContext) -> CachePolicy:
-        return BeladyPolicy(ctx.trace.next_use)
+        if not self.per_request:
+            return BeladyPolicy(ctx.trace.next_use)
+        # A use in a later request is no use: the cache is emptied before it (MIN per request).
+        trace = ctx.trace
+        ends = getattr(self, "_ends", None)
+        if ends is None:
+            pos = trace.positions
+            ends = [len(pos)] * len(pos)
+            for t in range(len(pos) - 2, -1, -1):
+                ends[t] = t + 1 if pos[t + 1][0] != pos[t][0] else ends[t + 1]
+            self._ends = ends
+
+        def next_use(key: ExpertKey, t: float) -> float:
+            n = trace.next_use(key, t)
+            now = policy.now
+            return n if now >= len(ends) or n < ends[now] else NEVER
+
+        policy = BeladyPolicy(next_use)
+        return policy
 
     def before_attention(self, ev: LayerEvent, h: Any) -> Sequence[Prefetch]:
         t = self.position(ev)

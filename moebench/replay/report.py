@@ -43,6 +43,7 @@ def summary_rows(runs: Sequence[Any], total_experts: int) -> list[dict]:
                 "budget_bytes": res["budget"]["bytes"],
                 "clock": res["clock"]["label"],
                 "hit_rate": m.get("hit_rate"), "hit_rate_ci95": m.get("hit_rate_ci95"),
+                "hits": m.get("hits"), "activations": m.get("activations"),
                 "hit_rate_per_layer": m.get("hit_rate_per_layer"),
                 "tpot_ms_mean": tp.get("mean"), "tpot_ms_median": tp.get("median"),
                 "tpot_ms_ci95": tp.get("ci95"),
@@ -196,6 +197,14 @@ def render_markdown(rows: Sequence[dict], context: dict, consistency: dict | Non
               f"{context.get('requests')} requests, routing sha256 `{context.get('sha256', '')[:16]}…`)",
               f"- model shape charged: {context.get('model')} ({context.get('shape')})",
               f"- warm-up steps replayed: {context.get('warmup_steps')}",
+              "- reset per request: " + ("on (every request starts with a cold cache and fresh "
+                                          "policy state)" if context.get("reset_per_request") else
+                                          "off (the cache carries over from request to request)"),
+              f"- warm-up tokens per request (replayed, not counted): {context.get('warmup_tokens', 0)}",
+              "- prefetch issue for pred: sources: " + (
+                  "timed and untimed (rows `pred:<source> (untimed)`: prefetch copies land "
+                  "instantly, free)" if context.get("issue") == "untimed" else
+                  "timed (prefetch copies take link time)"),
               "- **clock: simulated** (`simulated:<profile>`): every latency below comes from the "
               "hardware profile's cost model applied to the recorded routing; nothing was measured "
               "and no model was run.", ""]

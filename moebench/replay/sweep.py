@@ -39,6 +39,9 @@ class ReplaySpec:
     hit_rate_only: bool = False
     consistency: bool = True
     bounds: bool = True
+    reset_per_request: bool = False   # every request starts with a cold cache and policy state
+    warmup_tokens: int = 0            # the first N decode tokens of each request: replayed, not counted
+    issue: str = "timed"              # "untimed": pred:<source> rows also replayed with instant prefetches
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,8 @@ def sweep_points(budgets: Sequence[str], profiles: Sequence[Any],
 
 def replay_sweep(trace: Any, policies: Sequence[str], points: Sequence[SweepPoint], *, shape: Any,
                  warmup_steps: int | None = None, seed: int = 0,
-                 progress: Callable[[int], None] | None = None) -> list:
+                 progress: Callable[[int], None] | None = None, reset_per_request: bool = False,
+                 warmup_tokens: int = 0) -> list:
     """Every policy at every point. A budget too small for a policy is skipped (and said); when
     nothing can run, that is an error."""
     from moebench.replay.engine import ReplayRun, replay_one
@@ -77,7 +81,9 @@ def replay_sweep(trace: Any, policies: Sequence[str], points: Sequence[SweepPoin
         for name in policies:
             try:
                 runs.append(replay_one(trace, name, shape=shape, profile=pt.profile, budget=pt.budget,
-                                       warmup_steps=warmup_steps, seed=seed, progress=progress))
+                                       warmup_steps=warmup_steps, seed=seed, progress=progress,
+                                       reset_per_request=reset_per_request,
+                                       warmup_tokens=warmup_tokens))
             except UserError as exc:
                 if "cache budget" not in str(exc):
                     raise
@@ -123,6 +129,17 @@ def run_replay(spec: ReplaySpec, progress: Callable[[int], None] | None = None) 
     check_trace_fits(trace, shape)
     for p in policies:               # every name checked before any work
         build_policy(p, trace)
+    if spec.issue not in ("timed", "untimed"):
+        raise UserError(f"--issue takes timed or untimed, got '{spec.issue}'.")
+    if spec.warmup_tokens < 0:
+        raise UserError(f"--warmup-tokens must be 0 or more, got {spec.warmup_tokens}.")
+    if spec.issue == "untimed":      # each pred: row gets its untimed twin beside it, labelled
+        from moebench.replay.engine import UNTIMED
+        if not any(p.startswith("pred:") for p in policies):
+            raise UserError("--issue untimed applies to pred:<source> policies, and none is "
+                            "replayed; add one to --strategies (the trace has: "
+                            f"{', '.join(trace.sources()) or 'no predictions'}).")
+        policies = [q for p in policies for q in ((p, p + UNTIMED) if p.startswith("pred:") else (p,))]
     points = sweep_points(budgets, [load_profile(p) for p in profiles], spec.bandwidths)
     rec = trace.recorded
     warm = spec.warmup_steps if spec.warmup_steps is not None else \
@@ -130,17 +147,20 @@ def run_replay(spec: ReplaySpec, progress: Callable[[int], None] | None = None) 
     out = ReplayOutcome(spec, trace, shape)
     t0 = time.perf_counter()
     if spec.hit_rate_only:
-        out.runs = _hit_rate_only(trace, policies, points, shape, warm, spec.seed, progress)
+        out.runs = _hit_rate_only(trace, policies, points, shape, warm, spec.seed, progress,
+                                  spec.reset_per_request, spec.warmup_tokens)
     else:
         out.runs = replay_sweep(trace, policies, points, shape=shape, warmup_steps=warm,
-                                seed=spec.seed, progress=progress)
+                                seed=spec.seed, progress=progress,
+                                reset_per_request=spec.reset_per_request,
+                                warmup_tokens=spec.warmup_tokens)
     elapsed = time.perf_counter() - t0
     out.rows = summary_rows(out.runs, shape.total_experts)
     if spec.consistency:
         from moebench.replay.consistency import routing_consistency
         out.consistency = routing_consistency(trace, shape.num_experts)
     notes = sorted({n for r in out.runs if r.result for n in r.result.get("notes", [])})
-    schedule = build_schedule(trace, warm)
+    schedule = build_schedule(trace, warm, spec.warmup_tokens)
     out.context = {
         "trace": trace.source, "sha256": trace.sha256, "steps": trace.n_steps,
         "requests": len(set(trace.request.tolist())), "model": shape.name,
@@ -148,6 +168,8 @@ def run_replay(spec: ReplaySpec, progress: Callable[[int], None] | None = None) 
                  f"{shape.expert_bytes:,} bytes per expert",
         "warmup_steps": warm, "policies": policies, "budgets": budgets,
         "profiles": [p.profile.name for p in points[::len(budgets)]],
+        "reset_per_request": spec.reset_per_request, "warmup_tokens": spec.warmup_tokens,
+        "issue": spec.issue,
         "hit_rate_only": spec.hit_rate_only, "notes": notes + list(schedule.notes),
         "recorded_strategy": (rec.strategy or {}).get("name") if rec else None,
         "replay_seconds": elapsed}
@@ -155,14 +177,15 @@ def run_replay(spec: ReplaySpec, progress: Callable[[int], None] | None = None) 
 
 
 def _hit_rate_only(trace: Any, policies: Sequence[str], points: Sequence[SweepPoint], shape: Any,
-                   warm: int, seed: int, progress: Callable[[int], None] | None) -> list:
+                   warm: int, seed: int, progress: Callable[[int], None] | None,
+                   reset_per_request: bool = False, warmup_tokens: int = 0) -> list:
     """Hit rates without the clock: fast paths where they exist, the general replay otherwise
     (prefetching policies then run at the first profile, whose timing decides lateness)."""
     from moebench.replay.engine import ReplayRun, build_schedule, replay_one
     from moebench.replay.fast import FAST, fast_hit_rates, group_sequence
     from moebench.replay.policies import build_policy
 
-    schedule = build_schedule(trace, warm)
+    schedule = build_schedule(trace, warm, warmup_tokens)
     seq = group_sequence(trace, schedule, shape.num_experts)
     first_profile = points[0].profile
     runs = []
@@ -171,12 +194,13 @@ def _hit_rate_only(trace: Any, policies: Sequence[str], points: Sequence[SweepPo
             try:
                 if name in FAST:
                     n_slots = resolve_budget(budget, shape, build_policy(name, trace)).experts
-                    hr = fast_hit_rates(seq, name, n_slots)
+                    hr = fast_hit_rates(seq, name, n_slots, reset_per_request)
                     result = _hit_result(name, budget, n_slots, shape, hr, first_profile)
                     runs.append(ReplayRun(name, budget, "hit-rate-only", result))
                 else:
                     r = replay_one(trace, name, shape=shape, profile=first_profile, budget=budget,
-                                   warmup_steps=warm, seed=seed, progress=progress)
+                                   warmup_steps=warm, seed=seed, progress=progress,
+                                   reset_per_request=reset_per_request, warmup_tokens=warmup_tokens)
                     r.profile = "hit-rate-only"
                     r.result["metrics"]["tpot_ms"] = None
                     runs.append(r)
@@ -233,7 +257,10 @@ def write_replay(out: ReplayOutcome, folder: Path) -> dict[str, Path]:
             write_json(d / "config.json", {"replay": {
                 "trace": out.trace.source, "routing_sha256": out.trace.sha256, "policy": r.policy,
                 "model": out.shape.name, "cache_budget": r.budget, "profile": r.profile,
-                "warmup_steps": out.context.get("warmup_steps"), "seed": out.spec.seed},
+                "warmup_steps": out.context.get("warmup_steps"), "seed": out.spec.seed,
+                "reset_per_request": out.spec.reset_per_request,
+                "warmup_tokens": out.spec.warmup_tokens,
+                "issue": r.result.get("replay", {}).get("issue", "timed")},
                 "budget_resolved": r.result["budget"]})
             write_json(d / "environment.json", env)
             write_jsonl(d / "samples.jsonl", r.samples)

@@ -269,6 +269,142 @@ def test_imported_traces_replay_with_hit_rates_an_independent_count_gives(tmp_pa
             assert row["hit_rate"] == pytest.approx(prev_hits / acts)
 
 
+def _groups(reqs) -> list[list[tuple[list, bool]]]:
+    """Per request, its groups in execution order, `(keys, counted)`: the prefill's layers
+    (every expert a prompt token ran, first-use order; never counted), then each generated
+    token's layers, counted past the first 10 tokens (`--warmup-tokens 10`)."""
+    out = []
+    for prompt, gen in reqs:
+        groups = []
+        if prompt is not None:
+            for m in range(L):
+                used = list(dict.fromkeys((m, int(e)) for e in prompt[:, m].ravel()))
+                groups.append((used, False))
+        for t in range(gen.shape[0]):
+            for m in range(L):
+                groups.append(([(m, int(e)) for e in gen[t, m]], t + 1 > 10))
+        out.append(groups)
+    return out
+
+
+def _count_lru(reqs, slots: int) -> tuple[int, int]:
+    """Global LRU of `slots` experts, empty at each request; a layer's experts are locked while
+    it runs. (hits, activations) over counted groups."""
+    hits = acts = 0
+    for groups in _groups(reqs):
+        order: list = []                                   # least recent first
+        for keys, counted in groups:
+            h = sum(x in order for x in keys)
+            for x in keys:
+                if x not in order:
+                    if len(order) >= slots:
+                        order.remove(next(y for y in order if y not in keys))
+                    order.append(x)
+            for x in keys:                                 # recency: the layer's loop order
+                order.remove(x)
+                order.append(x)
+            if counted:
+                hits, acts = hits + h, acts + len(keys)
+    return hits, acts
+
+
+def _count_min(reqs, slots: int) -> tuple[int, int]:
+    """Belady's MIN per request: evict the unlocked expert used furthest ahead in this request
+    (never again first; ties: the larger (layer, expert))."""
+    hits = acts = 0
+    for groups in _groups(reqs):
+        res: set = set()
+        for g, (keys, counted) in enumerate(groups):
+            h = sum(x in res for x in keys)
+            for x in keys:
+                if x not in res:
+                    if len(res) >= slots:
+                        def ahead(y):
+                            return next((j for j in range(g + 1, len(groups)) if y in groups[j][0]),
+                                        float("inf"))
+                        res.remove(max((y for y in res if y not in keys), key=lambda y: (ahead(y), y)))
+                    res.add(x)
+            if counted:
+                hits, acts = hits + h, acts + len(keys)
+    return hits, acts
+
+
+def test_imports_replay_with_published_conventions_to_an_independent_count(tmp_path) -> None:
+    """Issue 14's check: a vLLM responses file and a directory of MoE-Beyond CSVs, imported, then
+    `moebench replay --model deepseek-v2-lite --strategies lru-global,belady --reset-per-request
+    --warmup-tokens 10 --hit-rate-only` gives the hit rates counted here independently: every
+    request from a cold cache, its first 10 generated tokens replayed but not counted."""
+    rng = np.random.default_rng(23)
+    vllm = [(_routing(rng, 7, pool=20), _routing(rng, 16, pool=20)),
+            (_routing(rng, 3, pool=20), _routing(rng, 22, pool=20)),
+            (_routing(rng, 1, pool=20), _routing(rng, 12, pool=20))]
+    csvs = [_routing(rng, 18, pool=20), _routing(rng, 25, pool=20), _routing(rng, 11, pool=20)]
+    src = tmp_path / "responses.jsonl"
+    src.write_text("".join(json.dumps(_vllm_021(p, g)) + "\n" for p, g in vllm))
+    d = tmp_path / "moe_beyond"
+    d.mkdir()
+    for i, act in enumerate(csvs):
+        _csv(d / f"prompt_{i}.csv", act, act[:, ::-1] if i % 2 else None)
+    for name, args, reqs in (("v", [str(src), "--format", "vllm"], vllm),
+                             ("m", [str(d), "--format", "moe-beyond"], [(None, a) for a in csvs])):
+        code, out, trace = _import(tmp_path, *args, "--model", DS, out=f"{name}.jsonl")
+        assert code == 0, out
+        for budget, slots in (("all", L * E), ("8/layer", 8 * L)):
+            rep = tmp_path / f"rep-{name}-{slots}"
+            r = cli.invoke(app, ["replay", str(trace), "--model", DS, "--strategies", "lru-global,belady",
+                                 "--reset-per-request", "--warmup-tokens", "10", "--hit-rate-only",
+                                 "--cache-budget", budget, "--no-consistency", "--out", str(rep)])
+            assert r.exit_code == 0, r.output
+            doc = json.loads((rep / "replay.json").read_text())
+            got = {row["policy"]: row for row in doc["rows"]}
+            assert got["lru-global"]["budget_experts"] == got["belady"]["budget_experts"] == slots
+            lru, opt = _count_lru(reqs, slots), _count_min(reqs, slots)
+            assert got["lru-global"]["hits"] == lru[0] and got["lru-global"]["activations"] == lru[1]
+            assert got["belady"]["hits"] == opt[0] and got["belady"]["activations"] == opt[1]
+            assert got["lru-global"]["hit_rate"] == pytest.approx(lru[0] / lru[1])
+            assert got["belady"]["hit_rate"] == pytest.approx(opt[0] / opt[1])
+            if budget == "all":
+                assert lru == opt                          # only first uses in a request miss
+            else:
+                assert opt[0] > lru[0]                     # the budget binds
+            ctx = doc["context"]
+            assert ctx["reset_per_request"] is True and ctx["warmup_tokens"] == 10
+            assert ctx["issue"] == "timed"
+            md = (rep / "report.md").read_text()
+            assert "- reset per request: on" in md
+            assert "- warm-up tokens per request (replayed, not counted): 10" in md
+
+
+def test_untimed_issue_rows_sit_beside_the_timed_ones(tmp_path) -> None:
+    rng = np.random.default_rng(5)
+    d = tmp_path / "mb"
+    d.mkdir()
+    for i in range(2):
+        act = _routing(rng, 14, pool=16)
+        _csv(d / f"p{i}.csv", act, act)                    # a perfect predictor
+    code, out, trace = _import(tmp_path, str(d), "--format", "moe-beyond", "--model", DS)
+    assert code == 0, out
+    rep = tmp_path / "rep"
+    r = cli.invoke(app, ["replay", str(trace), "--model", DS, "--strategies", "lru,pred:moe-beyond",
+                         "--issue", "untimed", "--cache-budget", "all", "--no-consistency",
+                         "--no-bounds", "--out", str(rep)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((rep / "replay.json").read_text())
+    rows = {row["policy"]: row for row in doc["rows"]}
+    assert set(rows) == {"lru", "pred:moe-beyond", "pred:moe-beyond (untimed)"}
+    assert rows["pred:moe-beyond (untimed)"]["hit_rate"] == 1.0     # every prefetch landed in time
+    assert rows["pred:moe-beyond"]["hit_rate"] < 1.0                # the clock eats some of it
+    assert rows["pred:moe-beyond"]["late_rate"] > 0 == rows["pred:moe-beyond (untimed)"]["late_rate"]
+    assert doc["context"]["issue"] == "untimed"
+    assert "timed and untimed" in (rep / "report.md").read_text()
+    r = cli.invoke(app, ["replay", str(trace), "--model", DS, "--strategies", "lru", "--issue",
+                         "untimed", "--hit-rate-only", "--out", str(tmp_path / "rep2")])
+    assert r.exit_code == 2 and "--issue untimed applies to pred:<source>" in r.output
+    r = cli.invoke(app, ["replay", str(trace), "--model", DS, "--issue", "later",
+                         "--hit-rate-only", "--out", str(tmp_path / "rep3")])
+    assert r.exit_code == 2 and "--issue takes timed or untimed" in r.output
+
+
 # ----------------------------------------------------------------------------------------------
 # moebench JSONL, directories and globs
 # ----------------------------------------------------------------------------------------------

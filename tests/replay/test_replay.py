@@ -96,18 +96,18 @@ def _with_prefills(trace, rng, width: int):
     return trace_from_rows(rows, source="test")
 
 
-def _general(trace, policy, shape, budget):
+def _general(trace, policy, shape, budget, warmup_steps=0, **conv):
     run = replay_one(trace, policy, shape=shape, profile=load_profile(PROFILE), budget=budget,
-                     warmup_steps=0)
+                     warmup_steps=warmup_steps, **conv)
     m = run.result["metrics"]
     return [s["hits"] for s in _steps(run.samples)], m["hits"], m["hit_rate_per_layer"]
 
 
-def _fast(trace, policy, shape, n_slots):
-    seq = group_sequence(trace, build_schedule(trace, 0), shape.num_experts)
-    hr = fast_hit_rates(seq, policy, n_slots)
-    from moebench.replay.fast import FAST
-    per_group = FAST[policy](seq, n_slots).reshape(-1, shape.moe_layers)     # [T, L]
+def _fast(trace, policy, shape, n_slots, warmup_steps=0, reset_per_request=False, warmup_tokens=0):
+    seq = group_sequence(trace, build_schedule(trace, warmup_steps, warmup_tokens), shape.num_experts)
+    hr = fast_hit_rates(seq, policy, n_slots, reset_per_request)
+    from moebench.replay.fast import group_hits
+    per_group = group_hits(seq, policy, n_slots, reset_per_request).reshape(-1, shape.moe_layers)
     per_step = per_group[seq.counted.reshape(-1, shape.moe_layers)[:, 0]].sum(1)
     per_layer = [h / a if a else None for h, a in zip(hr["layer_hits"], hr["layer_acts"])]
     return per_step.tolist(), hr["hits"], per_layer
@@ -131,6 +131,91 @@ def test_fast_hit_rates_equal_the_general_replay(model, slots, prefill, policy) 
         tr = _with_prefills(tr, np.random.default_rng(1), prefill)
     budget = f"{slots * shape.expert_bytes}b"
     assert _fast(tr, policy, shape, slots) == _general(tr, policy, shape, budget)
+
+
+CONVENTIONS = [  # (warm-up steps, reset per request, warm-up tokens)
+    (0, True, 0), (0, False, 10), (0, True, 10), (3, True, 7), (3, False, 0)]
+
+
+@pytest.mark.parametrize("warm,reset,tokens", CONVENTIONS)
+@pytest.mark.parametrize("model,slots,prefill", CASES)
+@pytest.mark.parametrize("policy", ["lru", "lru-global", "belady"])
+def test_fast_hit_rates_equal_the_general_replay_under_the_replay_conventions(
+        model, slots, prefill, policy, warm, reset, tokens) -> None:
+    """`--reset-per-request` (a cold cache and fresh policy per request; Belady's MIN then looks
+    no further than the request's end) and `--warmup-tokens` (replayed, not counted), with and
+    without the recorded warm-up: the fast paths give the general replay's hits step for step."""
+    shape = model_shape(model)
+    tr = synthesize(shape.moe_layers, shape.num_experts, shape.top_k,
+                    SynthSpec(steps=40, requests=3, zipf=0.8, reuse=0.4, cross_layer=0.3, seed=5))
+    if prefill:
+        tr = _with_prefills(tr, np.random.default_rng(2), prefill)
+    budget = f"{slots * shape.expert_bytes}b"
+    fast = _fast(tr, policy, shape, slots, warm, reset, tokens)
+    assert fast == _general(tr, policy, shape, budget, warm, reset_per_request=reset,
+                            warmup_tokens=tokens)
+    assert len(fast[0]) == 3 * (40 - tokens)                  # counted decode steps only
+
+
+def test_reset_per_request_starts_every_request_cold() -> None:
+    """With every expert fitting, a reset cache misses each expert's first use in each request
+    (not only in the trace); without the reset the later requests reuse the earlier ones'."""
+    shape = model_shape("tiny-qwen3-moe")
+    tr = synthesize(shape.moe_layers, shape.num_experts, shape.top_k,
+                    SynthSpec(steps=30, requests=3, zipf=0.8, reuse=0.4, cross_layer=0.3, seed=9))
+    first_uses = {True: 0, False: 0}
+    for reset in (True, False):
+        seen: set = set()
+        for s in range(tr.n_steps):
+            if reset and tr.step[s] == 1:
+                seen = set()
+            for m in range(tr.moe_layers):
+                for e in tr.true_ids(s, m):
+                    first_uses[reset] += (m, int(e)) not in seen
+                    seen.add((m, int(e)))
+    acts = tr.n_steps * tr.moe_layers * shape.top_k
+    for reset in (True, False):
+        for policy in ("lru", "lfu", "belady", "pin"):
+            m = replay_one(tr, policy, shape=shape, profile=load_profile(PROFILE), budget="all",
+                           reset_per_request=reset).result["metrics"]
+            if policy == "pin":          # pinned experts are loaded again, untimed, per request
+                assert m["hits"] >= acts - first_uses[reset]
+            else:
+                assert m["hits"] == acts - first_uses[reset], (policy, reset)
+
+
+def test_warmup_tokens_leave_the_first_tokens_out_of_hit_rates_and_tpot(synthetic) -> None:
+    shape, tr = synthetic
+    full = replay_one(tr, "lru", shape=shape, profile=load_profile(PROFILE), budget="0.3")
+    cut = replay_one(tr, "lru", shape=shape, profile=load_profile(PROFILE), budget="0.3",
+                     warmup_tokens=10)
+    a, b = _steps(full.samples), _steps(cut.samples)
+    assert [s["position"] for s in b] == [s["position"] for s in a if s["position"] > 10]
+    assert [s["hits"] for s in b] == [s["hits"] for s in a if s["position"] > 10]
+    assert [s["latency_ms"] for s in b] == [s["latency_ms"] for s in a if s["position"] > 10]
+    reqs = [s for s in cut.samples if s["kind"] == "request"]
+    assert [r["n_out"] for r in reqs] == [60 - 10 + 1] * 2
+    want = np.mean([np.mean([s["latency_ms"] for s in b if s["prompt_id"] == r["prompt_id"]])
+                    for r in reqs])
+    assert cut.result["metrics"]["tpot_ms"]["mean"] == pytest.approx(want)
+    assert cut.result["replay"]["warmup_tokens"] == 10
+
+
+def test_untimed_issue_lands_prefetches_at_once_and_is_labelled(synthetic) -> None:
+    shape, tr = synthetic
+    prof = load_profile(PROFILE)
+    timed = replay_one(tr, "pred:synthetic+1", shape=shape, profile=prof, budget="0.3")
+    free = replay_one(tr, "pred:synthetic+1 (untimed)", shape=shape, profile=prof, budget="0.3")
+    t, u = timed.result["metrics"], free.result["metrics"]
+    assert u["late"] == 0 and t["late"] > 0                      # nothing is in flight when needed
+    assert u["hits"] == t["hits"] + t["late"]                    # same residency, late become hits
+    assert u["tpot_ms"]["mean"] < t["tpot_ms"]["mean"]
+    assert free.policy == "pred:synthetic+1 (untimed)"
+    assert free.result["strategy"]["name"] == "pred:synthetic+1 (untimed)"
+    assert free.result["replay"]["issue"] == "untimed" and timed.result["replay"]["issue"] == "timed"
+    assert any("issue untimed" in n for n in free.result["notes"])
+    with pytest.raises(UserError, match="pred:<source> policies only"):
+        replay_one(tr, "lru (untimed)", shape=shape, profile=prof, budget="0.3")
 
 
 def test_the_vectorised_lru_branch_is_exercised() -> None:
