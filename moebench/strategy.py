@@ -183,6 +183,16 @@ class Strategy:
         layer's residency is prepared. Default: none."""
         return ()
 
+    def miss_precision(self, ev: LayerEvent, experts: list[int]) -> dict[int, int]:
+        """Of a decode step's experts, those to copy at low precision if they miss
+        (expert -> bits per weight; HOBBIT). Default: none (every copy is full precision)."""
+        return {}
+
+    def refresh_low_precision(self) -> bool:
+        """Whether a low-precision copy is replaced by the full-precision one after its layer
+        ran (off the critical path), so that later hits are full precision. Default True."""
+        return True
+
     def expert_granular_waits(self) -> bool:
         """Whether a decode step's experts run as their copies land (the resident ones first,
         then each late or missed one) instead of after every copy of the layer has landed.
@@ -240,6 +250,7 @@ BUILTINS = {
     "arc": "moebench.strategies.arc:ARCStrategy",
     "least-stale": "moebench.strategies.least_stale:LeastStaleStrategy",
     "host-compute": "moebench.strategies.host_compute:HostComputeStrategy",
+    "lowbit": "moebench.strategies.lowbit:LowbitStrategy",
 }
 
 

@@ -80,6 +80,7 @@ class ExpertCache:
         self.key_of: dict[int, ExpertKey] = {}
         self.ticket: dict[ExpertKey, Any] = {}
         self.prefetched: set[ExpertKey] = set()   # resident by prefetch, not yet used
+        self.low: dict[ExpertKey, int] = {}       # resident as a low-precision copy: its bits
         self.free = list(range(n_slots - 1, -1, -1))
         self.peak_resident = 0
 
@@ -119,6 +120,7 @@ class ExpertCache:
         slot = self.slot_of.pop(key)
         del self.key_of[slot]
         self.ticket.pop(key, None)
+        self.low.pop(key, None)
         unused = key in self.prefetched
         self.prefetched.discard(key)
         self.free.append(slot)
@@ -139,6 +141,7 @@ class SlotScheduler:
         self.prefetch_issued = 0
         self.prefetch_used = 0
         self.wasted_bytes = 0
+        self.low_bytes: dict[int, int] = {}       # bits -> bytes of one low-precision copy
         # per MoE layer: prefetches issued, used, and bytes evicted or dropped before any use
         self.layer_counts: dict[int, dict[str, int]] = {}
 
@@ -146,12 +149,27 @@ class SlotScheduler:
         d = self.layer_counts.setdefault(layer, {"issued": 0, "used": 0, "wasted_bytes": 0})
         d[name] += n
 
-    def _copy(self, key: ExpertKey, slot: int) -> Any:
+    def _copy(self, key: ExpertKey, slot: int, bits: int | None = None) -> Any:
+        """Copy `key` into `slot`: the full expert, or (`bits`) its low-precision version, which
+        the mover dequantises into the slot (`low_bytes` bytes cross the link)."""
         mover = self.cache.mover
-        do = (lambda: mover.load(key, slot)) if mover is not None else None
-        t = self.timeline.copy(self.cache.expert_bytes, do)
+        if bits is None:
+            do = (lambda: mover.load(key, slot)) if mover is not None else None
+            nbytes = self.cache.expert_bytes
+            self.cache.low.pop(key, None)
+        else:
+            do = (lambda: mover.load_low(key, slot, bits)) if mover is not None else None
+            nbytes = self.low_bytes[bits]
+            self.cache.low[key] = bits
+        t = self.timeline.copy(nbytes, do)
         self.cache.ticket[key] = t
         return t
+
+    def refresh(self, key: ExpertKey) -> int:
+        """Copy the full-precision version over a resident low-precision one, off the critical
+        path (the slot is busy until it lands: a later access waits for it). Returns bytes."""
+        self._copy(key, self.cache.slot_of[key])
+        return self.cache.expert_bytes
 
     def insert(self, key: ExpertKey, locked: set[ExpertKey]) -> int | None:
         def on_evict(k: ExpertKey, unused_prefetch: bool) -> None:
@@ -186,9 +204,12 @@ class SlotScheduler:
         return nbytes, dropped
 
     def prepare(self, layer: int, experts: Sequence[int], prefetches: Sequence[Any] = (),
-                pre_locked: set[ExpertKey] | None = None, defer_waits: bool = False) -> LayerOutcome:
+                pre_locked: set[ExpertKey] | None = None, defer_waits: bool = False,
+                low: dict[int, int] | None = None) -> LayerOutcome:
         """Residency for `experts`; waits for every copy unless `defer_waits` (expert-granular
-        waits: the caller waits per expert, `LayerOutcome.pending`)."""
+        waits: the caller waits per expert, `LayerOutcome.pending`). A missed expert in `low`
+        (expert -> bits) is copied as its low-precision version."""
+        low = low or {}
         out = LayerOutcome()
         keys = [(layer, int(e)) for e in experts]
         if len(keys) > self.cache.n_slots:
@@ -215,9 +236,10 @@ class SlotScheduler:
                 slot = self.insert(key, locked)
                 if slot is None:  # cannot happen: len(keys) <= n_slots and only keys are locked
                     raise RuntimeError("no slot for a demanded expert")
-                waits.append((key[1], self._copy(key, slot), False))
+                bits = low.get(key[1])
+                waits.append((key[1], self._copy(key, slot, bits), False))
                 out.misses += 1
-                out.demand_bytes += self.cache.expert_bytes
+                out.demand_bytes += self.cache.expert_bytes if bits is None else self.low_bytes[bits]
                 self.strategy.on_access(key, False)
         out.prefetch_bytes, out.dropped_prefetches = self.prefetch(prefetches, locked)
         if defer_waits:       # late prefetches were issued before this layer's misses: first

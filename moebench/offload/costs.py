@@ -66,6 +66,16 @@ def host_expert_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int) -> 
                                   kernels=EXPERT_KERNELS)
 
 
+LOWBIT_GROUP = 64     # values per scale of a low-precision expert copy (a stated default)
+
+
+def lowbit_bytes(shape: ModelShape, bits: int, group: int = LOWBIT_GROUP) -> int:
+    """Bytes of one expert copied at `bits` per weight, one fp16 scale per `group` weights
+    (HOBBIT-style low-precision transfer of a missed expert)."""
+    params = shape.expert_bytes / shape.bytes_per_param
+    return int(params * bits / 8 + -(-params // group) * 2)
+
+
 def activation_bytes(shape: ModelShape, tokens: int) -> int:
     """One hidden state per token, each way across the link for a host-computed expert."""
     return int(tokens * shape.hidden * shape.bytes_per_param)

@@ -188,8 +188,11 @@ class LayerProtocol:
         if self.uses_host and decode1:       # host compute is a decode-time choice (one token)
             host = {int(e) for e in self.strategy.host_experts(self.event(layer), list(experts))}
         on_device = [e for e in experts if int(e) not in host]
+        low = self.strategy.miss_precision(self.event(layer), list(on_device)) if decode1 else {}
+        for bits in set(low.values()) - set(self.sched.low_bytes):
+            self.sched.low_bytes[bits] = costs.lowbit_bytes(self.shape, bits)
         out = self.sched.prepare(layer, on_device, prefetches,
-                                 defer_waits=decode1 and (self.expert_waits or bool(host)))
+                                 defer_waits=decode1 and (self.expert_waits or bool(host)), low=low)
         out.host = [e for e in experts if int(e) in host]
         st.account(layer, out, len(experts))
         self._predicted.pop(layer, None)
@@ -248,6 +251,12 @@ class LayerProtocol:
         return done
 
     def after_experts(self, layer: int) -> None:
+        low = [k for k in self.cache.low if k[0] == layer]
+        if low and self.strategy.traits.keeps_experts and self.strategy.refresh_low_precision():
+            nbytes = sum(self.sched.refresh(k) for k in low)   # full precision, off the path
+            if self.step is not None:
+                self.step.h2d_bytes += nbytes
+                self.step.prefetch_bytes += nbytes
         if not self.strategy.traits.keeps_experts:
             # Drop everything of this layer, prefetched-but-unused experts included: nothing may
             # survive to serve a later token (that would be a cross-token cache).

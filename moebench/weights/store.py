@@ -116,9 +116,74 @@ class DevicePools:
             pool[slot].copy_(src[name][expert], non_blocking=self.non_blocking)
         self.loads += 1
 
+    def load_low(self, key: tuple[int, int], slot: int, bits: int) -> None:
+        """Copy `key`'s low-precision version (`bits` per weight, one fp16 scale per group of
+        `LOWBIT_GROUP` along the last axis; quantised once on the host and kept there) and
+        dequantise it into the slot. Tensors under two dimensions (biases) go in full."""
+        from moebench.offload.costs import LOWBIT_GROUP
+
+        cache = self.__dict__.setdefault("_low", {})
+        q = cache.get((key, bits))
+        if q is None:
+            layer, expert = key
+            q = {n: quantize(t[expert], bits, LOWBIT_GROUP, pin=self.store.pinned)
+                 for n, t in self.store.layers[layer].items()}
+            cache[(key, bits)] = q
+        for name, pool in self.pools.items():
+            item = q[name]
+            if isinstance(item, torch.Tensor):
+                pool[slot].copy_(item, non_blocking=self.non_blocking)
+                continue
+            packed, scale, shape = item
+            p = packed.to(self.device, non_blocking=self.non_blocking)
+            s = scale.to(self.device, non_blocking=self.non_blocking)
+            pool[slot].copy_(dequantize(p, s, bits, shape).to(pool.dtype))
+        self.loads += 1
+
     @property
     def allocated_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.pools.values())
+
+
+def _grouped(t: torch.Tensor, group: int) -> tuple[torch.Tensor, int]:
+    last = t.shape[-1]
+    g = group if last % group == 0 else last
+    return t.float().reshape(-1, g), g
+
+
+def quantize(t: torch.Tensor, bits: int, group: int, pin: bool = False) -> Any:
+    """Symmetric group-wise quantisation of a weight to `bits` (8 or 4; 4-bit values packed two
+    per byte): `(packed int8/uint8, fp16 scales, shape)`; a tensor under 2-D is kept as is."""
+    if t.dim() < 2 or not t.is_floating_point():
+        return t.pin_memory() if pin else t
+    qmax = (1 << (bits - 1)) - 1
+    w, _ = _grouped(t, group)                                    # [G, g]
+    # the scale as it will be stored (fp16), so the values are rounded against the scale the
+    # device multiplies by
+    scale = (w.abs().amax(dim=1, keepdim=True) / qmax).clamp_min(1e-6).to(torch.float16).float()
+    q = torch.clamp(torch.round(w / scale), -qmax, qmax).to(torch.int8)
+    if bits == 4:
+        u = (q + 8).to(torch.uint8).reshape(-1)
+        if u.numel() % 2:
+            u = torch.cat([u, u.new_zeros(1)])
+        q = (u[0::2] | (u[1::2] << 4)).contiguous()
+    scale = scale.to(torch.float16)
+    if pin:
+        q, scale = q.pin_memory(), scale.pin_memory()
+    return q, scale, tuple(t.shape)
+
+
+def dequantize(packed: torch.Tensor, scale: torch.Tensor, bits: int, shape: tuple) -> torch.Tensor:
+    n = 1
+    for d in shape:
+        n *= d
+    if bits == 4:
+        lo, hi = (packed & 0xF).to(torch.int16), (packed >> 4).to(torch.int16)
+        q = torch.stack([lo, hi], dim=1).reshape(-1)[:n] - 8
+    else:
+        q = packed.reshape(-1)
+    g = scale.shape[0]
+    return (q.float().reshape(g, -1) * scale.float()).reshape(shape)
 
 
 class SlotExperts:

@@ -553,3 +553,39 @@ def test_a_profile_without_host_figures_refuses_a_host_computing_strategy() -> N
     with pytest.raises(UserError, match="has no host figures"):
         make_protocol(_OnHost(), shape, n_slots=4)
     make_protocol(_OnHost(), shape, n_slots=4, charge=False)   # the CUDA clock measures it
+
+
+class _LowBit(Recorder):
+    def __init__(self, bits=8, refresh=True, **kw):
+        super().__init__(**kw)
+        self.bits, self.refresh = bits, refresh
+
+    def miss_precision(self, ev, experts):
+        return {e: self.bits for e in experts if not self.ctx.is_resident(ev.layer, e)}
+
+    def refresh_low_precision(self):
+        return self.refresh
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_a_low_precision_miss_copies_fewer_bytes_then_the_full_copy_follows(bits: int) -> None:
+    shape = make_shape(moe_layer_ids=(0,))
+    s = _LowBit(bits=bits)
+    p, tl, cache = make_protocol(s, shape, n_slots=4)
+    st, outs = run_step(p, shape, "decode", 1, {0: [0, 1]})
+    low = costs.lowbit_bytes(shape, bits)
+    params = shape.expert_bytes / shape.bytes_per_param
+    assert low == int(params * bits / 8 + -(-params // costs.LOWBIT_GROUP) * 2) < shape.expert_bytes
+    assert outs[0].misses == 2 and st.demand_bytes == 2 * low
+    # after the layer ran, both slots get the full-precision copy, off the critical path
+    assert st.prefetch_bytes == 2 * shape.expert_bytes and not cache.low
+    # the next token's access waits for the full copy if it has not landed: late, not a hit
+    st2, outs2 = run_step(p, shape, "decode", 2, {0: [0, 1]})
+    assert outs2[0].misses == 0 and outs2[0].hits + outs2[0].late == 2
+
+
+def test_resident_low_keeps_the_low_precision_copy() -> None:
+    shape = make_shape(moe_layer_ids=(0,))
+    p, tl, cache = make_protocol(_LowBit(bits=4, refresh=False), shape, n_slots=4)
+    st, _ = run_step(p, shape, "decode", 1, {0: [0, 1]})
+    assert st.prefetch_bytes == 0 and cache.low == {(0, 0): 4, (0, 1): 4}

@@ -28,7 +28,8 @@ SMALL = {"max_new_tokens": "5", "limit": "2"}   # the smoke workload's 2 warm-up
 LIVE = {"sync": ("sync", {}), "lru": ("lru", {}), "lru-global": ("lru", {"scope": "global"}),
         "lru-expert-waits": ("lru", {"waits": "expert"}),
         "host-compute:decide=always+upload_cap=1": ("host-compute", {"decide": "always", "upload_cap": 1}),
-        "host-compute:upload_cap=1": ("host-compute", {"upload_cap": 1})}
+        "host-compute:upload_cap=1": ("host-compute", {"upload_cap": 1}),
+        "lowbit": ("lowbit", {}), "lowbit:bits=4+resident=low": ("lowbit", {"bits": 4, "resident": "low"})}
 
 
 @pytest.fixture(scope="module")
