@@ -28,6 +28,21 @@ def _artifact_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
         monkeypatch.setenv("MOEBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "moebench-cache"))
 
 
+@pytest.fixture(scope="module")
+def qwen():
+    """The tiny random Qwen3-MoE preset, loaded once per test module."""
+    from moebench.models.loading import load_model
+
+    return load_model("tiny-qwen3-moe", seed=0)
+
+
+@pytest.fixture()
+def cache(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh, empty artifact cache for this one test (its folder)."""
+    monkeypatch.setenv("MOEBENCH_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
 def gpu_available() -> bool:
     import torch
 

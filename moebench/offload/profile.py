@@ -31,6 +31,15 @@ from moebench.config import from_dict
 from moebench.errors import UserError, did_you_mean
 
 
+def roofline_seconds(*, flops: float, nbytes: float, kernels: int, peak_tflops: float,
+                     mem_bandwidth_gbps: float, mem_efficiency: float, launch_overhead_us: float) -> float:
+    """`max(flops / peak, bytes / (bandwidth * efficiency)) + kernels * launch overhead`: the one
+    kernel cost of the simulated clock, on the device and on the host."""
+    compute = flops / (peak_tflops * 1e12)
+    memory = nbytes / (mem_bandwidth_gbps * 1e9 * mem_efficiency)
+    return max(compute, memory) + kernels * launch_overhead_us * 1e-6
+
+
 @dataclass(frozen=True)
 class HostProfile:
     """The host CPU's figures (public spec sheets; `source` says which)."""
@@ -54,9 +63,10 @@ class HostProfile:
             raise UserError(f"{where}.launch_overhead_us must not be negative.")
 
     def kernel_seconds(self, *, flops: float, nbytes: float, kernels: int = 1) -> float:
-        compute = flops / (self.peak_tflops * 1e12)
-        memory = nbytes / (self.mem_bandwidth_gbps * 1e9 * self.mem_efficiency)
-        return max(compute, memory) + kernels * self.launch_overhead_us * 1e-6
+        return roofline_seconds(flops=flops, nbytes=nbytes, kernels=kernels,
+                                peak_tflops=self.peak_tflops, mem_bandwidth_gbps=self.mem_bandwidth_gbps,
+                                mem_efficiency=self.mem_efficiency,
+                                launch_overhead_us=self.launch_overhead_us)
 
 
 @dataclass(frozen=True)
@@ -106,9 +116,10 @@ class HardwareProfile:
         return self.h2d_latency_us * 1e-6 + nbytes / (self.h2d_bandwidth_gbps * 1e9)
 
     def kernel_seconds(self, *, flops: float, nbytes: float, kernels: int = 1) -> float:
-        compute = flops / (self.peak_tflops * 1e12)
-        memory = nbytes / (self.mem_bandwidth_gbps * 1e9 * self.mem_efficiency)
-        return max(compute, memory) + kernels * self.launch_overhead_us * 1e-6
+        return roofline_seconds(flops=flops, nbytes=nbytes, kernels=kernels,
+                                peak_tflops=self.peak_tflops, mem_bandwidth_gbps=self.mem_bandwidth_gbps,
+                                mem_efficiency=self.mem_efficiency,
+                                launch_overhead_us=self.launch_overhead_us)
 
     def with_bandwidth(self, gbps: float) -> HardwareProfile:
         """The same GPU on another link (for `--sweep bandwidth=`)."""

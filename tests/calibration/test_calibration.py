@@ -18,7 +18,6 @@ from moebench.cli import app
 from moebench.config import RunConfig
 from moebench.offload.policies import BeladyPolicy
 from moebench.errors import UserError
-from moebench.models.loading import load_model
 from moebench.calibration.predictors import DefaultVectors, TwoLinear, ranking_loss, recall_at_k
 from moebench.calibration.provision import trace_from_tensors, trace_tensors
 from moebench.strategy import LayerEvent, StrategyContext, build_strategy
@@ -32,17 +31,6 @@ max_new_tokens: 3
 warmup_steps: 0
 """
 RUN_SET = ["--set", "limit=1", "--set", "max_new_tokens=2", "--set", "warmup_steps=0"]
-
-
-@pytest.fixture(scope="module")
-def qwen():
-    return load_model("tiny-qwen3-moe", seed=0)
-
-
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOEBENCH_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
 
 
 @pytest.fixture()

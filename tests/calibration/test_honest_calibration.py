@@ -17,7 +17,6 @@ from moebench.calibration.provision import (_speculation_chain, artifacts_for, c
 from moebench.cli import app
 from moebench.config import RunConfig
 from moebench.engine import session
-from moebench.models.loading import load_model
 from moebench.strategy import REGISTRY, build_strategy
 from moebench.strategies.speculative import SpeculativeStrategy
 
@@ -31,17 +30,6 @@ prompts:
 max_new_tokens: 3
 warmup_steps: 0
 """
-
-
-@pytest.fixture(scope="module")
-def qwen():
-    return load_model("tiny-qwen3-moe", seed=0)
-
-
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOEBENCH_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
 
 
 @pytest.fixture()

@@ -15,21 +15,9 @@ from moebench.cli import app
 from moebench.config import RunConfig
 from moebench.engine import session
 from moebench.errors import UserError
-from moebench.models.loading import load_model
 from moebench.strategy import build_strategy
 
 RUN_SET = ["--set", "limit=1", "--set", "max_new_tokens=2", "--set", "warmup_steps=0"]
-
-
-@pytest.fixture(scope="module")
-def qwen():
-    return load_model("tiny-qwen3-moe", seed=0)
-
-
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOEBENCH_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
 
 
 def _prep(loaded, budget: str = "0.5", **over) -> session.Prepared:
