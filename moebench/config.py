@@ -241,23 +241,31 @@ class RunConfig:
     device: str = "auto"
 
 
+def jsonl_values(text: str, where: str, error: type[UserError] = UserError) -> list[tuple[int, Any]]:
+    """`(line number, value)` of every non-blank line of JSONL `text`; a line that is not JSON
+    is one sentence naming `where` and the line."""
+    out = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append((i, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise error(f"{where} line {i} is not valid JSON ({exc.msg}).") from None
+    return out
+
+
 def read_jsonl(path: Path, what: str = "", error: type[UserError] = UserError) -> list[dict]:
     """Every object of a JSONL file (blank lines skipped); one sentence (`error`, a UserError)
     naming the file and line for an unreadable file, a line that is not JSON, or one that is not
     an object."""
     where = f"{what} {path}".strip()
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"{where} cannot be read ({exc.__class__.__name__}).") from None
     rows = []
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise error(f"{where} line {i} is not valid JSON ({exc.msg}).") from None
+    for i, row in jsonl_values(text, where, error):
         if not isinstance(row, dict):
             raise error(f"{where} line {i} is a JSON {type(row).__name__}, not an object.")
         rows.append(row)

@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -150,18 +151,7 @@ def available_profiles() -> dict[str, Path]:
 
 def load_profile(name_or_path: str) -> HardwareProfile:
     """A profile by built-in name, by name in $MOEBENCH_PROFILES, or by YAML path."""
-    path = Path(name_or_path)
-    if not (path.suffix in (".yaml", ".yml") and path.exists()):
-        known = available_profiles()
-        if name_or_path not in known:
-            raise UserError(f"unknown hardware profile '{name_or_path}'{did_you_mean(name_or_path, known)}.")
-        path = known[name_or_path]
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"profile {path} is not valid YAML: {str(exc).splitlines()[0]}.") from None
-    if isinstance(data, dict) and "name" not in data:
-        data["name"] = path.stem
+    path, data = _figures(name_or_path, available_profiles(), "hardware profile", "profile")
     if isinstance(data, dict) and isinstance(data.get("host"), str):
         data["host"] = _host_figures(data["host"], f"profile {path.name}")
     return from_dict(HardwareProfile, data, f"profile {path.name}")
@@ -173,16 +163,21 @@ def available_hosts() -> dict[str, Path]:
 
 
 def _host_figures(name: str, where: str) -> dict:
-    known = available_hosts()
-    path = Path(name)
+    return _figures(name, available_hosts(), f"host (in {where})", "host figures")[1]
+
+
+def _figures(name_or_path: str, known: dict[str, Path], kind: str, what: str) -> tuple[Path, Any]:
+    """A figures YAML by known name or by path: (its path, its mapping with `name` defaulted to
+    the file's stem); an unknown name or invalid YAML is one sentence."""
+    path = Path(name_or_path)
     if not (path.suffix in (".yaml", ".yml") and path.exists()):
-        if name not in known:
-            raise UserError(f"{where}.host: unknown host '{name}'{did_you_mean(name, known)}.")
-        path = known[name]
+        if name_or_path not in known:
+            raise UserError(f"unknown {kind} '{name_or_path}'{did_you_mean(name_or_path, known)}.")
+        path = known[name_or_path]
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise UserError(f"host figures {path} are not valid YAML: {str(exc).splitlines()[0]}.") from None
+        raise UserError(f"{what} {path} is not valid YAML: {str(exc).splitlines()[0]}.") from None
     if isinstance(data, dict) and "name" not in data:
         data["name"] = path.stem
-    return data
+    return path, data

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from moebench.config import jsonl_values
 from moebench.errors import UserError
 
 FORMATS = ("vllm", "sglang", "moe-beyond", "moebench")
@@ -320,13 +321,7 @@ def _documents(path: Path) -> list[tuple[str, Any]]:
         lines = True
     if lines:
         out: list[tuple[str, Any]] = []
-        for i, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path} line {i} is not valid JSON ({exc.msg}).") from None
+        for i, d in jsonl_values(text, str(path)):
             if isinstance(d, list):
                 out.extend((f"{path} line {i} response {j + 1}", x) for j, x in enumerate(d))
             else:
