@@ -97,8 +97,24 @@ def _bootstrap_ci(
     return None, INSUFFICIENT
 
 
+def _median(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``np.median(x, axis=axis)``, bit for bit, for finite data: the middle order statistic, or
+    the mean of the two middle ones (``(a + b) / 2``, as ``np.mean`` of two values is), taken from
+    a full sort. ``np.median`` partitions at three ranks (the two middle ones and the maximum, for
+    its NaN check), which on the bootstrap's ``[9999, n]`` resamples is several times slower."""
+    s = np.sort(x, axis=axis)
+    n = s.shape[axis]
+    if n == 0:
+        return np.median(x, axis=axis)          # (NaN, with numpy's own warning)
+    k = n // 2
+    hi = np.take(s, k, axis=axis)
+    if n % 2:
+        return hi
+    return (np.take(s, k - 1, axis=axis) + hi) / 2
+
+
 def _median_stat(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.median(x, axis=axis)
+    return _median(x, axis=axis)
 
 
 # ------------------------------------------------------------------------------------------
@@ -238,7 +254,7 @@ def _ratio_of_medians(b: np.ndarray, c: np.ndarray) -> float | None:
 
 
 def _ratio_stat(b: np.ndarray, c: np.ndarray, axis: int = -1) -> np.ndarray:
-    return np.median(c, axis=axis) / np.median(b, axis=axis)
+    return _median(c, axis=axis) / _median(b, axis=axis)
 
 
 def _check_positive(x: np.ndarray, what: str) -> None:

@@ -95,6 +95,9 @@ class Strategy:
     needs: ClassVar[tuple[str, ...]] = ()    # artifacts: "trace", "default-vectors", ...
     scores_predictions: ClassVar[bool] = True  # False: prefetches are plans, not guesses of this step
     forces_budget: ClassVar[str | None] = None  # a budget this strategy always runs at ("all")
+    # what it does when B > 1 sequences decode together (a note of every batched result)
+    batching: ClassVar[str] = ("each layer fetches the union of the batch's experts, each once; "
+                               "the cache sees one access per distinct expert")
     # -- deprecated declarations, still honoured when `reads` is not declared --
     uses_true_router: ClassVar[bool] = True
     needs_residual: ClassVar[bool | None] = None

@@ -12,6 +12,7 @@ class AllResidentStrategy(Strategy):
     version: ClassVar[int] = 1
     lossless: ClassVar[bool] = True
     reads: ClassVar[frozenset[str]] = frozenset({"routing"})
+    batching: ClassVar[str] = ('every expert stays resident: a batch changes compute only')
     source: ClassVar[str] = "upper bound: no offloading"
     forces_budget: ClassVar[str] = "all"
 

@@ -54,6 +54,9 @@ class HostComputeStrategy(Strategy):
     lossless: ClassVar[bool] = True
     reads: ClassVar[frozenset[str]] = frozenset({"routing"})
     uses_host: ClassVar[bool] = True
+    batching: ClassVar[str] = ("computes nothing on the host at batch size > 1 (Fiddler's per-"
+                               'miss choice is a batch-1 decode decision): every miss is '
+                               'copied, as lru does')
     source: ClassVar[str] = ("Fiddler (arXiv 2402.07033) per-miss host compute; llama.cpp --n-cpu-moe "
                              "static placement (placement=layers); upload cap (upload_cap=N)")
     Params: ClassVar[type] = HostComputeParams

@@ -40,6 +40,9 @@ class LowbitStrategy(Strategy):
     version: ClassVar[int] = 1
     lossless: ClassVar[bool] = False
     reads: ClassVar[frozenset[str]] = frozenset({"routing"})
+    batching: ClassVar[str] = ('copies misses at full precision at batch size > 1 (the low-'
+                               'precision path is a batch-1 decode decision): lowbit then runs'
+                               ' as lru')
     source: ClassVar[str] = ("HOBBIT (arXiv 2411.01433): low-precision copies of missed experts, "
                              "int8/int4 group-wise, dequantised on the device")
     Params: ClassVar[type] = LowbitParams

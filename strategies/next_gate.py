@@ -40,6 +40,8 @@ class NextGateStrategy(Strategy):
     name: ClassVar[str] = "next-gate"
     version: ClassVar[int] = 1
     lossless: ClassVar[bool] = True
+    batching: ClassVar[str] = ('predicts per sequence and prefetches the union of the '
+                               'predictions')
     source: ClassVar[str] = "mixtral-offloading speculative loading + LRU (arXiv 2312.17238)"
     reads: ClassVar[frozenset[str]] = frozenset({"routing", "hidden"})
     Params: ClassVar[type] = NextGateParams

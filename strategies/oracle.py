@@ -106,6 +106,8 @@ class OracleStrategy(Strategy):
     reads: ClassVar[frozenset[str]] = frozenset({"routing", "trace"})
     needs: ClassVar[tuple[str, ...]] = ("trace",)
     scores_predictions: ClassVar[bool] = False   # its prefetches are plans, not guesses
+    batching: ClassVar[str] = ('plans from the recorded routing of the batch (the union per '
+                               'layer): still the lossless bound at any batch size')
     source: ClassVar[str] = ("perfect routing knowledge: Belady's MIN schedule with every copy "
                              "issued at the earliest safe point (the lossless bound)")
     Params: ClassVar[type] = OracleParams

@@ -65,6 +65,8 @@ class PreAttentionStrategy(Strategy):
     lossless: ClassVar[bool] = True
     needs: ClassVar[tuple[str, ...]] = ("pre-attention",)
     reads: ClassVar[frozenset[str]] = frozenset({"routing", "hidden"})
+    batching: ClassVar[str] = ('predicts per sequence and prefetches the union of the '
+                               'predictions')
     source: ClassVar[str] = "pre-attention expert predictor, 2 linear functions (arXiv 2511.10676)"
     Params: ClassVar[type] = PreAttentionParams
 

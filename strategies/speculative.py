@@ -103,6 +103,10 @@ class SpeculativeStrategy(Strategy):
     keeps_experts: ClassVar[bool] = False     # cache=lru makes an instance keep them
     reads: ClassVar[frozenset[str]] = frozenset({"routing", "hidden", "residual"})
     needs: ClassVar[tuple[str, ...]] = ("default-vectors",)
+    batching: ClassVar[str] = ('speculates per sequence (one quasi-hidden state per token of '
+                               "the step), executes each sequence's own speculated experts and"
+                               ' prefetches their union one layer ahead; the published '
+                               'algorithm assumes batch 1')
     source: ClassVar[str] = "speculative expert execution with default vectors (arXiv 2603.19289, YALIS)"
     Params: ClassVar[type] = SpeculativeParams
 

@@ -19,4 +19,6 @@ class SyncStrategy(Strategy):
     lossless: ClassVar[bool] = True
     reads: ClassVar[frozenset[str]] = frozenset({"routing"})
     keeps_experts: ClassVar[bool] = False
+    batching: ClassVar[str] = ("each layer fetches the union of the batch's experts on demand "
+                               'and drops them after use')
     source: ClassVar[str] = "on-demand fetch baseline (arXiv 2603.19289, YALIS prefetch_mode=none)"

@@ -6,18 +6,19 @@ from typing import Any
 
 def reference_decode(model: Any, prompt: list[int], n_new: int) -> tuple[list[int], list[Any]]:
     """Greedy decode with the unmodified model, step by step with its KV cache (same loop shape
-    as the runner): tokens and the last-position logits of every step."""
+    as the runner, and as `generate`: the last position's logits only): tokens and the
+    last-position logits of every step."""
     import torch
 
     from moebench.engine.session import _cache_kwarg
 
     with torch.inference_mode():
-        out = model(input_ids=torch.tensor([prompt]), use_cache=True)
+        out = model(input_ids=torch.tensor([prompt]), use_cache=True, logits_to_keep=1)
         past, last = out.past_key_values, out.logits[:, -1, :]
         tokens, logits = [int(last.argmax(-1))], [last[0].clone()]
         for _ in range(1, n_new):
             nxt = torch.tensor([[tokens[-1]]])
-            out = model(input_ids=nxt, use_cache=True, **{_cache_kwarg(model): past})
+            out = model(input_ids=nxt, use_cache=True, logits_to_keep=1, **{_cache_kwarg(model): past})
             past, last = out.past_key_values, out.logits[:, -1, :]
             tokens.append(int(last.argmax(-1)))
             logits.append(last[0].clone())

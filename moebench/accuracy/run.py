@@ -78,6 +78,12 @@ def attach_accuracy(prep: Any, result: dict, piece: Any, reference: Any = None) 
         raise TypeError(f"reference must be a Reference, a Piece or None, not {type(reference).__name__}")
     cand = teacher_forced(prep, piece.strategy, reference.tokens)
     result["accuracy"] = accuracy_block(prep, piece, reference, cand)
+    if getattr(prep.workload, "batch_size", 1) > 1:
+        note = ("accuracy of a batched run: the fidelity and task scores are teacher-forced one "
+                "prompt at a time; the greedy tokens compared are the batched run's own")
+        result.setdefault("notes", [])
+        if note not in result["notes"]:
+            result["notes"].append(note)
 
 
 def prepare_reference(prep: Any, piece: Any = None) -> Reference:
@@ -196,14 +202,14 @@ def _forced_logits(engine: Any, model: Any, prefix: tuple, forced: tuple, device
     engine.begin_request(request)
     ids = torch.tensor([list(prefix)], device=device)                          # [1, T]
     engine.begin_step("prefill", 0, ids.shape[1])
-    out = model(input_ids=ids, use_cache=True)
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1)   # as the session: one row
     engine.end_step()
     rows.append(out.logits[0, -1].detach().to("cpu", copy=True))               # [V]
     kw = _cache_kwarg(model)
     for pos in range(1, len(forced)):
         nxt = torch.tensor([[int(forced[pos - 1])]], device=device)           # [1, 1]
         engine.begin_step("decode", pos, 1)
-        out = model(input_ids=nxt, use_cache=True, **{kw: out.past_key_values})
+        out = model(input_ids=nxt, use_cache=True, logits_to_keep=1, **{kw: out.past_key_values})
         engine.end_step()
         rows.append(out.logits[0, -1].detach().to("cpu", copy=True))
     return torch.stack(rows)                                                   # [n, V]

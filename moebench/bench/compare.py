@@ -39,7 +39,7 @@ from moebench.results.compat import check_comparable
 from moebench.results.folders import check_report_name, new_report_dir, write_report
 from moebench.results.model import load_report, load_run
 
-SWEEP_KEYS = ("cache_budget", "profile", "bandwidth")
+SWEEP_KEYS = ("cache_budget", "profile", "bandwidth", "batch_size")
 
 # The comparison the CI gate runs (and `moebench baseline update` records): the default model and
 # workload on the simulated clock, so the numbers are deterministic on any CPU.
@@ -202,12 +202,26 @@ class Point:
 
 
 def _point_prep(prep: Any, key: str, value: str) -> Any:
-    """The same preparation (model, tokens) at another budget, profile or link bandwidth."""
+    """The same preparation (model, tokens) at another budget, profile, link bandwidth or batch
+    size (the same prompts, served `batch_size` at a time)."""
     from moebench.config import BudgetSpec
     from moebench.offload.profile import load_profile
 
     if key == "cache_budget":
         return replace(prep, budget=BudgetSpec.parse(value), cfg=replace(prep.cfg, cache_budget=value))
+    if key == "batch_size":
+        from moebench.workloads.spec import workload_sha256
+        try:
+            b = int(value)
+        except ValueError:
+            b = 0
+        if b < 1:
+            raise UserError(f"--sweep batch_size={value}: a batch size is a whole number, at least 1.")
+        wl = replace(prep.workload, batch_size=b)
+        wl.validate(f"--sweep batch_size={value}")
+        return replace(prep, workload=wl, workload_sha=workload_sha256(wl, prep.requests),
+                       cfg=replace(prep.cfg, workload_overrides={**prep.cfg.workload_overrides,
+                                                                 "batch_size": b}))
     if prep.clock == "cuda":
         raise UserError(f"--sweep {key} changes the simulated hardware, but this comparison runs on "
                         "the CUDA clock; use --clock sim.")
@@ -238,7 +252,6 @@ def run_compare(plan: ComparePlan, out: Path, *, name: str | None = None,
     `KeyboardInterrupt(<report folder>)` is raised for the CLI to say where.
     """
     from moebench.bench import run as runner
-    from moebench.strategy import build_strategy
 
     if plan.repetitions < 1:
         raise UserError("--repetitions must be at least 1.")
@@ -246,7 +259,17 @@ def run_compare(plan: ComparePlan, out: Path, *, name: str | None = None,
     if loaded is None:
         budgets = list(plan.sweep.values) if plan.sweep and plan.sweep.key == "cache_budget" else None
         runner.check_budget(plan.base, [(s, plan.params.get(s)) for s in plan.strategies], budgets)
-    prep0 = prepare(plan.base, loaded=loaded)
+    with runner.long_lived_heap() as keep:
+        prep0 = prepare(plan.base, loaded=loaded)
+        keep()                              # the model and transformers are long-lived too
+        return _compare_prepared(plan, out, name, prep0, progress, token_progress)
+
+
+def _compare_prepared(plan: ComparePlan, out: Path, name: str | None, prep0: Any,
+                      progress: ProgressFn | None, token_progress: Any) -> Path:
+    from moebench.bench import run as runner
+    from moebench.strategy import build_strategy
+
     if plan.sweep is None:
         points = [Point("", None, prep0)]
     else:
@@ -306,12 +329,20 @@ def _execute(plan: ComparePlan, points: list[Point], schedule: list, progress: P
 
     A UserError in one run (say, a budget too small for a strategy's prefill at one sweep point)
     drops that (point, strategy) and the others go on; Ctrl-C stops with what finished.
+
+    On the simulated clock the lossless strategies of one (point, repetition) run together, on
+    one shared forward (`moebench.engine.lockstep`), when the first of them comes up in the
+    schedule; each piece is the one its own run would give, so the schedule, the pieces and
+    everything written from them are unchanged. If the shared run fails in any way, each of them
+    runs alone in its turn instead.
     """
     from moebench.bench import run as runner
 
     pieces: dict[tuple[int, str], list] = {}
     failed: dict[tuple[int, str], str] = {}
     ran: list[tuple[int, str, int]] = []
+    groups = _shared_groups(plan, points, schedule)
+    ready: dict[tuple[int, str, int], Any] = {}
     try:
         for i, (pi, s, rep) in enumerate(schedule):
             if progress:
@@ -319,14 +350,23 @@ def _execute(plan: ComparePlan, points: list[Point], schedule: list, progress: P
                 progress(f"{s}{at} (repetition {rep})", i, len(schedule))
             if (pi, s) in failed:
                 continue
-            try:
-                piece = runner.run_strategy(_prep_for(plan, points[pi], s), s, plan.params.get(s),
-                                            repetition=rep, keep_logits=plan.accuracy,
-                                            progress=token_progress)
-            except UserError as exc:
-                failed[(pi, s)] = str(exc)
-                pieces.pop((pi, s), None)
-                continue
+            group = groups.pop((pi, rep), None) if s in groups.get((pi, rep), ()) else None
+            if group:
+                group = [g for g in group if (pi, g) not in failed]
+                if progress and len(group) > 1:
+                    progress(f"{', '.join(group)}{at} (repetition {rep}, one shared forward)", i,
+                             len(schedule))
+                ready.update(_run_shared(plan, points, pi, group, rep, token_progress))
+            piece = ready.pop((pi, s, rep), None)
+            if piece is None:
+                try:
+                    piece = runner.run_strategy(_prep_for(plan, points[pi], s), s, plan.params.get(s),
+                                                repetition=rep, keep_logits=plan.accuracy,
+                                                progress=token_progress)
+                except UserError as exc:
+                    failed[(pi, s)] = str(exc)
+                    pieces.pop((pi, s), None)
+                    continue
             pieces.setdefault((pi, s), []).append(piece)
             ran.append((pi, s, rep))
             if not piece.complete:
@@ -334,6 +374,44 @@ def _execute(plan: ComparePlan, points: list[Point], schedule: list, progress: P
     except KeyboardInterrupt:
         return pieces, failed, ran, True
     return pieces, failed, ran, False
+
+
+def _shared_groups(plan: ComparePlan, points: list[Point], schedule: list) -> dict[tuple[int, int], list[str]]:
+    """Per (point, repetition), the strategies that run on one shared forward, in schedule order
+    (only where two or more may: `runner.shareable`)."""
+    from moebench.bench import run as runner
+
+    by: dict[tuple[int, int], list[str]] = {}
+    for pi, s, rep in schedule:
+        by.setdefault((pi, rep), []).append(s)
+    out = {}
+    for (pi, rep), names in by.items():
+        group = runner.shareable(points[pi].prep, names, plan.params)
+        if group:
+            out[(pi, rep)] = group
+    return out
+
+
+def _run_shared(plan: ComparePlan, points: list[Point], pi: int, group: list[str], rep: int,
+                token_progress: Any) -> dict[tuple[int, str, int], Any]:
+    """The group's pieces by schedule entry, or nothing when the shared run failed (each then
+    runs alone, as it would have: a strategy's own UserError is raised there again)."""
+    import logging
+
+    from moebench.bench import run as runner
+    from moebench.engine.lockstep import Disagreement
+
+    if len(group) < 2:
+        return {}
+    preps = [_prep_for(plan, points[pi], s) for s in group]
+    try:
+        got = runner.run_strategies_shared(preps, group, plan.params, repetition=rep,
+                                           keep_logits=plan.accuracy, progress=token_progress)
+    except (UserError, Disagreement) as exc:
+        if isinstance(exc, Disagreement):
+            logging.getLogger("moebench").warning("%s; running %s one at a time", exc, ", ".join(group))
+        return {}
+    return {(pi, s, rep): piece for s, piece in zip(group, got)}
 
 
 def _reference(plan: ComparePlan, pieces: dict, pi: int) -> Any:

@@ -12,7 +12,8 @@ keeps the requests that finished and is written with `"status": "incomplete"`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from moebench.calibration.provision import artifacts_for
@@ -33,6 +34,59 @@ def run_strategy(prep: Prepared, name: str, params: dict | None = None, *, repet
     strategy = build_strategy(name, params)
     return run_session(prep, strategy, artifacts_for(prep, strategy), repetition=repetition,
                        progress=progress, keep_logits=keep_logits, record_trace=record_trace)
+
+
+@contextmanager
+def long_lived_heap() -> Iterator[Callable[[], None]]:
+    """While it lasts, the objects alive on entry (the imported libraries) and those alive at
+    each call of the function it yields (`keep()`: say, once the model is loaded; some 400,000
+    objects in all) are left out of garbage collection (`gc.freeze`), so a full collection
+    scans only what was allocated since, not every object of torch and transformers again (most
+    of the collector's time in a comparison). They are collectable again on exit
+    (`gc.unfreeze`). What is collected, and when, changes no result. Nothing is done when the
+    caller froze objects of its own (unfreezing would release theirs too)."""
+    import gc
+
+    if gc.get_freeze_count():
+        yield lambda: None
+        return
+    gc.freeze()
+    try:
+        yield gc.freeze
+    finally:
+        gc.unfreeze()
+
+
+def shareable(prep: Prepared, names: list[str], params: dict | None = None) -> list[str]:
+    """Those of `names` that may run on one shared forward (`moebench.engine.lockstep`): the
+    lossless ones on the simulated clock, when there are two or more of them (else none), unless
+    `$MOEBENCH_SHARED_FORWARD=0`."""
+    import os
+
+    from moebench.engine.lockstep import can_share
+
+    if os.environ.get("MOEBENCH_SHARED_FORWARD", "1").strip().lower() in ("0", "false", "no", "off"):
+        return []
+    built = [(n, build_strategy(n, (params or {}).get(n))) for n in names]
+    ok = [(n, s) for n, s in built if s.traits.lossless]
+    return [n for n, _ in ok] if can_share(prep, [s for _, s in ok]) else []
+
+
+def run_strategies_shared(preps: list[Prepared], names: list[str], params: dict | None = None, *,
+                          repetition: int = 0, progress: Callable[[int], None] | None = None,
+                          keep_logits: bool = False) -> list[Piece]:
+    """`run_strategy` for each of `names` (each with its own `preps[i]`: the same preparation,
+    its own config) on one shared forward; the same pieces, in order. Raises `Disagreement`
+    (`moebench.engine.lockstep`) or the first `UserError` of any of them: then run them one by
+    one, as each would have run alone."""
+    from moebench.engine.lockstep import run_shared
+
+    group = []
+    for prep, name in zip(preps, names):
+        strategy = build_strategy(name, (params or {}).get(name))
+        group.append((strategy, artifacts_for(prep, strategy)))
+    return run_shared(preps[0], group, repetition=repetition, progress=progress,
+                      keep_logits=keep_logits)
 
 
 def check_budget(cfg: RunConfig, strategies: list[tuple[str, dict | None]],
@@ -60,7 +114,7 @@ def run_context(prep: Prepared) -> RunContext:
     return RunContext(model=loaded.name, hf_id=loaded.hf_id, snapshot=loaded.snapshot,
                       shape=loaded.shape, workload=wl.name, workload_sha=prep.workload_sha,
                       n_prompts=len(prep.requests), max_new_tokens=wl.max_new_tokens, task=wl.task,
-                      repetitions=wl.repetitions, clock=prep.clock,
+                      repetitions=wl.repetitions, clock=prep.clock, batch_size=wl.batch_size,
                       profile=prep.profile, device=device, device_memory=device_memory,
                       seed=prep.cfg.seed, repetition=prep.cfg.repetition,
                       load_notes=tuple(getattr(loaded, "notes", None) or ())

@@ -149,17 +149,27 @@ def model_device(loaded: Any) -> Any:
 
 
 def sequences(loaded: Any, cal: CalibrationSet) -> list[Any]:
-    """Prompt + greedy continuation (max_new_tokens) per calibration prompt: [1, T] each."""
+    """Prompt + greedy continuation (max_new_tokens) per calibration prompt: [1, T] each.
+
+    Generated once per loaded model and calibration set (its hash covers the token ids and the
+    generation settings): the default vectors and the pre-attention predictors of one run read
+    the same continuations, and greedy decoding of the unmodified model gives the same tokens
+    every time."""
     import torch
 
     dev = model_device(loaded)
     n = cal.workload.max_new_tokens
+    memo = loaded.__dict__.setdefault("_calibration_sequences", {})
+    key = (loaded.snapshot, cal.sha, n, str(dev))
+    if key in memo:
+        return list(memo[key])
     out = []
     with torch.no_grad():
         for r in cal.requests:
             ids = torch.tensor([list(r.input_ids)], device=dev)
             out.append(loaded.model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False))
-    return out
+    memo[key] = out
+    return list(out)
 
 
 def capture(loaded: Any, ids: Any) -> list[dict[str, Any]]:

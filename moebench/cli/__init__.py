@@ -122,7 +122,7 @@ def strategies(json_out: Annotated[bool, typer.Option("--json")] = False) -> Non
         rows.append({"name": name, "version": cls.version, "lossless": traits.lossless,
                      "reads": sorted(traits.reads), "replayable": traits.replayable,
                      "needs": list(traits.needs), "params": params_dataclass_defaults(cls),
-                     "source": cls.source})
+                     "source": cls.source, "batching": cls.batching})
     if json_out:
         sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
         return

@@ -45,7 +45,9 @@ def handle_errors(fn: Any) -> Any:
         except UserError as exc:
             if os.environ.get("MOEBENCH_DEBUG"):
                 raise
-            msg = str(exc).strip()
+            from rich.markup import escape
+
+            msg = escape(str(exc).strip())     # the sentence as written: `moebench[slurm]` too
             console(stderr=True).print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
             raise typer.Exit(getattr(exc, "exit_code", 2)) from None
         except KeyboardInterrupt as exc:
@@ -79,3 +81,4 @@ def split_overrides(strategy: str, sets: list[str]) -> tuple[dict, dict]:
             raise UserError(f"--set {k}: no workload field or '{strategy}' parameter of that name"
                             f"{did_you_mean(k, wl_fields | st_fields)}.")
     return wl, st
+

@@ -22,27 +22,15 @@ from typing import Annotated, Any, Optional
 import typer
 
 from moebench.cli.common import console, handle_errors
+from moebench.report.terminal import progress as progress_display
 
 BASELINE_DIR = Path("reports/baselines/smoke")
-
-
-def _progress(disable: bool) -> Any:
-    from contextlib import nullcontext
-
-    if disable:
-        return nullcontext(None)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("runs"), TimeElapsedColumn(), console=Console(stderr=True),
-                    transient=True)
 
 
 def _run_plan(plan: Any, out: Path, name: str | None, quiet: bool) -> Path:
     from moebench.bench.compare import run_compare
 
-    with _progress(quiet) as bar:
+    with progress_display("runs", disable=quiet) as bar:
         task = None
 
         def progress(what: str, done: int, total: int) -> None:

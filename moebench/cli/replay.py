@@ -26,7 +26,7 @@ def _csv(values: list[str] | None) -> list[str]:
 def _parse_sweep(items: list[str]) -> dict[str, list[str]]:
     from moebench.errors import UserError, did_you_mean
 
-    keys = ("cache_budget", "bandwidth", "profile")
+    keys = ("cache_budget", "bandwidth", "profile", "batch_size")
     out: dict[str, list[str]] = {}
     for item in items:
         key, sep, values = item.partition("=")
@@ -47,7 +47,9 @@ def replay(
                           "(default: sync,lru,lru-global,lfu,pin,belady,oracle and pred:<each "
                           "recorded predictor>)")] = None,
     sweep: Annotated[Optional[list[str]], typer.Option(help="cache_budget=0.1,0.25 | "
-                     "bandwidth=12,25 (GB/s) | profile=a,b; repeatable")] = None,
+                     "bandwidth=12,25 (GB/s) | profile=a,b | batch_size=1,4,16; repeatable")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="serve the trace's requests B at a time: "
+                          "each step runs the union of B requests' experts (default 1)")] = None,
     cache_budget: Annotated[Optional[str], typer.Option(help="one budget (default: the recording's, else 0.25)")] = None,
     profile: Annotated[Optional[str], typer.Option(help="hardware profile(s), comma list (default: the recording's)")] = None,
     model: Annotated[Optional[str], typer.Option(help="preset or checkpoint folder whose shapes are charged "
@@ -85,12 +87,20 @@ def replay(
         raise UserError("--sweep bandwidth= takes numbers in GB/s, e.g. bandwidth=12,25,50.") from None
     if any(b <= 0 for b in bandwidths):
         raise UserError("--sweep bandwidth= values must be positive (GB/s).")
+    try:
+        batch_sizes = tuple(int(b) for b in sw.get("batch_size", [])) + \
+            ((batch_size,) if batch_size is not None else ())
+    except ValueError:
+        raise UserError("--sweep batch_size= takes whole numbers, e.g. batch_size=1,4,16.") from None
+    if any(b < 1 for b in batch_sizes):
+        raise UserError("--batch-size and --sweep batch_size= values must be at least 1.")
     spec = ReplaySpec(trace=str(trace), policies=tuple(_csv([strategies] if strategies else [])),
                       budgets=tuple(budgets), profiles=tuple(profiles), bandwidths=bandwidths,
                       model=model, warmup_steps=warmup_steps, seed=seed,
                       hit_rate_only=hit_rate_only, consistency=not no_consistency,
                       bounds=not no_bounds, reset_per_request=reset_per_request,
-                      warmup_tokens=warmup_tokens, issue=issue.strip().lower())
+                      warmup_tokens=warmup_tokens, issue=issue.strip().lower(),
+                      batch_sizes=batch_sizes)
     folder = out or Path("reports") / f"replay-{time.strftime('%Y%m%d-%H%M%S')}"
     check_replay_out(folder)
     with console(stderr=True).status("replaying", spinner="dots") if not json_out else _null():
@@ -129,6 +139,8 @@ def _render(outcome: Any, folder: Path) -> None:
     cols = [("policy", lambda r: r["policy"]), ("budget", lambda r: r["budget"])]
     if len(profiles) > 1:
         cols.append(("profile", lambda r: r["profile"]))
+    if len({r.get("batch_size", 1) for r in outcome.rows}) > 1:
+        cols.append(("batch", lambda r: str(r.get("batch_size", 1))))
 
     def num(x: Any, spec: str) -> str:
         return "-" if x is None else format(x, spec)
@@ -145,7 +157,7 @@ def _render(outcome: Any, folder: Path) -> None:
         t.add_column(name, no_wrap=True)
     for r in outcome.rows:
         if r.get("skipped"):
-            t.add_row(*[(f(r) if name in ("policy", "budget", "profile") else
+            t.add_row(*[(f(r) if name in ("policy", "budget", "profile", "batch") else
                          ("skipped" if name == "hit" else "-")) for name, f in cols])
             continue
         t.add_row(*[f(r) for _, f in cols])

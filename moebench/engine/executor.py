@@ -84,7 +84,7 @@ class LayerTrace:
 class OffloadEngine:
     def __init__(self, loaded: Any, strategy: Any, *, n_slots: int, timeline: Any, profile: Any,
                  device: torch.device, artifacts: dict | None = None, record_trace: bool = False,
-                 trace_source: Any = None):
+                 trace_source: Any = None, prefill_copies: str = "per-expert"):
         self.loaded = loaded
         self.model = loaded.model
         self.shape = loaded.shape
@@ -96,6 +96,7 @@ class OffloadEngine:
         self.artifacts = artifacts or {}
         self.record_trace = record_trace
         self.trace_source = trace_source
+        self.prefill_copies = prefill_copies
         self.sim = timeline.kind == "simulated"
         self.trace: list[LayerTrace] = []
         self._hooks: list[Any] = []
@@ -137,7 +138,8 @@ class OffloadEngine:
         self.protocol = LayerProtocol(self.strategy, shape=self.shape, profile=self.profile,
                                       timeline=self.timeline, cache=self.cache, charge=self.sim,
                                       adapter=self.adapter, artifacts=self.artifacts,
-                                      trace=self.trace_source, device=self.device)
+                                      trace=self.trace_source, device=self.device,
+                                      prefill_copies=self.prefill_copies)
         self.protocol.setup()
         _register_impl()
         self._prev_impl = getattr(model.config, "_experts_implementation", None)
@@ -163,8 +165,8 @@ class OffloadEngine:
     def begin_request(self, request: int) -> None:
         self.protocol.begin_request(request)
 
-    def begin_step(self, phase: str, position: int, n_tokens: int) -> None:
-        self.protocol.begin_step(phase, position, n_tokens)
+    def begin_step(self, phase: str, position: int, n_tokens: int, sequences: int = 1) -> None:
+        self.protocol.begin_step(phase, position, n_tokens, sequences)
 
     def end_step(self) -> StepStats:
         st = self.protocol.end_step()
@@ -204,8 +206,7 @@ class OffloadEngine:
         # for this layer's copies, or on CUDA that D2H read would block the host until they land.
         if self.record_trace:
             self._record_trace(moe_index, true, chosen, experts)
-        out = proto.prepare(moe_index, experts, prefetches, lambda: (
-            [int(e) for e in true.ids[-1].tolist()], true.weights[-1].float().tolist()))
+        out = proto.prepare(moe_index, experts, prefetches, true.target)
         if not out.pending and not out.host:    # layer-granular: one kernel call over the layer
             done = proto.compute_experts(moe_index, out, experts, lambda group: self._kernel(
                 module, u, chosen.ids, chosen.weights, out.slots))
@@ -276,6 +277,10 @@ class OffloadEngine:
         number of groups; an all-resident layer is then exactly E wide)."""
         lo, hi = min(slots.values()), max(slots.values())
         dev = ids.device
+        if dev.type == "cpu" and not self.pools.packed:
+            same = self._model_layout(module, slots)
+            if same is not None:          # slot = base + expert id: the model's own indices
+                return self._impl(same, u, ids, weights)
         if dev.type == "cuda":   # a pageable H2D copy would block the host on the queued waits
             lut = torch.full((self.shape.num_experts,), -1, dtype=ids.dtype)
             for e, slot in slots.items():
@@ -289,9 +294,44 @@ class OffloadEngine:
                 slot_index, sorted(s_ - lo for s_ in set(slots.values())), lo, hi)
         elif u.shape[0] > 1 and dev.type == "cpu":
             pools, slot_index = self._expert_ordered(slots, ids)
+        elif dev.type == "cpu" and hi - lo >= self.shape.num_experts:
+            pools, slot_index = self._slot_gathered(slots, ids)
         else:
             pools = {n: p[lo:hi + 1] for n, p in self.pools.pools.items()}
         return self._impl(SlotExperts(module, pools), u, slot_index, weights)
+
+    def _model_layout(self, module: Any, slots: dict[int, int]) -> SlotExperts | None:
+        """On CPU, when every slot of the call is `base + expert id` (all-resident lays each
+        layer out so): the pools from `base`, E wide, read with the routing's own expert ids,
+        which is the unmodified model's call (same indices, same width, same row order at any
+        thread count) with no slot index to build. The views are kept (the pools never move)."""
+        base = None
+        for e, slot in slots.items():
+            if base is None:
+                base = slot - e
+            elif slot - e != base:
+                return None
+        E = self.shape.num_experts
+        if base is None or base < 0 or base + E > self.n_slots:
+            return None
+        views = self.__dict__.setdefault("_layout_views", {})
+        view = views.get((module, base))
+        if view is None:
+            view = views[(module, base)] = SlotExperts(
+                module, {n: p[base:base + E] for n, p in self.pools.pools.items()})
+        return view
+
+    def _slot_gathered(self, slots: dict[int, int], ids: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """One token on CPU whose slots span more than E (a cache shared by all layers): the
+        slots it uses gathered in slot order, so the grouped kernel is never wider than the
+        unmodified model's (its cost grows with the number of groups, empty ones included).
+        The index is order-isomorphic to the narrowed view's and each expert has one row, so
+        every kernel computes exactly what it computes over the view."""
+        used = sorted(set(slots.values()))
+        rank = {s: i for i, s in enumerate(used)}
+        take = torch.tensor(used)
+        pools = {n: p.index_select(0, take) for n, p in self.pools.pools.items()}
+        return pools, torch.tensor([[rank[slots[e]] for e in r] for r in ids.tolist()], dtype=ids.dtype)
 
     def _expert_ordered(self, slots: dict[int, int], ids: torch.Tensor) -> tuple[dict, torch.Tensor]:
         """Multi-token calls on CPU (prefill): the slots gathered in expert-id order.

@@ -140,13 +140,17 @@ def run_session(prep: Prepared, strategy: Any, provisioned: Provisioned = NOTHIN
     engine = OffloadEngine(prep.loaded, strategy, n_slots=budget.experts, timeline=timeline,
                            profile=prep.profile, device=prep.device,
                            artifacts=provisioned.artifacts, record_trace=record,
-                           trace_source=provisioned.trace)
+                           trace_source=provisioned.trace,
+                           prefill_copies=prep.workload.prefill_copies)
     piece = Piece(strategy=strategy.describe(), budget=budget)
     piece.notes.extend(provisioned.notes)        # what calibration did
     if provisioned.provenance:                   # and which artifacts the strategy runs on
         piece.strategy["artifacts"] = list(provisioned.provenance)
     engine.attach()
     try:
+        if prep.workload.batch_size > 1:         # what the strategy does with a batch
+            piece.notes.append(f"batch_size={prep.workload.batch_size}: {strategy.name} "
+                               f"{strategy.batching}")
         for note in strategy.run_notes():        # legal but degenerate parameters, said aloud
             if note not in piece.notes:
                 logging.getLogger("moebench").warning(note)
@@ -156,26 +160,31 @@ def run_session(prep: Prepared, strategy: Any, provisioned: Provisioned = NOTHIN
         wl = prep.workload
         with torch.inference_mode():
             if wl.warmup_steps and prep.requests:
-                _decode(engine, model, prep.requests[0].input_ids, wl.warmup_steps + 1, prep.device,
-                        request=-1, record=None)
+                _decode(engine, model, [r.input_ids for r in make_batches(prep.requests, wl.batch_size)[0]],
+                        wl.warmup_steps + 1, prep.device, request=-1, record=None,
+                        pad_id=_pad_id(prep.loaded))
             piece.warmup_trace = list(engine.trace)
             engine.trace.clear()
             engine.protocol.reset_counters()
             try:
+                batches = make_batches(prep.requests, wl.batch_size)
                 for rep in range(wl.repetitions):
-                    for ri, req in enumerate(prep.requests):
-                        rid = rep * len(prep.requests) + ri
+                    for bi, batch in enumerate(batches):
+                        rid = rep * len(batches) + bi        # the engine's request: one batch
                         steps: list[StepStats] = []
-                        logits: list = [] if keep_logits else None
-                        tokens = _decode(engine, model, req.input_ids, wl.max_new_tokens, prep.device,
-                                         request=rid, record=steps, logits=logits, progress=progress)
-                        _finish_request(piece, steps, req, tokens, repetition * wl.repetitions + rep)
+                        logits: list | None = [] if keep_logits else None
+                        tokens = _decode(engine, model, [r.input_ids for r in batch], wl.max_new_tokens,
+                                         prep.device, request=rid, record=steps, logits=logits,
+                                         progress=progress, pad_id=_pad_id(prep.loaded))
+                        _finish_batch(piece, steps, batch, tokens, repetition * wl.repetitions + rep)
                         if keep_logits:
-                            piece.logits[(rep, req.id)] = logits
+                            for j, req in enumerate(batch):
+                                piece.logits[(rep, req.id)] = [row[j] for row in logits]
             except KeyboardInterrupt:
                 piece.complete = False
                 piece.notes.append("interrupted: only finished requests are kept")
         piece.prediction = engine.protocol.prediction()
+        piece.notes.extend(n for n in engine.protocol.notes if n not in piece.notes)
         piece.trace = list(engine.trace)
         piece.peak_expert_bytes = engine.cache.peak_resident * engine.cache.expert_bytes
         piece.pool_bytes = engine.pools.allocated_bytes
@@ -184,31 +193,64 @@ def run_session(prep: Prepared, strategy: Any, provisioned: Provisioned = NOTHIN
     return piece
 
 
-def _decode(engine: Any, model: Any, prompt: tuple[int, ...], n_new: int, device: Any, *,
+def make_batches(requests: list, batch_size: int) -> list[list]:
+    """The workload's requests in order, `batch_size` at a time (the last batch may be smaller)."""
+    return [requests[i:i + batch_size] for i in range(0, len(requests), max(1, batch_size))]
+
+
+def _pad_id(loaded: Any) -> int:
+    tok = getattr(loaded, "tokenizer", None)
+    for v in (getattr(tok, "pad_token_id", None), getattr(loaded.model.config, "pad_token_id", None),
+              getattr(tok, "eos_token_id", None)):
+        if isinstance(v, int):
+            return v
+    return 0
+
+
+def _decode(engine: Any, model: Any, prompts: list[tuple[int, ...]], n_new: int, device: Any, *,
             request: int, record: list | None, logits: list | None = None,
-            progress: Callable[[int], None] | None = None) -> list[int]:
-    """Greedy decode exactly `n_new` tokens with a KV cache; one engine step per forward."""
+            progress: Callable[[int], None] | None = None, pad_id: int = 0) -> list[list[int]]:
+    """Greedy decode exactly `n_new` tokens of every prompt (EOS ignored, so every request of the
+    batch stops after the same steps) with a KV cache; one engine step per forward, over the
+    whole batch. Returns each prompt's tokens; `logits` gets one `[B, V]` row block per step.
+
+    Every forward computes the logits of the last position only (`logits_to_keep=1`, as
+    `generate` does: generation reads one row). One prompt needs no mask (positions come from the
+    cache). A batch is left-padded with `pad_id` and decodes exactly as transformers' batched
+    greedy `generate` does: an attention mask, position ids `cumsum(mask) - 1` (0 on padding),
+    the mask grown by one per step; so a lossless strategy gives `generate`'s tokens and logits
+    bit for bit (tests/engine/test_batching.py)."""
     import torch
 
     engine.begin_request(request)
-    ids = torch.tensor([list(prompt)], device=device)                        # [1, T]: the prefill
-    past, tokens = None, []
+    b = len(prompts)
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts], device=device)  # [B, T]
+    extra: dict = {}
+    if b > 1:
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+        extra = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)}
+    past, tokens = None, [[] for _ in prompts]
     for pos in range(n_new):
-        engine.begin_step("prefill" if pos == 0 else "decode", pos, ids.shape[1])
+        engine.begin_step("prefill" if pos == 0 else "decode", pos, ids.numel(), sequences=b)
         cache = {} if past is None else {_cache_kwarg(model): past}
-        out = model(input_ids=ids, use_cache=True, **cache)
+        out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **extra, **cache)
         st = engine.end_step()
         past = out.past_key_values
-        last = out.logits[:, -1, :]                                          # [1, V]
-        nxt = last.argmax(-1)                                                # [1]
-        tokens.append(int(nxt))
+        last = out.logits[:, -1, :]                                          # [B, V]
+        nxt = last.argmax(-1)                                                # [B]
+        for j, t in enumerate(nxt.tolist()):
+            tokens[j].append(int(t))
         if logits is not None:
-            logits.append(last[0].detach().to("cpu", copy=True))
+            logits.append(last.detach().to("cpu", copy=True))
         if record is not None:
             record.append(st)
         if progress:
-            progress(1)
-        ids = nxt[:, None]                                                   # [1, 1]: the next step
+            progress(b)
+        ids = nxt[:, None]                                                   # [B, 1]: the next step
+        if b > 1:
+            mask = torch.cat([extra["attention_mask"], torch.ones_like(mask[:, :1])], dim=-1)
+            extra = {"attention_mask": mask, "position_ids": extra["position_ids"][:, -1:] + 1}
     return tokens
 
 
@@ -226,10 +268,11 @@ def _cache_kwarg(model: Any) -> str:
     return name
 
 
-def _finish_request(piece: Piece, steps: list[StepStats], req: Any, tokens: list[int],
-                    repetition: int) -> None:
-    piece.samples.extend(request_samples(steps, req.id, repetition))
-    piece.outputs.append({"prompt_id": req.id, "repetition": repetition,
-                          "prompt_token_ids": list(req.input_ids), "token_ids": tokens})
-
-
+def _finish_batch(piece: Piece, steps: list[StepStats], batch: list, tokens: list[list[int]],
+                  repetition: int) -> None:
+    ids = [r.id for r in batch]
+    piece.samples.extend(request_samples(steps, ids if len(ids) > 1 else ids[0], repetition))
+    for req, toks in zip(batch, tokens):
+        piece.outputs.append({"prompt_id": req.id, "repetition": repetition,
+                              "prompt_token_ids": list(req.input_ids), "token_ids": toks,
+                              **({"batch": ids} if len(ids) > 1 else {})})

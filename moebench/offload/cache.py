@@ -205,10 +205,11 @@ class SlotScheduler:
 
     def prepare(self, layer: int, experts: Sequence[int], prefetches: Sequence[Any] = (),
                 pre_locked: set[ExpertKey] | None = None, defer_waits: bool = False,
-                low: dict[int, int] | None = None) -> LayerOutcome:
+                low: dict[int, int] | None = None, coalesce: bool = False) -> LayerOutcome:
         """Residency for `experts`; waits for every copy unless `defer_waits` (expert-granular
         waits: the caller waits per expert, `LayerOutcome.pending`). A missed expert in `low`
-        (expert -> bits) is copied as its low-precision version."""
+        (expert -> bits) is copied as its low-precision version. `coalesce`: the misses cross
+        the link as one transfer (one latency, their bytes together; a whole-layer prefill copy)."""
         low = low or {}
         out = LayerOutcome()
         keys = [(layer, int(e)) for e in experts]
@@ -216,12 +217,16 @@ class SlotScheduler:
             raise UserError(
                 f"the cache budget holds {self.cache.n_slots} experts, but layer {layer} needs "
                 f"{len(keys)} at once (prefill touches many experts); raise --cache-budget.")
-        locked = set(keys) | (pre_locked or set())
+        locked = set(keys)
+        if pre_locked:
+            locked |= pre_locked
         waits: list[tuple[int, Any, bool]] = []   # (expert, ticket, late: a prefetch in flight)
+        group: list[tuple[ExpertKey, int]] = []   # coalesced misses: (key, slot)
+        slot_of, tickets, prefetched = self.cache.slot_of, self.cache.ticket, self.cache.prefetched
         for key in keys:
-            if self.cache.is_resident(key):
-                t = self.cache.ticket.get(key)
-                if key in self.cache.prefetched:
+            if key in slot_of:                    # resident
+                t = tickets.get(key)
+                if key in prefetched:
                     self.prefetch_used += 1
                     self._count(layer, "used")
                     self.cache.prefetched.discard(key)
@@ -237,19 +242,32 @@ class SlotScheduler:
                 if slot is None:  # cannot happen: len(keys) <= n_slots and only keys are locked
                     raise RuntimeError("no slot for a demanded expert")
                 bits = low.get(key[1])
-                waits.append((key[1], self._copy(key, slot, bits), False))
+                if coalesce and bits is None:
+                    group.append((key, slot))
+                else:
+                    waits.append((key[1], self._copy(key, slot, bits), False))
                 out.misses += 1
                 out.demand_bytes += self.cache.expert_bytes if bits is None else self.low_bytes[bits]
                 self.strategy.on_access(key, False)
-        out.prefetch_bytes, out.dropped_prefetches = self.prefetch(prefetches, locked)
+        if group:
+            mover = self.cache.mover
+            do = (lambda: [mover.load(k, s) for k, s in group]) if mover is not None else None
+            t = self.timeline.copy(len(group) * self.cache.expert_bytes, do)
+            for k, _ in group:
+                self.cache.low.pop(k, None)
+                self.cache.ticket[k] = t
+            waits.append((group[0][0][1], t, False))
+        if prefetches:
+            out.prefetch_bytes, out.dropped_prefetches = self.prefetch(prefetches, locked)
         if defer_waits:       # late prefetches were issued before this layer's misses: first
             out.pending = [w for w in waits if w[2]] + [w for w in waits if not w[2]]
         else:
             for _, t, late in waits:
                 out.stall_s += self.timeline.wait(t, late=late)
+        slots = out.slots
         for key in keys:
-            self.cache.ticket.pop(key, None)
-            out.slots[key[1]] = self.cache.slot_of[key]
+            tickets.pop(key, None)
+            slots[key[1]] = slot_of[key]
         return out
 
     def release(self, layer: int, experts: Sequence[int]) -> None:

@@ -24,19 +24,22 @@ def _measured(hw: HardwareProfile, field: str, now: float, base: float) -> float
     return now if us <= 0 else us * 1e-6 + max(0.0, now - base)
 
 
-def _attention_roofline(shape: ModelShape, hw: HardwareProfile, tokens: int, context: int) -> float:
+def _attention_roofline(shape: ModelShape, hw: HardwareProfile, tokens: int, context: int,
+                        sequences: int = 1) -> float:
     weights = shape.attention_param_bytes()
-    kv = shape.kv_bytes(context + tokens)
+    kv = sequences * shape.kv_bytes(context + tokens)
     h, d = shape.hidden, shape.head_dim
-    flops = 2.0 * tokens * weights / shape.bytes_per_param \
-        + 4.0 * tokens * (context + tokens) * shape.q_heads * d
-    act = tokens * h * shape.bytes_per_param * 6
+    flops = sequences * (2.0 * tokens * weights / shape.bytes_per_param
+                         + 4.0 * tokens * (context + tokens) * shape.q_heads * d)
+    act = sequences * tokens * h * shape.bytes_per_param * 6
     return hw.kernel_seconds(flops=flops, nbytes=weights + kv + act, kernels=ATTENTION_KERNELS)
 
 
-def attention_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int, context: int) -> float:
-    """norm1 + attention of one layer for `tokens` new tokens over `context` cached ones."""
-    return _measured(hw, "attention_us", _attention_roofline(shape, hw, tokens, context),
+def attention_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int, context: int,
+                      sequences: int = 1) -> float:
+    """norm1 + attention of one layer for `tokens` new tokens over `context` cached ones, in each
+    of `sequences` sequences (a batch: the weights are read once, the KV cache of each)."""
+    return _measured(hw, "attention_us", _attention_roofline(shape, hw, tokens, context, sequences),
                      _attention_roofline(shape, hw, 1, 0))
 
 
@@ -103,7 +106,9 @@ def dense_mlp_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int) -> fl
 
 
 def lm_head_seconds(shape: ModelShape, hw: HardwareProfile, tokens: int = 1) -> float:
-    """Final norm + LM head for the last position (generation reads one row of logits)."""
-    flops = 2.0 * shape.vocab * shape.hidden
-    roof = hw.kernel_seconds(flops=flops, nbytes=shape.lm_head_bytes(), kernels=LM_HEAD_KERNELS)
-    return _measured(hw, "lm_head_us", roof, roof)
+    """Final norm + LM head for the last position of each of `tokens` sequences (generation
+    reads one row of logits per sequence; the head's weights once)."""
+    def roof(n: int) -> float:
+        return hw.kernel_seconds(flops=2.0 * n * shape.vocab * shape.hidden,
+                                 nbytes=shape.lm_head_bytes(), kernels=LM_HEAD_KERNELS)
+    return _measured(hw, "lm_head_us", roof(tokens), roof(1))

@@ -36,10 +36,23 @@ class Routing:
 
     def experts(self) -> list[int]:
         """Distinct expert ids, in first-use order (deterministic)."""
-        seen: dict[int, None] = {}
-        for e in self.ids.reshape(-1).tolist():
-            seen.setdefault(int(e), None)
-        return list(seen)
+        return list(dict.fromkeys(map(int, self.ids.reshape(-1).tolist())))
+
+    def target(self) -> tuple[list[int], list[float]]:
+        """What a prediction of this layer is scored against: the true top-k of the token (a
+        decode step's one row), or for a batch decoded together (one row per sequence) the union
+        of the rows' top-k, each expert's router weights summed, in descending weight (ties by
+        id), so `ids[0]` is the expert the batch weighs most."""
+        rows = self.ids.tolist()
+        ws = self.weights.tolist()
+        if len(rows) == 1:
+            return [int(e) for e in rows[0]], [float(w) for w in ws[0]]
+        tot: dict[int, float] = {}
+        for r, w in zip(rows, ws):
+            for e, x in zip(r, w):
+                tot[int(e)] = tot.get(int(e), 0.0) + float(x)
+        ids = sorted(tot, key=lambda e: (-tot[e], e))
+        return ids, [tot[e] for e in ids]
 
 
 @dataclass(frozen=True)

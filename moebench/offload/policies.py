@@ -75,14 +75,15 @@ class LRUPolicy(CachePolicy):
     def victim(self, layer: int, candidates: Sequence[ExpertKey]) -> ExpertKey:
         cand = candidates
         if self.scope == "layer":
-            pools = []
-            if self.per_layer.get(layer, 0) >= self.quota.get(layer, 0):
-                pools.append(lambda k: k[0] == layer)
-            pools.append(lambda k: self.per_layer.get(k[0], 0) > self.quota.get(k[0], 0))
-            for keep in pools:
+            per, quota = self.per_layer, self.quota
+            if per.get(layer, 0) >= quota.get(layer, 0):     # this layer is at its quota
                 for k in self.order:
-                    if k in cand and keep(k):
+                    if k[0] == layer and k in cand:
                         return k
+            over = {m for m, n in per.items() if n > quota.get(m, 0)}
+            for k in self.order:                             # else a layer above its quota
+                if k[0] in over and k in cand:
+                    return k
         for k in self.order:
             if k in cand:
                 return k

@@ -35,12 +35,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from moebench.errors import UserError
 from moebench.offload import costs
 from moebench.offload.cache import ExpertCache, LayerOutcome, SlotScheduler
 from moebench.offload.records import StepStats, prediction_metrics, prediction_seconds
 from moebench.offload.events import LayerEvent, Prefetch, Routing, StrategyContext
 
-LastToken = Callable[[], tuple[list[int], list[float]]]   # the true router's last-token ids, weights
+LastToken = Callable[[], tuple[list[int], list[float]]]   # the true router's target: `Routing.target`
+# How a prefill's demand copies cross the link (a run setting, `prefill_copies`; default per-expert)
+PREFILL_COPIES = ("per-expert", "whole-layer", "auto")
 
 
 class LayerProtocol:
@@ -48,7 +51,7 @@ class LayerProtocol:
 
     def __init__(self, strategy: Any, *, shape: Any, profile: Any, timeline: Any,
                  cache: ExpertCache, charge: bool, adapter: Any = None, artifacts: dict | None = None,
-                 trace: Any = None, device: Any = None):
+                 trace: Any = None, device: Any = None, prefill_copies: str = "per-expert"):
         self.strategy, self.shape, self.profile, self.timeline = strategy, shape, profile, timeline
         self.cache = cache
         self.charge = charge
@@ -65,9 +68,19 @@ class LayerProtocol:
         self.request = 0
         self.position = 0
         self.n_tokens = 1
-        self.context = 0
+        self.sequences = 1       # sequences decoded together (batch size) in this step
+        self.context = 0         # cached positions per sequence (left padding included)
         self._predicted: dict[int, dict[str, set[int]]] = {}
         self._costs: dict = {}
+        self._events: dict[int, LayerEvent] = {}   # this step's events, by layer
+        self.notes: list[str] = []
+        if prefill_copies not in PREFILL_COPIES:
+            raise UserError(f"prefill_copies '{prefill_copies}': choose one of {', '.join(PREFILL_COPIES)}.")
+        if prefill_copies == "whole-layer" and cache.n_slots < shape.num_experts:
+            raise UserError(f"prefill_copies=whole-layer copies all {shape.num_experts} experts of a "
+                            f"layer at once, but the cache budget holds {cache.n_slots}; raise "
+                            "--cache-budget or use prefill_copies=per-expert or auto.")
+        self.prefill_copies = prefill_copies
 
     def setup(self) -> None:
         self.strategy.setup(self.ctx)
@@ -84,7 +97,7 @@ class LayerProtocol:
     def _charge_prediction(self, ev: LayerEvent, requests: Sequence[Prefetch]) -> None:
         """A predictor's own compute (its `prediction_cost(ev)` per non-empty prefetch); on CUDA
         the predictor's kernels really ran on the compute stream and are measured."""
-        if self.charge:
+        if self.charge and requests:      # (nothing to charge for no prefetch)
             self.timeline.compute(prediction_seconds(self.strategy, self.profile, ev, requests))
 
     # -- run and request ----------------------------------------------------------------------
@@ -125,44 +138,59 @@ class LayerProtocol:
         self.strategy.begin_request(request)
 
     # -- step ---------------------------------------------------------------------------------
-    def begin_step(self, phase: str, position: int, n_tokens: int) -> None:
+    def begin_step(self, phase: str, position: int, n_tokens: int, sequences: int = 1) -> None:
+        """`n_tokens` in the forward, over `sequences` sequences (a batch: `n_tokens / sequences`
+        positions each; in decode one token per sequence)."""
         m = self.shape.moe_layers
-        self.position, self.n_tokens = position, n_tokens
+        self.position, self.n_tokens, self.sequences = position, n_tokens, max(1, sequences)
         self.step = StepStats.begin(phase, position, m)
         self._predicted = {}
+        self._events = {}
         self.timeline.step_begin()
 
     def end_step(self) -> StepStats:
         if self.charge:
-            self.timeline.compute(self.cost(costs.lm_head_seconds))
+            self.timeline.compute(self.cost(costs.lm_head_seconds, self.sequences))
         clock = self.timeline.step_end()
         st = self.step
         st.latency_s, st.stall_s, st.late_stall_s = clock.latency_s, clock.stall_s, clock.late_stall_s
         st.host_s, st.host_stall_s = clock.host_s, clock.host_stall_s
         st.copy_busy_s, st.compute_s = clock.copy_busy_s, clock.compute_s
-        self.context += self.n_tokens
+        self.context += self.n_tokens // self.sequences
         self.step = None
         return st
 
     def event(self, layer: int) -> LayerEvent:
         st = self.step
-        return LayerEvent(step=self.position, layer=layer, phase=st.phase if st else "decode",
+        if st is not None:                 # one (frozen) event per layer and step
+            ev = self._events.get(layer)
+            if ev is None:
+                ev = self._events[layer] = LayerEvent(step=self.position, layer=layer, phase=st.phase,
+                                                      n_tokens=self.n_tokens, request=self.request)
+            return ev
+        return LayerEvent(step=self.position, layer=layer, phase="decode",
                           n_tokens=self.n_tokens, request=self.request)
 
     # -- layers -------------------------------------------------------------------------------
     def dense_layer(self) -> None:
         if self.charge:
-            self.timeline.compute(self.cost(costs.attention_seconds, self.n_tokens, self.context)
-                                  + self.cost(costs.dense_mlp_seconds, self.n_tokens))
+            self.timeline.compute(self._attention() + self.cost(costs.dense_mlp_seconds, self.n_tokens))
+
+    def _attention(self) -> float:
+        per = self.n_tokens // self.sequences
+        if self.sequences == 1:
+            return self.cost(costs.attention_seconds, per, self.context)
+        return self.cost(costs.attention_seconds, per, self.context, self.sequences)
 
     def before_attention(self, layer: int, h: Any) -> None:
         """At norm1 of MoE layer `layer`: `h = norm1(x_i)` [T, H] (None in replay)."""
         ev = self.event(layer)
         req = self.strategy.before_attention(ev, h)
         self._charge_prediction(ev, req)
-        self._issue_prefetch(req, set())
+        if req:
+            self._issue_prefetch(req, set())
         if self.charge:
-            self.timeline.compute(self.cost(costs.attention_seconds, self.n_tokens, self.context))
+            self.timeline.compute(self._attention())
 
     def route(self, layer: int, true: Routing, s: Any, u: Any
               ) -> tuple[LayerEvent, Routing, list[int], Sequence[Prefetch]]:
@@ -173,8 +201,9 @@ class LayerProtocol:
         chosen = self.strategy.choose(ev, true, s, u)
         experts = chosen.experts()
         prefetches = self.strategy.after_routing(ev, chosen, s, u) or ()
-        self._charge_prediction(ev, prefetches)
-        self._note_predictions(prefetches)
+        if prefetches:
+            self._charge_prediction(ev, prefetches)
+            self._note_predictions(prefetches)
         return ev, chosen, experts, prefetches
 
     def prepare(self, layer: int, experts: list[int], prefetches: Sequence[Prefetch],
@@ -187,16 +216,42 @@ class LayerProtocol:
         host: set[int] = set()
         if self.uses_host and decode1:       # host compute is a decode-time choice (one token)
             host = {int(e) for e in self.strategy.host_experts(self.event(layer), list(experts))}
-        on_device = [e for e in experts if int(e) not in host]
+        on_device = [e for e in experts if int(e) not in host] if host else list(experts)
         low = self.strategy.miss_precision(self.event(layer), list(on_device)) if decode1 else {}
-        for bits in set(low.values()) - set(self.sched.low_bytes):
+        for bits in (set(low.values()) - set(self.sched.low_bytes)) if low else ():
             self.sched.low_bytes[bits] = costs.lowbit_bytes(self.shape, bits)
-        out = self.sched.prepare(layer, on_device, prefetches,
-                                 defer_waits=decode1 and (self.expert_waits or bool(host)), low=low)
-        out.host = [e for e in experts if int(e) in host]
+        whole = st.phase == "prefill" and self._whole_layer(layer, on_device)
+        fetch = on_device if not whole else \
+            list(on_device) + [e for e in range(self.shape.num_experts) if e not in set(on_device)]
+        out = self.sched.prepare(layer, fetch, prefetches,
+                                 defer_waits=decode1 and (self.expert_waits or bool(host)), low=low,
+                                 coalesce=whole)
+        out.host = [e for e in experts if int(e) in host] if host else []
         st.account(layer, out, len(experts))
         self._predicted.pop(layer, None)
         return out
+
+    def _whole_layer(self, layer: int, experts: list[int]) -> bool:
+        """Whether this prefill layer's demand copies are one whole-layer transfer (all `E`
+        experts, one latency) rather than one copy per expert the prompt uses:
+        `prefill_copies` whole-layer always, per-expert never, auto when that transfer takes
+        less link time than the per-expert copies and the cache has room for a whole layer."""
+        mode = self.prefill_copies
+        if mode == "per-expert":
+            return False
+        if mode == "whole-layer":
+            return True
+        E = self.shape.num_experts
+        if self.cache.n_slots < E:
+            note = (f"prefill_copies=auto: the cache budget ({self.cache.n_slots} experts) holds no "
+                    f"whole layer ({E}): prefills copied per expert")
+            if note not in self.notes:
+                self.notes.append(note)
+            return False
+        eb = self.cache.expert_bytes
+        union = sum(1 for e in experts if not self.cache.is_resident((layer, int(e))))
+        whole = sum(1 for e in range(E) if not self.cache.is_resident((layer, e)))
+        return union > 0 and self.profile.copy_seconds(whole * eb) < union * self.profile.copy_seconds(eb)
 
     @staticmethod
     def expert_groups(out: LayerOutcome, experts: list[int]) -> list[list[int]]:
@@ -220,7 +275,7 @@ class LayerProtocol:
         Experts computed on the host go first: each one's activation leaves for the host as
         soon as routing is known (`host_kernel(expert)` computes it there on a live engine), the
         device computes its own experts meanwhile, and waits for the host's results last."""
-        tickets = {e: (t, late) for e, t, late in out.pending}
+        tickets = {e: (t, late) for e, t, late in out.pending} if out.pending else {}
         n = len(experts)
         each = 0.0
         if self.charge:
@@ -287,9 +342,9 @@ class LayerProtocol:
                 int(e) for e in r.experts)
 
     def _score_predictions(self, layer: int, last_token: LastToken) -> None:
-        """Score what each predictor asked for against the TRUE router's choice for the last
-        token (never against the experts executed: a strategy that executes its own guesses
-        would score its precision against itself)."""
+        """Score what each predictor asked for against the TRUE router's choice for the step's
+        token, or the union of a batch's (`Routing.target`; never against the experts executed:
+        a strategy that executes its own guesses would score its precision against itself)."""
         preds = self._predicted.pop(layer, None)
         if not preds:
             return

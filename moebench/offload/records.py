@@ -87,10 +87,23 @@ class StepStats:
                    if self.host or self.host_s else {})}
 
 
-def request_samples(steps: list[StepStats], prompt_id: str, repetition: int) -> list[dict]:
+def batch_label(prompt_ids: list[str]) -> str:
+    """The sample unit of a batch decoded together: its prompts' ids, joined."""
+    return "+".join(prompt_ids)
+
+
+def request_samples(steps: list[StepStats], prompt_id: str | list[str], repetition: int) -> list[dict]:
     """One request's rows of samples.jsonl: its decode steps, then its request row (TTFT = the
     prefill step, TPOT = decode time over the tokens after the first). A request without a
-    prefill step (a decode-only trace) has no TTFT."""
+    prefill step (a decode-only trace) has no TTFT.
+
+    A batch (`prompt_id` a list of B > 1 prompt ids decoded together) is one unit: its steps and
+    its one request row carry the batch's label (`batch_label`) as `prompt_id`, `batch` (the ids)
+    and `batch_size`; every request of it has the batch's TTFT and TPOT (they share every step),
+    so one row, not B identical ones, is what a statistic may count."""
+    members = list(prompt_id) if isinstance(prompt_id, (list, tuple)) else [prompt_id]
+    label = batch_label(members)
+    extra = {"batch": members, "batch_size": len(members)} if len(members) > 1 else {}
     rows = [st.row() for st in steps]
     prefill, decode = (rows[0], rows[1:]) if rows and rows[0]["phase"] == "prefill" else (None, rows)
     ttft = prefill["latency_ms"] if prefill else 0.0
@@ -99,11 +112,12 @@ def request_samples(steps: list[StepStats], prompt_id: str, repetition: int) -> 
     out = []
     for r in decode:
         r.pop("phase")
-        out.append({"prompt_id": prompt_id, "repetition": repetition, **r})
-    out.append({"kind": "request", "prompt_id": prompt_id, "repetition": repetition,
+        out.append({"prompt_id": label, "repetition": repetition, **r,
+                    **({"batch_size": len(members)} if extra else {})})
+    out.append({"kind": "request", "prompt_id": label, "repetition": repetition,
                 "ttft_ms": ttft if prefill else None, "tpot_ms": (e2e - ttft) / max(1, n_out - 1),
                 "e2e_ms": e2e, "n_out": n_out,
-                "prefill_h2d_bytes": prefill["h2d_bytes"] if prefill else None})
+                "prefill_h2d_bytes": prefill["h2d_bytes"] if prefill else None, **extra})
     return out
 
 
@@ -168,6 +182,7 @@ class Repetitions:
     run: int
     kept: tuple
     collapsed: tuple
+    what: str = "prompt"     # the sample unit: "prompt", or "batch" (prompts decoded together)
 
     def to_dict(self) -> dict:
         return {"run": self.run, "distinct": len(self.kept), "collapsed": len(self.collapsed)}
@@ -175,7 +190,12 @@ class Repetitions:
     @property
     def unit(self) -> str:
         """The independent unit of a per-request statistic."""
-        return "prompt" if len(self.kept) <= 1 else "prompt × repetition (paired by prompt)"
+        return self.what if len(self.kept) <= 1 else f"{self.what} × repetition (paired by {self.what})"
+
+
+def unit_kind(samples: list[dict]) -> str:
+    """"batch" when the rows are batches of prompts decoded together (`batch_size` > 1)."""
+    return "batch" if any((r.get("batch_size") or 1) > 1 for r in samples) else "prompt"
 
 
 def distinct_samples(samples: list[dict]) -> tuple[list[dict], Repetitions]:
@@ -186,7 +206,8 @@ def distinct_samples(samples: list[dict]) -> tuple[list[dict], Repetitions]:
         obs[(sample_unit(r), r.get("repetition"))] = _canonical(r)
     kept = distinct_repetitions(obs)
     keep = set(kept)
-    reps = Repetitions(len(order), tuple(kept), tuple(x for x in order if x not in keep))
+    reps = Repetitions(len(order), tuple(kept), tuple(x for x in order if x not in keep),
+                       unit_kind(samples))
     return [r for r in samples if r.get("repetition") in keep], reps
 
 
@@ -201,11 +222,12 @@ class Pairs:
     cand: list[float]
     paired: bool
     collapsed: int
+    kind: str = "prompt"     # `unit_kind` of the rows
 
     @property
     def unit(self) -> str:
         reps = {k[1] for k in self.keys}
-        what = "prompt" if len(reps) <= 1 else "prompt × repetition"
+        what = self.kind if len(reps) <= 1 else f"{self.kind} × repetition"
         return f"{what} pairs" if self.paired else f"{what} (unpaired)"
 
 
@@ -228,9 +250,11 @@ def pair_samples(base: list[dict], cand: list[dict], kind: str, field_name: str)
         keys = [k for k in b if k[1] in set(kept)]
         keys.sort(key=repr)
         n_reps = len({k[1] for k in b})
-        return Pairs(keys, [b[k] for k in keys], [c[k] for k in keys], True, n_reps - len(kept))
+        return Pairs(keys, [b[k] for k in keys], [c[k] for k in keys], True, n_reps - len(kept),
+                     unit_kind(base))
     b_kept, c_kept = (set(distinct_repetitions({k: v for k, v in d.items()})) for d in (b, c))
     bk = [k for k in b if k[1] in b_kept]
     ck = [k for k in c if k[1] in c_kept]
     return Pairs(bk, [b[k] for k in bk], [c[k] for k in ck], False,
-                 len({k[1] for k in b}) - len(b_kept) + len({k[1] for k in c}) - len(c_kept))
+                 len({k[1] for k in b}) - len(b_kept) + len({k[1] for k in c}) - len(c_kept),
+                 unit_kind(base))

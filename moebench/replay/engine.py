@@ -115,7 +115,7 @@ class ReplayEngine:
 
     def __init__(self, trace: Any, strategy: Any, *, shape: Any, profile: Any, n_slots: int,
                  schedule: Schedule, reset_per_request: bool = False,
-                 untimed_prefetch: bool = False):
+                 untimed_prefetch: bool = False, prefill_copies: str = "per-expert"):
         self.trace, self.strategy, self.shape = trace, strategy, shape
         self.schedule = schedule
         self.reset_per_request = reset_per_request
@@ -125,7 +125,8 @@ class ReplayEngine:
         if reset_per_request and hasattr(strategy, "per_request"):
             strategy.per_request = True      # Belady: a use after the request's end is no use
         self.protocol = LayerProtocol(strategy, shape=shape, profile=profile, timeline=self.timeline,
-                                      cache=self.cache, charge=True, trace=routing)
+                                      cache=self.cache, charge=True, trace=routing,
+                                      prefill_copies=prefill_copies)
         if untimed_prefetch:
             self.protocol.sched = UntimedPrefetchScheduler(self.cache, self.timeline, strategy)
         self.protocol.setup()
@@ -135,7 +136,9 @@ class ReplayEngine:
         """One recorded step through the protocol, decoder layer by decoder layer."""
         trace, p = self.trace, self.protocol
         phase = "prefill" if trace.step[s] == 0 else "decode"
-        p.begin_step(phase, int(trace.step[s]), int(trace.tokens[s]) if phase == "prefill" else 1)
+        seqs = trace.n_sequences(s)
+        p.begin_step(phase, int(trace.step[s]), int(trace.tokens[s]) if phase == "prefill" else seqs,
+                     seqs)
         for i in range(self.shape.num_layers):
             m = self._moe_of.get(i)
             if m is None:
@@ -144,8 +147,7 @@ class ReplayEngine:
             p.before_attention(m, None)
             true = self._routing(s, m, phase)
             _, _, experts, prefetches = p.route(m, true, None, None)
-            out = p.prepare(m, experts, prefetches,
-                            lambda s=s, m=m: (list(trace.true_ids(s, m)), trace.row_weights(s, m)))
+            out = p.prepare(m, experts, prefetches, true.target)
             p.compute_experts(m, out, experts)
             p.after_experts(m)
         return p.end_step()
@@ -156,10 +158,10 @@ class ReplayEngine:
         experts (the trace keeps no per-token rows) as one row `[1, n]`, uniform weights."""
         trace = self.trace
         if phase == "decode":
-            ids, w = trace.true_ids(s, m), trace.row_weights(s, m)
-        else:
-            ids = trace.executed(s, m)
-            w = [1.0 / len(ids)] * len(ids)
+            ids, w = trace.rows(s, m)                  # [B, k]: one row per sequence of the batch
+            return Routing(np.asarray(ids, dtype=np.int64), np.asarray(w, dtype=np.float32))
+        ids = trace.executed(s, m)
+        w = [1.0 / len(ids)] * len(ids)
         return Routing(np.asarray(ids, dtype=np.int64)[None, :], np.asarray(w, dtype=np.float32)[None, :])
 
     def run(self, progress: Callable[[int], None] | None = None) -> dict:
@@ -215,7 +217,8 @@ def check_trace_fits(trace: Any, shape: Any) -> None:
         raise UserError(f"the trace uses expert id {trace.num_experts_seen - 1} but model "
                         f"'{shape.name}' has {shape.num_experts} experts per layer.")
     counts = (trace.experts >= 0).sum(axis=-1)                           # [S, L]
-    bad = np.argwhere(counts != shape.top_k)
+    want = shape.top_k if trace.sequences is None else trace.sequences[:, None] * shape.top_k
+    bad = np.argwhere(counts != want)
     if bad.size:
         s, m = (int(x) for x in bad[0])
         raise UserError(f"trace request {int(trace.request[s])} step {int(trace.step[s])} layer {m} "
@@ -234,6 +237,7 @@ class ReplayRun:
     result: dict | None
     samples: list[dict] = field(default_factory=list)
     skipped: str | None = None     # why this point did not run (budget too small)
+    batch_size: int = 1            # requests served together (`compose_batches`)
     dir: str | None = None         # its result folder, once written
 
 
@@ -245,13 +249,18 @@ def replay_context(trace: Any, shape: Any, profile: Any, seed: int) -> RunContex
     rec = trace.recorded
     wl = (rec.workload if rec and rec.workload else None) or {}
     reqs = list(dict.fromkeys(int(r) for r in trace.request))
+    if trace.batches:                                   # composed batches: count the requests
+        reqs = [r for b in reqs for r in trace.batches.get(b, (b,))]
     preset = P.PRESETS.get(shape.name)
     snapshot = rec.snapshot if rec and rec.model == shape.name and rec.snapshot else \
         hashlib.sha256(json.dumps(shape.__dict__, sort_keys=True, default=str).encode()).hexdigest()
-    steps = max(Counter(trace.request.tolist()).values(), default=0)   # longest request
+    steps = max(Counter(trace.request.tolist()).values(), default=0)   # longest request (batch)
     return RunContext(model=shape.name, hf_id=preset.hf_id if preset else None, snapshot=snapshot,
                       shape=shape, workload=wl.get("name", f"trace:{trace.sha256[:12]}"),
-                      workload_sha=wl.get("sha256", trace.sha256),
+                      workload_sha=wl.get("sha256", trace.sha256) if trace.batch_size == 1 else
+                      hashlib.sha256(f"{wl.get('sha256', trace.sha256)}:batch={trace.batch_size}"
+                                     .encode()).hexdigest(),
+                      batch_size=trace.batch_size,
                       n_prompts=wl.get("n_prompts", len(reqs)),
                       max_new_tokens=wl.get("max_new_tokens", steps), task=wl.get("task", "generate"),
                       repetitions=wl.get("repetitions", 1), clock="sim",
@@ -274,9 +283,10 @@ def split_issue(policy: str) -> tuple[str, bool]:
 def replay_one(trace: Any, policy: str, *, shape: Any, profile: Any, budget: str,
                warmup_steps: int | None = None, seed: int = 0,
                progress: Callable[[int], None] | None = None, reset_per_request: bool = False,
-               warmup_tokens: int = 0) -> ReplayRun:
+               warmup_tokens: int = 0, prefill_copies: str | None = None) -> ReplayRun:
     """Replay `trace` through `policy` at one budget on one profile (a `ReplayRun`).
-    `policy` `pred:x (untimed)` is `pred:x` with prefetch copies that land instantly and free."""
+    `policy` `pred:x (untimed)` is `pred:x` with prefetch copies that land instantly and free.
+    `prefill_copies` None: as the recording's workload copied its prefills (else per-expert)."""
 
     check_trace_fits(trace, shape)
     rec = trace.recorded
@@ -288,9 +298,11 @@ def replay_one(trace: Any, policy: str, *, shape: Any, profile: Any, budget: str
     resolved = resolve_budget(budget, shape, strategy)
     n_slots = resolved.experts
     schedule = build_schedule(trace, warmup_steps, warmup_tokens)
+    if prefill_copies is None:
+        prefill_copies = (rec.prefill_copies if rec else None) or "per-expert"
     engine = ReplayEngine(trace, strategy, shape=shape, profile=profile, n_slots=n_slots,
                           schedule=schedule, reset_per_request=reset_per_request,
-                          untimed_prefetch=untimed)
+                          untimed_prefetch=untimed, prefill_copies=prefill_copies)
     out = engine.run(progress)
     samples: list[dict] = []
     all_warm = 0
@@ -298,9 +310,10 @@ def replay_one(trace: Any, policy: str, *, shape: Any, profile: Any, budget: str
         if warmup_tokens and not any(st.phase == "decode" for st in rows):
             all_warm += 1            # every decode token of it was warm-up: no TPOT sample
             continue
-        prompt = rec.prompts.get(request) if rec else None
-        prompt_id, repetition = prompt or (f"request-{request}", 0)
-        samples.extend(request_samples(rows, prompt_id, repetition))
+        members = trace.batches.get(request, (request,))
+        named = [(rec.prompts.get(r) if rec else None) or (f"request-{r}", 0) for r in members]
+        ids = [n[0] for n in named]
+        samples.extend(request_samples(rows, ids if len(ids) > 1 else ids[0], named[0][1]))
     described = strategy.describe()
     if untimed:
         described = dict(described, name=policy, params=dict(described.get("params") or {},
@@ -313,6 +326,10 @@ def replay_one(trace: Any, policy: str, *, shape: Any, profile: Any, budget: str
     result["outputs"] = []
     no_ttft = any(s["kind"] == "request" and s["ttft_ms"] is None for s in samples)
     notes = list(schedule.notes) + _notes(trace, no_ttft)
+    if trace.batch_size > 1:
+        notes.append(f"batch_size={trace.batch_size}: the trace's requests served "
+                     f"{trace.batch_size} at a time, composed from batch-1 routing (a member "
+                     f"whose request ended drops out); {strategy.name} {strategy.batching}")
     result["notes"] = notes
     result["trace"] = {"source": trace.source, "routing_sha256": trace.sha256,
                        "steps": trace.n_steps, "requests": len(set(trace.request.tolist())),
@@ -324,7 +341,9 @@ def replay_one(trace: Any, policy: str, *, shape: Any, profile: Any, budget: str
     if untimed:
         notes.append("issue untimed: this policy's prefetch copies landed instantly and took no "
                      "link time (demand fetches timed); its TPOT is not a timed result")
+    notes.extend(n for n in engine.protocol.notes if n not in notes)
     result["replay"] = {"warmup_steps": warmup_steps, "policy": policy,
+                        "prefill_copies": prefill_copies,
                         "reset_per_request": reset_per_request, "warmup_tokens": warmup_tokens,
                         "issue": "untimed" if untimed else "timed"}
     return ReplayRun(policy, budget, profile.name, result, samples)

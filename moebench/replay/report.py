@@ -32,7 +32,7 @@ def summary_rows(runs: Sequence[Any], total_experts: int) -> list[dict]:
     rows = []
     for r in runs:
         row = {"policy": r.policy, "budget": r.budget, "profile": r.profile, "skipped": r.skipped,
-               "dir": getattr(r, "dir", None)}
+               "dir": getattr(r, "dir", None), "batch_size": getattr(r, "batch_size", 1)}
         res = r.result
         if res is not None:
             m = res["metrics"]
@@ -52,13 +52,16 @@ def summary_rows(runs: Sequence[Any], total_experts: int) -> list[dict]:
                 "floor_ms_per_token": m.get("floor_ms_per_token"),
                 "late_rate": m.get("late_rate"), "miss_rate": m.get("miss_rate"),
                 "host_rate": m.get("host_rate"), "host_share": m.get("host_share"),
+                "throughput_tokens_per_s": m.get("throughput_tokens_per_s"),
+                "union_per_layer": m.get("union_per_layer"),
+                "h2d_bytes_per_step": m.get("h2d_bytes_per_step", m.get("h2d_bytes_per_token")),
             })
         rows.append(row)
     # efficiency_vs_oracle = oracle TPOT / policy TPOT at the same budget and profile
-    oracle = {(r["budget"], r["profile"]): r.get("tpot_ms_median") for r in rows
+    oracle = {(r["budget"], r["profile"], r["batch_size"]): r.get("tpot_ms_median") for r in rows
               if r["policy"] == BOUND_TPOT and r.get("tpot_ms_median")}
     for r in rows:
-        o = oracle.get((r["budget"], r["profile"]))
+        o = oracle.get((r["budget"], r["profile"], r["batch_size"]))
         t = r.get("tpot_ms_median")
         r["efficiency_vs_oracle"] = (o / t) if (o and t) else None
     return rows
@@ -99,8 +102,10 @@ def _styles(rows: Sequence[dict]) -> dict[str, dict]:
 
 def _curves(rows: Sequence[dict], key: str, profile: str | None) -> dict[str, list[tuple[float, float]]]:
     out: dict[str, list[tuple[float, float]]] = {}
+    first_batch = min((r.get("batch_size", 1) for r in rows), default=1)   # budget curves: one batch size
     for r in rows:
-        if r.get(key) is None or (profile is not None and r["profile"] != profile):
+        if r.get(key) is None or (profile is not None and r["profile"] != profile) \
+                or r.get("batch_size", 1) != first_batch:
             continue
         out.setdefault(r["policy"], []).append((r["budget_fraction"], r[key]))
     return {p: sorted(v) for p, v in out.items()}
@@ -148,11 +153,45 @@ def tpot_plot(rows: Sequence[dict], profile: str) -> bytes | None:
     return _png(fig)
 
 
+def batch_plot(rows: Sequence[dict]) -> bytes | None:
+    """Against the batch size, at the first budget and profile: TPOT (each request's time per
+    output token) and throughput (output tokens/s), or the hit rate without a clock."""
+    done = [r for r in rows if r.get("hit_rate") is not None]
+    if len({r["batch_size"] for r in done}) < 2:
+        return None
+    budget, profile = done[0]["budget"], done[0]["profile"]
+    pick = [r for r in done if r["budget"] == budget and r["profile"] == profile]
+    timed = any(r.get("tpot_ms_median") is not None for r in pick)
+    keys = ([("tpot_ms_median", "TPOT (ms, median)"), ("throughput_tokens_per_s", "output tokens / s")]
+            if timed else [("hit_rate", "hit rate (decode accesses)"), ("union_per_layer",
+                                                                        "experts per layer per step")])
+    fig, axes = _figure(10.0, 3.8, len(keys))
+    styles = _styles(pick)
+    for ax, (key, label) in zip(axes, keys):
+        curves: dict[str, list] = {}
+        for r in pick:
+            y = r.get(key) if key != "union_per_layer" else (r.get(key) or None)
+            if y is not None:
+                curves.setdefault(r["policy"], []).append((r["batch_size"], y))
+        for policy, pts in sorted(curves.items(), key=lambda kv: kv[0] in (BOUND_HIT, BOUND_TPOT)):
+            xs, ys = zip(*sorted(pts))
+            ax.plot(xs, ys, **styles[policy])
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("batch size (requests decoded together)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.suptitle(f"against batch size (budget {budget}, {profile})")
+    return _png(fig)
+
+
 def per_layer_plot(rows: Sequence[dict]) -> bytes | None:
     profiles = sorted({r["profile"] for r in rows if r.get("hit_rate_per_layer")})
     if not profiles:
         return None
-    sel = [r for r in rows if r["profile"] == profiles[0] and r.get("hit_rate_per_layer")]
+    first_batch = min(r.get("batch_size", 1) for r in rows)
+    sel = [r for r in rows if r["profile"] == profiles[0] and r.get("hit_rate_per_layer")
+           and r.get("batch_size", 1) == first_batch]
     budgets = sorted({(r["budget_fraction"], r["budget"]) for r in sel})
     fig, axes = _figure(w=max(7.0, 3.6 * len(budgets)), h=3.8, n=len(budgets))
     styles = _styles(sel)
@@ -269,7 +308,8 @@ def write_replay_report(folder: Path, rows: Sequence[dict], context: dict,
     folder.mkdir(parents=True, exist_ok=True)
     made: list[tuple[str, str, bytes | None]] = [
         ("hit_rate_vs_budget.png", "hit rate vs budget", hit_rate_plot(rows)),
-        ("hit_rate_per_layer.png", "per-layer hit rate", per_layer_plot(rows))]
+        ("hit_rate_per_layer.png", "per-layer hit rate", per_layer_plot(rows)),
+        ("vs_batch_size.png", "against batch size", batch_plot(rows))]
     if not context.get("hit_rate_only"):
         profiles = sorted({r["profile"] for r in rows})
         for p in profiles:

@@ -42,6 +42,7 @@ class ReplaySpec:
     reset_per_request: bool = False   # every request starts with a cold cache and policy state
     warmup_tokens: int = 0            # the first N decode tokens of each request: replayed, not counted
     issue: str = "timed"              # "untimed": pred:<source> rows also replayed with instant prefetches
+    batch_sizes: tuple[int, ...] = ()     # () = 1: batches composed from the trace (`compose_batches`)
 
 
 @dataclass(frozen=True)
@@ -117,10 +118,17 @@ def run_replay(spec: ReplaySpec, progress: Callable[[int], None] | None = None) 
     from moebench.offload.profile import load_profile
     from moebench.replay.engine import build_schedule, check_trace_fits
     from moebench.replay.policies import build_policy
-    from moebench.replay.traces import load_replay_trace
+    from moebench.replay.traces import compose_batches, load_replay_trace
     from moebench.replay.report import summary_rows
 
     trace = load_replay_trace(spec.trace)
+    rec_batch = int(((trace.recorded.workload or {}) if trace.recorded else {}).get("batch_size") or 1)
+    if rec_batch != 1:
+        raise UserError(f"this trace was recorded at batch_size={rec_batch}; replay composes batches "
+                        "from batch-1 routing: record with batch_size=1 and pass --batch-size.")
+    batch_sizes = list(dict.fromkeys(spec.batch_sizes)) or [1]
+    if any(b < 1 for b in batch_sizes):
+        raise UserError(f"--batch-size must be at least 1, got {min(batch_sizes)}.")
     model, policies, budgets, profiles = _resolve(spec, trace)
     rec = trace.recorded
     # Charge the bytes the live run moved: a checkpoint stored in bf16 may have run in float32.
@@ -146,14 +154,19 @@ def run_replay(spec: ReplaySpec, progress: Callable[[int], None] | None = None) 
         (rec.warmup_steps if rec and rec.warmup_steps is not None else 0)
     out = ReplayOutcome(spec, trace, shape)
     t0 = time.perf_counter()
-    if spec.hit_rate_only:
-        out.runs = _hit_rate_only(trace, policies, points, shape, warm, spec.seed, progress,
+    for b in batch_sizes:              # each batch size: the trace's requests served b at a time
+        tb = compose_batches(trace, b)
+        if spec.hit_rate_only:
+            runs = _hit_rate_only(tb, policies, points, shape, warm, spec.seed, progress,
                                   spec.reset_per_request, spec.warmup_tokens)
-    else:
-        out.runs = replay_sweep(trace, policies, points, shape=shape, warmup_steps=warm,
+        else:
+            runs = replay_sweep(tb, policies, points, shape=shape, warmup_steps=warm,
                                 seed=spec.seed, progress=progress,
                                 reset_per_request=spec.reset_per_request,
                                 warmup_tokens=spec.warmup_tokens)
+        for r in runs:
+            r.batch_size = b
+        out.runs.extend(runs)
     elapsed = time.perf_counter() - t0
     out.rows = summary_rows(out.runs, shape.total_experts)
     if spec.consistency:
@@ -169,7 +182,7 @@ def run_replay(spec: ReplaySpec, progress: Callable[[int], None] | None = None) 
         "warmup_steps": warm, "policies": policies, "budgets": budgets,
         "profiles": [p.profile.name for p in points[::len(budgets)]],
         "reset_per_request": spec.reset_per_request, "warmup_tokens": spec.warmup_tokens,
-        "issue": spec.issue,
+        "issue": spec.issue, "batch_sizes": batch_sizes,
         "hit_rate_only": spec.hit_rate_only, "notes": notes + list(schedule.notes),
         "recorded_strategy": (rec.strategy or {}).get("name") if rec else None,
         "replay_seconds": elapsed}
@@ -253,14 +266,16 @@ def write_replay(out: ReplayOutcome, folder: Path) -> dict[str, Path]:
         for r in out.runs:
             if r.result is None:
                 continue
-            d = new_run_dir(folder, f"{r.policy}-{r.budget}-{r.profile}", out.shape.name)
+            at = f"-batch{r.batch_size}" if r.batch_size != 1 else ""
+            d = new_run_dir(folder, f"{r.policy}-{r.budget}-{r.profile}{at}", out.shape.name)
             write_json(d / "config.json", {"replay": {
                 "trace": out.trace.source, "routing_sha256": out.trace.sha256, "policy": r.policy,
                 "model": out.shape.name, "cache_budget": r.budget, "profile": r.profile,
                 "warmup_steps": out.context.get("warmup_steps"), "seed": out.spec.seed,
                 "reset_per_request": out.spec.reset_per_request,
                 "warmup_tokens": out.spec.warmup_tokens,
-                "issue": r.result.get("replay", {}).get("issue", "timed")},
+                "issue": r.result.get("replay", {}).get("issue", "timed"),
+                "batch_size": r.batch_size},
                 "budget_resolved": r.result["budget"]})
             write_json(d / "environment.json", env)
             write_jsonl(d / "samples.jsonl", r.samples)
@@ -282,16 +297,16 @@ def _compare_report(folder: Path, out: ReplayOutcome) -> dict[str, Path]:
     except ImportError:
         return {}
     done = [r for r in out.runs if r.result is not None]
-    budgets = list(dict.fromkeys(r.budget for r in done))
-    profiles = list(dict.fromkeys(r.profile for r in done))
-    sweep = "cache_budget" if len(profiles) == 1 else ("profile" if len(budgets) == 1 else None)
+    axes = {"cache_budget": lambda r: r.budget, "profile": lambda r: r.profile,
+            "batch_size": lambda r: str(r.batch_size)}
+    varying = [k for k, f in axes.items() if len({f(r) for r in done}) > 1]
+    sweep = varying[0] if len(varying) == 1 else (None if varying else "cache_budget")
     entries = []
     for r in done:
-        label = {"cache_budget": f"cache_budget={r.budget}", "profile": f"profile={r.profile}"}.get(
-            sweep, f"cache_budget={r.budget}, profile={r.profile}")
+        label = ", ".join(f"{k}={axes[k](r)}" for k in (varying or ["cache_budget"]))
         result = dict(r.result, strategy=dict(r.result["strategy"], name=r.policy))
         entries.append({"dir": Path("..", Path(r.dir).name).as_posix(), "point": label,
-                        "sweep_value": r.budget if sweep == "cache_budget" else r.profile,
+                        "sweep_value": axes[sweep](r) if sweep else None,
                         "result": result, "samples": r.samples})
     if not entries:
         return {}

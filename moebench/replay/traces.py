@@ -52,6 +52,7 @@ class RecordedRun:
     dtype: str | None = None                           # the dtype the live run computed in
     prompts: dict = field(default_factory=dict)        # request -> (prompt_id, repetition)
     prompt_tokens: dict = field(default_factory=dict)  # request -> prompt length
+    prefill_copies: str | None = None                  # how its prefills copied (workload field)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,12 @@ class ReplayTrace:
     sha256: str = ""
     source: str = ""
     recorded: RecordedRun | None = None
+    # batches composed from a batch-1 trace (`compose_batches`): per step the number of
+    # sequences decoded together, each `row_k` wide in `experts`; per request its members
+    sequences: np.ndarray | None = None        # [S], None = one sequence every step
+    row_k: int = 0                             # ids per sequence in a row (0 = k)
+    batches: dict = field(default_factory=dict)    # request -> (base requests...)
+    batch_size: int = 1
 
     # -- shape ---------------------------------------------------------------------------
     @property
@@ -78,7 +85,25 @@ class ReplayTrace:
 
     @property
     def top_k(self) -> int:
-        return int(self.experts.shape[2])
+        return int(self.row_k or self.experts.shape[2])
+
+    def n_sequences(self, s: int) -> int:
+        return 1 if self.sequences is None else int(self.sequences[s])
+
+    def rows(self, s: int, m: int) -> tuple[list[tuple[int, ...]], list[list[float]]]:
+        """Step s, layer m: each sequence's true top-k ids and router weights (one row in a
+        batch-1 trace; one per sequence decoded together in a composed batch)."""
+        n = self.n_sequences(s)
+        if n == 1:
+            return [self.true_ids(s, m)], [self.row_weights(s, m)]
+        k = self.top_k
+        ids, ws = [], []
+        for j in range(n):
+            row = self.experts[s, m, j * k:(j + 1) * k]
+            ids.append(tuple(int(e) for e in row if e >= 0))
+            ws.append([float(w) for w in self.weights[s, m, j * k:j * k + len(ids[-1])]]
+                      if self.weights is not None else [1.0 / max(1, len(ids[-1]))] * len(ids[-1]))
+        return ids, ws
 
     @property
     def num_experts_seen(self) -> int:
@@ -205,6 +230,68 @@ def trace_from_rows(rows: list[dict], *, source: str = "", recorded: RecordedRun
                        recorded=recorded)
 
 
+def compose_batches(trace: ReplayTrace, batch_size: int) -> ReplayTrace:
+    """The trace's requests served `batch_size` at a time: requests in order of first appearance,
+    `batch_size` consecutive ones a batch, and step t of a batch is step t of every member that
+    has one (a member whose request has ended drops out: per-request stopping). Each layer of a
+    composed step executes the union of its members' experts (first-use order, member by member);
+    a prefill runs `members x longest prompt` tokens, as a left-padded batched forward does; the
+    members' top-k rows stay side by side (`rows`), so predictions are scored per batch as live.
+    `batch_size` 1 is the trace itself."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}.")
+    if batch_size == 1:
+        return trace
+    if trace.batch_size != 1:
+        raise UserError("this trace is already composed into batches; compose from the batch-1 trace.")
+    k, L = trace.top_k, trace.moe_layers
+    where: dict[tuple[int, int], int] = {}
+    order: dict[int, None] = {}
+    for s in range(trace.n_steps):
+        r = int(trace.request[s])
+        order.setdefault(r, None)
+        where[(r, int(trace.step[s]))] = s
+    order = list(order)
+    steps_of: dict[int, list[int]] = {}
+    for (r, t) in where:
+        steps_of.setdefault(r, []).append(t)
+    composed: list[tuple[int, int, list[int]]] = []          # (batch, step, member base steps)
+    batches: dict[int, tuple[int, ...]] = {}
+    for b, i in enumerate(range(0, len(order), batch_size)):
+        members = order[i:i + batch_size]
+        batches[b] = tuple(members)
+        for t in sorted({t for r in members for t in steps_of[r]}):
+            composed.append((b, t, [where[(r, t)] for r in members if (r, t) in where]))
+    S = len(composed)
+    experts = np.full((S, L, batch_size * k), -1, dtype=np.int32)
+    weights = None if trace.weights is None else np.zeros((S, L, batch_size * k), dtype=np.float32)
+    tokens = np.ones(S, dtype=np.int64)
+    seqs = np.ones(S, dtype=np.int64)
+    used: dict = {}
+    preds: dict = {}
+    for c, (b, t, base) in enumerate(composed):
+        seqs[c] = len(base)
+        tokens[c] = len(base) * (max(int(trace.tokens[s]) for s in base) if t == 0 else 1)
+        for m in range(L):
+            union: dict[int, None] = {}
+            for j, s in enumerate(base):
+                experts[c, m, j * k:(j + 1) * k] = trace.experts[s, m, :k]
+                if weights is not None:
+                    weights[c, m, j * k:(j + 1) * k] = trace.weights[s, m, :k]
+                for e in trace.executed(s, m):
+                    union.setdefault(int(e), None)
+                for src, ids in trace.predicted(s, m).items():
+                    preds.setdefault((c, m), {}).setdefault(src, {}).update(dict.fromkeys(ids))
+            used[(c, m)] = tuple(union)
+    preds = {key: {src: tuple(d) for src, d in v.items()} for key, v in preds.items()}
+    req = np.array([b for b, _, _ in composed], dtype=np.int64)
+    step = np.array([t for _, t, _ in composed], dtype=np.int64)
+    return ReplayTrace(req, step, tokens, experts, weights, used, preds,
+                       sha256=hashlib.sha256(f"{trace.sha256}:batch={batch_size}".encode()).hexdigest(),
+                       source=trace.source, recorded=trace.recorded, sequences=seqs, row_k=k,
+                       batches=batches, batch_size=batch_size)
+
+
 def routing_sha256(request: np.ndarray, step: np.ndarray, experts: np.ndarray) -> str:
     """A hash of the routing alone (what a replay's numbers depend on), independent of format."""
     h = hashlib.sha256()
@@ -240,7 +327,7 @@ def recorded_run(folder: Path) -> RecordedRun | None:
         warmup_steps=wl.get("warmup_steps"), strategy=res.get("strategy"),
         workload=res.get("workload"), seed=int(res.get("seed") or 0),
         snapshot=(res.get("model") or {}).get("snapshot"), dtype=(res.get("model") or {}).get("dtype"),
-        prompts=prompts, prompt_tokens=lengths)
+        prompts=prompts, prompt_tokens=lengths, prefill_copies=wl.get("prefill_copies"))
 
 
 def load_replay_trace(path: str | Path) -> ReplayTrace:

@@ -6,9 +6,11 @@ puts it on disk).
       "clock": {"kind": "simulated", "label": "simulated:a6000-pcie4", "labels": [...]},
       "model": {...}, "workload": {...}, "baseline": "sync", "alpha": 0.05,
       "plan": {...} | null,             # how to rerun it (`compare --plan-from`), null for folders
-      "sweep": "cache_budget" | null,
+      "sweep": "cache_budget" | null,   # several settings (`moebench sweep`): "cache_budget × profile"
       "points": [{"label": "", "sweep_value": null, "clock_label": "...",
                   "budget": {"spec": "0.25", "experts": 32, "fraction": 0.25}, "rows": [<row>]}],
+          # a point of `moebench sweep` over several settings: "label": "cache_budget=0.1,profile=t4-pcie3",
+          # "sweep_value": "0.1 / t4-pcie3", "axes": {"cache_budget": "0.1", "profile": "t4-pcie3"}
       "schedule": [["", "lru", 0], ...],    # (point, strategy, repetition) in the order they ran
       "skipped": [{"strategy": "oracle", "reason": "..."}],
       "accuracy_measured": false,
@@ -37,11 +39,11 @@ def _key(entry: dict) -> str:
     return f"{entry['point']}/{name}" if entry.get("point") else name
 
 
-def _points(entries: Sequence[dict]) -> list[tuple[str, Any, list[dict]]]:
-    order: dict[str, tuple[Any, list[dict]]] = {}
+def _points(entries: Sequence[dict]) -> list[tuple[str, Any, Any, list[dict]]]:
+    order: dict[str, tuple[Any, Any, list[dict]]] = {}
     for e in entries:
-        order.setdefault(e.get("point", ""), (e.get("sweep_value"), []))[1].append(e)
-    return [(label, value, group) for label, (value, group) in order.items()]
+        order.setdefault(e.get("point", ""), (e.get("sweep_value"), e.get("axes"), []))[2].append(e)
+    return [(label, value, axes, group) for label, (value, axes, group) in order.items()]
 
 
 def _clock(entries: Sequence[dict]) -> dict:
@@ -93,14 +95,17 @@ def intervals(points: Sequence[dict], accuracy: bool) -> list[str]:
     tpot_units = sorted({(row["tpot_ms"] or {}).get("unit") or "request" for row in rows})
     ratio_units = sorted({row["ratio"].get("unit") for row in rows
                           if row.get("ratio") and row["ratio"].get("unit")})
+    batched = any(u.startswith("batch") for u in tpot_units)
     out = [f"TPOT and TTFT: 95% bootstrap CI of the median over {' / '.join(tpot_units)} "
-           "(one TPOT per request: its decode time over its tokens after the first)"]
+           "(one TPOT per request: its decode time over its tokens after the first"
+           + ("; the requests of a batch share every step, so a batch is one sample)" if batched
+              else ")")]
     if ratio_units:
         out.append("ratio to the baseline: paired bootstrap CI of the ratio of medians and a "
                    f"Wilcoxon signed-rank p-value over {' / '.join(ratio_units)}, Holm-corrected "
                    "across the strategies of a point")
-    out.append("hit rate: cluster-bootstrap CI over requests (the accesses of one request are "
-               "not independent, so they are resampled together)")
+    out.append("hit rate: cluster-bootstrap CI over requests" + (" (batches, where batched)" if batched else "")
+               + " (the accesses of one request are not independent, so they are resampled together)")
     if accuracy:
         out.append("Δaccuracy: paired bootstrap CI over items and McNemar's exact test on the "
                    "items that flipped")
@@ -116,10 +121,12 @@ def build_report(entries: Sequence[dict], *, baseline: str | None, plan: dict | 
     clock = _clock(entries)
     first = entries[0]["result"]
     points = []
-    for label, value, group in _points(entries):
+    for label, value, axes, group in _points(entries):
         rows = summarize_point(group, baseline=baseline, alpha=alpha, seed=seed)
         points.append({"label": label, "sweep_value": value, "budget": _budget(group[0]["result"]),
                        "clock_label": group[0]["result"]["clock"]["label"], "rows": rows})
+        if axes is not None:            # `moebench sweep`: every varying setting of the point
+            points[-1]["axes"] = dict(axes)
     flagged = [(e, w) for e in entries if (w := in_sample_warning(e["result"]))]   # in-sample first
     all_notes = [w + (f" (at {e['point']})" if e.get("point") else "") for e, w in flagged] + list(notes)
     if not clock["measured"]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 DPI = 100
@@ -161,41 +161,66 @@ def _sweep_x(point: dict, key: str) -> float | str:
     if key == "cache_budget":
         b = point.get("budget") or {}
         return b["fraction"] if b.get("fraction") is not None else str(point["sweep_value"])
-    if key == "bandwidth":
+    if key in ("bandwidth", "batch_size"):
         return float(point["sweep_value"])
     return str(point["sweep_value"])
 
 
-def tpot_vs_sweep(doc: dict, styles: dict) -> bytes | None:
+SWEEP_LABELS = {"cache_budget": "cache budget (fraction of all experts resident)",
+                "bandwidth": "host→device bandwidth, GB/s", "profile": "hardware profile",
+                "batch_size": "batch size (requests decoded together)"}
+
+
+def _against_sweep(doc: dict, styles: dict, value: Callable[[dict], Any], ylabel: str, title: str,
+                   with_ci: bool) -> bytes | None:
+    """One curve per strategy of `value(row)` against the swept setting (None: no point)."""
     key = doc.get("sweep")
     if not key or len(doc["points"]) < 2:
         return None
     xs = [_sweep_x(p, key) for p in doc["points"]]
     categorical = any(isinstance(x, str) for x in xs)
     pos = list(range(len(xs))) if categorical else xs
-    curves: dict[str, list[tuple[float, dict]]] = defaultdict(list)
+    curves: dict[str, list[tuple[float, Any]]] = defaultdict(list)
     for x, p in zip(pos, doc["points"]):
         for r in p["rows"]:
-            if r["tpot_ms"].get("median") is not None:
-                curves[r["strategy"]].append((x, r["tpot_ms"]))
+            v = value(r)
+            if v is not None:
+                curves[r["strategy"]].append((x, v))
+    if not curves:
+        return None
     fig, ax = _figure(8.0, 4.0)
     for name, pts in curves.items():
-        ys = [t["median"] for _, t in pts]
-        lo = [t["median"] - t["ci95"][0] if t.get("ci95") else 0.0 for _, t in pts]
-        hi = [t["ci95"][1] - t["median"] if t.get("ci95") else 0.0 for _, t in pts]
-        ax.errorbar([x for x, _ in pts], ys, yerr=[lo, hi], ms=5, capsize=3, label=name,
-                    **styles[name])
-    label = {"cache_budget": "cache budget (fraction of all experts resident)",
-             "bandwidth": "host→device bandwidth, GB/s", "profile": "hardware profile"}[key]
-    ax.set_xlabel(label)
+        if with_ci:          # value: a summary {median, ci95}
+            ys = [t["median"] for _, t in pts]
+            lo = [t["median"] - t["ci95"][0] if t.get("ci95") else 0.0 for _, t in pts]
+            hi = [t["ci95"][1] - t["median"] if t.get("ci95") else 0.0 for _, t in pts]
+            ax.errorbar([x for x, _ in pts], ys, yerr=[lo, hi], ms=5, capsize=3, label=name,
+                        **styles[name])
+        else:
+            ax.plot([x for x, _ in pts], [y for _, y in pts], ms=5, label=name, **styles[name])
+    ax.set_xlabel(SWEEP_LABELS.get(key, key.replace("_", " ")))
+    if key == "batch_size":
+        ax.set_xscale("log", base=2)
     if categorical:
         ax.set_xticks(pos, [str(x) for x in xs])
     clock = doc["clock"]["label"] or "simulated, profile per point"
-    ax.set_ylabel(f"TPOT, ms (median, 95% CI)\n({clock})")
-    ax.set_title(f"TPOT against {key.replace('_', ' ')}")
+    ax.set_ylabel(f"{ylabel}\n({clock})")
+    ax.set_title(f"{title} against {key.replace('_', ' ')}")
     ax.grid(alpha=0.3)
     _legend(ax)
     return _png(fig)
+
+
+def tpot_vs_sweep(doc: dict, styles: dict) -> bytes | None:
+    return _against_sweep(doc, styles, lambda r: r["tpot_ms"] if r["tpot_ms"].get("median") is not None
+                          else None, "TPOT, ms (median, 95% CI)", "TPOT", with_ci=True)
+
+
+def throughput_vs_sweep(doc: dict, styles: dict) -> bytes | None:
+    """Output tokens per second (every request's tokens over the end-to-end time) against the
+    swept setting: what batching buys, where TPOT shows what it costs each request."""
+    return _against_sweep(doc, styles, lambda r: r.get("throughput_tokens_per_s"), "output tokens / s",
+                          "Throughput", with_ci=False)
 
 
 def all_plots(doc: dict, entries: Sequence[dict]) -> list[tuple[str, str, bytes]]:
@@ -209,6 +234,8 @@ def all_plots(doc: dict, entries: Sequence[dict]) -> list[tuple[str, str, bytes]
     styles = styles_for([r["strategy"] for p in doc["points"] for r in p["rows"]])
     made = [
         ("tpot_vs_sweep", "TPOT against the swept setting, one curve per strategy", tpot_vs_sweep(doc, styles)),
+        ("throughput_vs_sweep", "Throughput (output tokens/s) against the swept setting",
+         throughput_vs_sweep(doc, styles)),
         ("step_latency", f"Decode-step latency per strategy{at}", step_latency(group, clock)),
         ("latency_by_position", f"Median step latency against decode position{at}",
          latency_by_position(group, clock, styles)),

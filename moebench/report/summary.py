@@ -81,6 +81,7 @@ def strategy_row(entry: dict) -> dict:
         "stall_share": stall / mean if stall is not None and mean else None,
         "transfer_share": _num(m.get("transfer_share")),
         "floor_ms_per_token": _num(m.get("floor_ms_per_token")),
+        "throughput_tokens_per_s": _num(m.get("throughput_tokens_per_s")),
         "efficiency_vs_oracle": None,
         "ratio": None,
         "accuracy": acc if isinstance(acc, dict) else None,

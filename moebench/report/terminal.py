@@ -24,17 +24,25 @@ class _Bar:
             self.progress.advance(self.task, n)
 
 
-@contextmanager
-def progress_bar(disable: bool = False) -> Iterator[_Bar]:
+def progress(unit: str, *, disable: bool = False) -> Any:
+    """The one progress display of long work, on stderr ("<what> ━━━ 3/13 runs 0:00:41"),
+    transient: a rich `Progress` context, or a null context (None) when disabled."""
+    from contextlib import nullcontext
+
     if disable:
-        yield _Bar(None)
-        return
+        return nullcontext(None)
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("tokens"), TimeElapsedColumn(), console=Console(stderr=True),
-                  transient=True) as p:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn(unit), TimeElapsedColumn(), console=Console(stderr=True),
+                    transient=True)
+
+
+@contextmanager
+def progress_bar(disable: bool = False) -> Iterator[_Bar]:
+    """Decoded tokens of one run (`_Bar.start` / `advance`)."""
+    with progress("tokens", disable=disable) as p:
         yield _Bar(p)
 
 
@@ -106,14 +114,25 @@ def render_result(console: Any, result: dict, d: Path | None) -> None:
     if m.get("late_rate") is not None:
         t.add_row("late / miss rate", f"{m['late_rate']:.3f} / {m['miss_rate']:.3f}")
     t.add_row("H2D bytes / token", fmt_bytes(m["h2d_bytes_per_token"]))
-    t.add_row("stall ms / token", f"{m['stall_ms_per_token']:.4g}")
+    if m.get("batch_size"):            # batched decoding: per step, per output token, throughput
+        t.add_row("batch size", f"{m['batch_size']} (batches of {', '.join(map(str, m['batch_sizes']))})")
+        t.add_row("H2D bytes / step", fmt_bytes(m["h2d_bytes_per_step"]))
+        if m.get("union_per_layer") is not None:
+            t.add_row("experts / layer / step (union)", f"{m['union_per_layer']:.2f}")
+    if m.get("throughput_tokens_per_s") is not None:
+        t.add_row("throughput, output tokens/s", f"{m['throughput_tokens_per_s']:.4g}")
+    t.add_row("stall ms / token" if not m.get("batch_size") else "stall ms / step",
+              f"{m['stall_ms_per_token']:.4g}")
     t.add_row("transfer share", f"{m['transfer_share']:.3f}")
     b = result["budget"]
     held = b.get("held", b["spec"])
     forced = f" (asked for {b['spec']}; {result['strategy']['name']} always holds {held})" \
         if b.get("forced_by_strategy") else ""
     t.add_row("budget held", f"{held} = {b['experts']} experts ({fmt_bytes(b['bytes'])}){forced}")
-    t.add_row("decode tokens", str(m["decode_tokens"]))
+    if m.get("batch_size"):
+        t.add_row("decode steps / output tokens", f"{m['decode_tokens']} / {m['output_tokens']}")
+    else:
+        t.add_row("decode tokens", str(m["decode_tokens"]))
     pred = m.get("prediction")
     if pred:
         for src, d_ in pred.get("predictors", {}).items():

@@ -34,6 +34,7 @@ class RunContext:
     seed: int = 0
     repetition: int = 0
     load_notes: tuple[str, ...] = ()
+    batch_size: int = 1                 # prompts decoded together
 
 
 @dataclass
@@ -94,7 +95,8 @@ def result_document(ctx: RunContext, pieces: list[Piece], *, source: str = "run"
         "in_sample": any(bool(a.get("in_sample")) for a in first.strategy.get("artifacts", ())),
         "workload": {"name": ctx.workload, "sha256": ctx.workload_sha,
                      "n_prompts": ctx.n_prompts, "max_new_tokens": ctx.max_new_tokens,
-                     "task": ctx.task, "repetitions": ctx.repetitions},
+                     "task": ctx.task, "repetitions": ctx.repetitions,
+                     **({"batch_size": ctx.batch_size} if ctx.batch_size != 1 else {})},
         "clock": {"kind": "cuda-events" if cuda else "simulated",
                   "profile": None if cuda else ctx.profile.name,
                   "device": device, "label": clock_label,

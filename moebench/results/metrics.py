@@ -52,6 +52,7 @@ def compute_metrics(samples: list[dict], *, moe_layers: int, link_gbps: float | 
     reqs = request_samples(samples)
     steps = step_samples(samples)
     n_dec = len(steps)
+    n_tok = sum(s.get("batch_size") or 1 for s in steps)        # output tokens of the decode steps
     hits = sum(s["hits"] for s in steps)
     acts = sum(s["activations"] for s in steps)
     late = sum(s.get("late", 0) for s in steps)
@@ -63,7 +64,10 @@ def compute_metrics(samples: list[dict], *, moe_layers: int, link_gbps: float | 
     h2d = sum(s["h2d_bytes"] for s in steps)
     stall = sum(s["stall_ms"] for s in steps)
     late_stall = sum(s.get("late_stall_ms", 0.0) for s in steps)
-    per_token_bytes = h2d / n_dec if n_dec else 0.0
+    per_step_bytes = h2d / n_dec if n_dec else 0.0
+    per_token_bytes = h2d / n_tok if n_tok else 0.0
+    out_tokens = sum(r["n_out"] * (r.get("batch_size") or 1) for r in reqs)
+    e2e_s = sum(r["e2e_ms"] for r in reqs) / 1e3
 
     # the hit rate's clusters: one (hits, accesses) per request
     clusters: dict[tuple, list[int]] = {}
@@ -101,18 +105,25 @@ def compute_metrics(samples: list[dict], *, moe_layers: int, link_gbps: float | 
             if n_dec else 0.0,
             "host_share": host_ms / total_ms if total_ms else 0.0} if host or host_ms else {}),
         "h2d_bytes_per_token": per_token_bytes,
-        "demand_bytes_per_token": sum(s.get("demand_bytes", 0) for s in steps) / n_dec if n_dec else 0.0,
-        "prefetch_bytes_per_token": sum(s.get("prefetch_bytes", 0) for s in steps) / n_dec if n_dec else 0.0,
+        "demand_bytes_per_token": sum(s.get("demand_bytes", 0) for s in steps) / n_tok if n_tok else 0.0,
+        "prefetch_bytes_per_token": sum(s.get("prefetch_bytes", 0) for s in steps) / n_tok if n_tok else 0.0,
         "stall_ms_per_token": stall / n_dec if n_dec else 0.0,
         "late_stall_ms_per_token": late_stall / n_dec if n_dec else 0.0,
         "miss_stall_ms_per_token": (stall - late_stall - sum(s.get("host_stall_ms", 0.0) for s in steps))
         / n_dec if n_dec else 0.0,
         "compute_ms_per_token": sum(s.get("compute_ms", 0.0) for s in steps) / n_dec if n_dec else 0.0,
         "transfer_share": busy_ms / total_ms if total_ms else 0.0,
-        "floor_ms_per_token": (per_token_bytes / (link_gbps * 1e9) * 1e3) if link_gbps else None,
+        # the copy-bound floor of a decode step (of TPOT): the step's bytes over the link
+        "floor_ms_per_token": (per_step_bytes / (link_gbps * 1e9) * 1e3) if link_gbps else None,
         "decode_tokens": n_dec,
         "requests": len(reqs),
+        "throughput_tokens_per_s": out_tokens / e2e_s if e2e_s > 0 else None,
     }
+    if n_tok != n_dec:      # batched decoding: B requests per step
+        sizes = sorted({r.get("batch_size") or 1 for r in reqs})
+        m.update({"batch_size": sizes[-1], "batch_sizes": sizes, "output_tokens": n_tok,
+                  "h2d_bytes_per_step": per_step_bytes,
+                  "union_per_layer": acts / (n_dec * moe_layers) if n_dec and moe_layers else None})
     if prediction:
         m["prediction"] = prediction
     if extra:

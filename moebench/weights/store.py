@@ -12,6 +12,7 @@ for the whole budget. Compute reads experts only from here, never from the store
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -103,17 +104,27 @@ class DevicePools:
         self.store = store
         self.device = device
         self.non_blocking = device.type == "cuda"
+        _MODULE_ATTRS.clear()
         self.pools: dict[str, torch.Tensor] = {
             name: torch.zeros((n_slots, *shape), dtype=dt, device=device)   # [S, ...]
             for name, (shape, dt) in store.tensor_specs.items()
         }
         self.loads = 0
+        self._dst: dict[int, tuple] = {}     # slot -> its row of every pool (views, kept)
+        self._src: dict[tuple, tuple] = {}   # (layer, expert) -> its rows in the store
 
     def load(self, key: tuple[int, int], slot: int) -> None:
-        layer, expert = key
-        src = self.store.layers[layer]
-        for name, pool in self.pools.items():
-            pool[slot].copy_(src[name][expert], non_blocking=self.non_blocking)
+        dst = self._dst.get(slot)
+        if dst is None:
+            dst = self._dst[slot] = tuple(pool[slot] for pool in self.pools.values())
+        src = self._src.get(key)
+        if src is None:
+            layer, expert = key
+            rows = self.store.layers[layer]
+            src = self._src[key] = tuple(rows[name][expert] for name in self.pools)
+        nb = self.non_blocking
+        for d, s_ in zip(dst, src):
+            d.copy_(s_, non_blocking=nb)
         self.loads += 1
 
     def load_low(self, key: tuple[int, int], slot: int, bits: int) -> None:
@@ -195,12 +206,28 @@ class SlotExperts:
     not depend on which other experts share the tensor)."""
 
     def __init__(self, module: Any, pools: dict[str, torch.Tensor]):
-        object.__setattr__(self, "_module", module)
-        object.__setattr__(self, "_pools", pools)
-        object.__setattr__(self, "num_experts", next(iter(pools.values())).shape[0])
+        d = self.__dict__
+        seen = _MODULE_ATTRS.get(module)
+        if seen:
+            d.update(seen)       # the module's flags read before: plain lookups, no __getattr__
+        d.update(pools)
+        d["_module"] = module
+        d["_pools"] = pools
+        d["num_experts"] = next(iter(pools.values())).shape[0]
 
     def __getattr__(self, name: str) -> Any:
-        pools = object.__getattribute__(self, "_pools")
+        d = self.__dict__
+        pools = d["_pools"]
         if name in pools:
             return pools[name]
-        return getattr(object.__getattribute__(self, "_module"), name)
+        module = d["_module"]
+        value = getattr(module, name)
+        if not isinstance(value, torch.Tensor):   # flags, act_fn, _apply_gate: fixed per module
+            _MODULE_ATTRS.setdefault(module, {})[name] = value
+            d[name] = value
+        return value
+
+
+# An experts module's non-tensor attributes that kernels read through `SlotExperts` (cleared
+# whenever an engine makes its pools, so a run never sees another run's values).
+_MODULE_ATTRS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -19,6 +19,8 @@ A workload is YAML (built-ins in `workloads/*.yaml`, or any path):
     scoring: gsm8k          # none | gsm8k | exact
     repetitions: 1          # passes over the items in one run (the cache stays warm)
     warmup_steps: 2         # untimed decode steps before measuring
+    batch_size: 1           # prompts decoded together (left-padded), in workload order
+    prefill_copies: per-expert   # per-expert | whole-layer | auto: how a prefill's copies cross
     seed: 0
     calibration: calibration   # what predictors are fitted on (default: the shipped set, disjoint
                                # from every shipped evaluation workload)
@@ -68,6 +70,10 @@ class Workload:
     scoring: Literal["none", "gsm8k", "exact"] = "none"
     repetitions: int = 1
     warmup_steps: int = 2
+    batch_size: int = 1      # B prompts decode together: one forward per step for all B
+    # how a prefill's demand copies cross the link: one per expert the prompt uses, one
+    # whole-layer transfer, or auto (whichever takes less link time; moebench.offload.protocol)
+    prefill_copies: Literal["per-expert", "whole-layer", "auto"] = "per-expert"
     chat: bool = False
     seed: int = 0
     calibration: str = "calibration"   # workload the predictors are calibrated on (disjoint text)
@@ -86,6 +92,11 @@ class Workload:
             raise UserError(f"{where}.limit must be positive.")
         if self.repetitions < 1:
             raise UserError(f"{where}.repetitions must be at least 1.")
+        if self.batch_size < 1:
+            raise UserError(f"{where}.batch_size must be at least 1.")
+        if self.batch_size > 1 and self.task != "generate":
+            raise UserError(f"{where}.batch_size {self.batch_size}: batched decoding applies to "
+                            f"task generate only (task {self.task} scores one prompt at a time).")
         if self.n_shot < 0 or self.warmup_steps < 0:
             raise UserError(f"{where}: n_shot and warmup_steps must not be negative.")
         if not (self.prompts or self.dataset_path or self.generator):
@@ -388,7 +399,11 @@ def build_requests(wl: Workload, tokenizer: Any, vocab_size: int,
 def workload_sha256(wl: Workload, requests: list[Request]) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"task": wl.task, "max_new_tokens": wl.max_new_tokens,
-                         "repetitions": wl.repetitions, "warmup_steps": wl.warmup_steps},
+                         "repetitions": wl.repetitions, "warmup_steps": wl.warmup_steps,
+                         # batch 1 hashes as before batching existed
+                         **({"batch_size": wl.batch_size} if wl.batch_size != 1 else {}),
+                         **({"prefill_copies": wl.prefill_copies}
+                            if wl.prefill_copies != "per-expert" else {})},
                         sort_keys=True).encode())
     for r in requests:
         h.update(r.id.encode())

@@ -76,7 +76,7 @@ def test_page_is_self_contained_with_every_plot_embedded(page: Path):
     html = page.read_text()
     assert "<script" not in html and "http://" not in html and "https://" not in html
     imgs = _images(html)
-    assert len(imgs) == 5                         # the four per-strategy plots + TPOT vs budget
+    assert len(imgs) == 6         # the four per-strategy plots + TPOT and throughput vs budget
     for png in imgs:
         im = Image.open(io.BytesIO(png))
         assert im.format == "PNG" and im.size[0] >= 600
@@ -115,7 +115,7 @@ def test_report_renders_in_headless_chromium_with_its_plots_visible(page: Path, 
     m = re.search(r"<pre id=\"probe\">([^<]*)</pre>", dom.stdout)
     assert m, f"no probe in the DOM: {dom.stderr[-500:]}"
     rows = [[float(x) for x in r.split(",")] for r in m.group(1).split(";")]
-    assert len(rows) == 5
+    assert len(rows) == 6
     for complete, nat_w, nat_h, *_ in rows:
         assert complete == 1 and nat_w >= 600 and nat_h >= 300      # decoded, not broken
 
