@@ -3,25 +3,35 @@
 No clock, no prefetch: only "was each activation resident when its layer ran". Each function
 gives exactly the hits of the general replay (`moebench.replay.engine`, the live engine's
 `ExpertCache` + `SlotScheduler` + policy objects) on the same schedule: tests/replay/test_replay.py
-checks it access for access. They are plain Python/numpy (no compiler), fast because they drop
-everything a hit rate does not need:
+checks it access for access. Each policy has two implementations giving the same hits
+(tests/replay/test_fast_speed_paths.py checks them against each other and the general replay on
+random traces): compiled kernels (`moebench.replay.kernels`, numba, used when numba is
+installed; `compiled=False` or `MOEBENCH_NO_NUMBA=1` turns them off) and plain Python/numpy (no
+compiler), used without numba (`benchmarks/replay_speed.py` times either). Both beat the general
+replay by far because they drop everything a hit rate does not need:
 
 - **Groups.** A group is one MoE layer of one step: its experts are locked while it runs, so
   its misses evict only *other* experts, and the hits of a group depend only on the cache state
-  before it. Keys are ints `layer * E + expert`.
-- **Per-layer LRU** (`LRUPolicy(scope="layer")`). Invariant: every layer's residents are its
-  `c_l` most recently used experts (every eviction takes some layer's least recent one). So once
-  the cache is full with every layer at its quota `q_l` (it stays so while no group needs more
-  than `q_l` experts), a key hits iff its last use is among the `q_l` most recent of its layer:
-  one `np.partition` over the `[L, E]` last-use matrix per step, for all layers at once. Until
-  then (cold start, prefills) an exact dict simulation of the policy runs, quotas and the
-  "evict from the layer over quota whose LRU expert is oldest" rule included.
-- **Global LRU.** One ordered dict; per group, hits move to the end, misses evict the front.
-- **Belady** (global MIN, ties to the larger key). The next use of every access comes from one
-  stable sort of the keys; a lazy max-heap of `next_use * K + key` picks victims (an entry is
-  valid while its key is resident with that next use; the heap is rebuilt when stale entries
-  pile up). A resident key's priority is the next use after its last access, which is its next
-  use at eviction time, because nothing accessed it in between.
+  before it. Keys are ints `layer * E + expert`; a `GroupSeq` holds the experts (`ids`, a view
+  of the trace's array where the schedule is a run of plain decode steps) and the group layers,
+  and builds the keys only for the plain paths.
+- **Per-layer LRU** (`LRUPolicy(scope="layer")`). The policy itself: a recency list per layer,
+  a last-use stamp per key, per-layer quotas `q_l` and the "evict from the layer over quota
+  whose LRU expert is oldest" rule. The kernel runs it to the end (O(1) per access, O(L) for an
+  eviction that must look across layers: cold start, prefills, quotas below k). The plain path runs it as dicts until the cache is steady, then uses the
+  invariant that every layer's residents are its `c_l` most recently used experts (every
+  eviction takes some layer's least recent one): once the cache is full with every layer at its
+  quota (it stays so while no group needs more than `q_l` experts), a key hits iff fewer than
+  `q_l` distinct experts of its layer were used since its last use (`_stack_hits`: bitset
+  unions in a sparse table, a vectorised binary search, for all steps of a layer at once).
+- **Global LRU.** One recency list (the kernel: a linked list over the keys; the plain path: an
+  ordered dict); per group, hits move to the end, misses evict the front.
+- **Belady** (global MIN, ties to the larger key). The next use of every access (the kernel: one
+  backward pass; the plain path: one stable sort of the keys); a lazy max-heap of
+  `next_use * K + key` picks victims (an entry is valid while its key is resident with that next
+  use; the heap is rebuilt when stale entries pile up). A resident key's priority is the next use
+  after its last access, which is its next use at eviction time, because nothing accessed it in
+  between. An access whose key is used again within H groups gets no entry (see `belady_hits`).
 
     seq = group_sequence(trace, schedule, num_experts)
     hits = lru_layer_hits(seq, n_slots)          # [G] hits per group
@@ -31,6 +41,7 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -39,10 +50,11 @@ from moebench.errors import UserError
 
 @dataclass(frozen=True)
 class GroupSeq:
-    """Groups in execution order, CSR: group g's keys are `keys[offsets[g]:offsets[g + 1]]`."""
+    """Groups in execution order, CSR: group g's experts are `ids[offsets[g]:offsets[g + 1]]`
+    (of layer `layer[g]`; its keys `keys[offsets[g]:offsets[g + 1]]`)."""
 
-    keys: np.ndarray        # [N] int64, layer * E + expert
-    offsets: np.ndarray     # [G + 1]
+    ids: np.ndarray         # [N] int32 expert id of each access (may be a view of the trace)
+    offsets: np.ndarray     # [G + 1] int64
     layer: np.ndarray       # [G] MoE layer of each group
     counted: np.ndarray     # [G] bool: a measured decode group (its hits count)
     dense: np.ndarray | None  # [T, L, k] expert ids of regular steps (-1 padding), or None
@@ -63,7 +75,7 @@ class GroupSeq:
         for a, b in zip(cuts[:-1], cuts[1:]):
             ga, gb = a * L, b * L
             k0 = int(self.offsets[ga])
-            out.append(GroupSeq(self.keys[k0:int(self.offsets[gb])], self.offsets[ga:gb + 1] - k0,
+            out.append(GroupSeq(self.ids[k0:int(self.offsets[gb])], self.offsets[ga:gb + 1] - k0,
                                 self.layer[ga:gb], self.counted[ga:gb],
                                 None if self.dense is None else self.dense[a:b], self.regular[a:b],
                                 self.num_experts, L, self.request[a:b]))
@@ -73,8 +85,24 @@ class GroupSeq:
     def n_groups(self) -> int:
         return int(self.layer.shape[0])
 
+    @cached_property
+    def keys(self) -> np.ndarray:
+        """[N] int64 `layer * E + expert` of each access."""
+        base = np.repeat(self.layer.astype(np.int64) * self.num_experts, np.diff(self.offsets))
+        return self.ids.astype(np.int64) + base
+
+    @cached_property
+    def full(self) -> bool:
+        """Every step a regular one of `dense`, with no padding (each group: one step's k)."""
+        return (self.dense is not None and bool(self.regular.all())
+                and (self.dense.size == 0 or int(self.dense.min()) >= 0))
+
     def max_group(self) -> int:
-        return int(np.diff(self.offsets).max()) if self.n_groups else 0
+        if not self.n_groups:
+            return 0
+        if self.full:
+            return int(self.dense.shape[2])
+        return int(np.diff(self.offsets).max())
 
 
 def group_sequence(trace, schedule, num_experts: int) -> GroupSeq:
@@ -82,29 +110,38 @@ def group_sequence(trace, schedule, num_experts: int) -> GroupSeq:
     L, E = trace.moe_layers, num_experts
     steps = np.array([s for s, _, _ in schedule.steps], dtype=np.int64)
     counted_step = np.array([c for _, _, c in schedule.steps], dtype=bool)
-    X = trace.experts[steps]                                        # [T, L, k]
+    T = len(steps)
+    if T and int(steps[-1]) - int(steps[0]) == T - 1 and bool((np.diff(steps) == 1).all()):
+        X = trace.experts[int(steps[0]):int(steps[0]) + T]           # [T, L, k], a view
+    else:
+        X = trace.experts[steps]
     irregular = {s for (s, _) in trace.prefill_used}
     regular = np.array([int(s) not in irregular for s in steps], dtype=bool)
-    base = (np.arange(L, dtype=np.int64) * E)[None, :, None]       # [1, L, 1]
-    if regular.all():
-        valid = X >= 0
-        keys = (X.astype(np.int64) + base)[valid]
-        lengths = valid.sum(-1).reshape(-1)
+    k = X.shape[2]
+    if regular.all() and (X.size == 0 or int(X.min()) >= 0):        # one step's k per group
+        ids = X.reshape(-1).astype(np.int32, copy=False)
+        offsets = np.arange(T * L + 1, dtype=np.int64)
+        offsets *= k
     else:
-        parts, lengths = [], []
-        for s in steps.tolist():
-            for m in range(L):
-                ids = trace.executed(s, m)
-                parts.append(np.asarray(ids, dtype=np.int64) + m * E)
-                lengths.append(len(ids))
-        keys = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-        lengths = np.asarray(lengths)
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    layer = np.tile(np.arange(L), len(steps))
+        if regular.all():
+            valid = X >= 0
+            ids = X[valid].astype(np.int32, copy=False)
+            lengths = valid.sum(-1).reshape(-1)
+        else:
+            parts, lengths = [], []
+            for s in steps.tolist():
+                for m in range(L):
+                    used = trace.executed(s, m)
+                    parts.append(np.asarray(used, dtype=np.int32))
+                    lengths.append(len(used))
+            ids = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+            lengths = np.asarray(lengths, dtype=np.int64)
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+    layer = np.tile(np.arange(L, dtype=np.int64), T)
     counted = np.repeat(counted_step, L)
     request = np.array([r for _, r, _ in schedule.steps], dtype=np.int64)
-    return GroupSeq(keys, offsets, layer, counted, X, regular, E, L, request)
+    return GroupSeq(ids, offsets, layer, counted, X, regular, E, L, request)
 
 
 def _check(seq: GroupSeq, n_slots: int) -> None:
@@ -113,11 +150,33 @@ def _check(seq: GroupSeq, n_slots: int) -> None:
                         f"{seq.max_group()} at once; raise the budget.")
 
 
+def _kernels(compiled: bool | None):
+    """`moebench.replay.kernels` when the compiled kernels are to run, else None. `compiled`:
+    None = when numba is installed, True = required (an error without numba), False = never."""
+    if compiled is False:
+        return None
+    from moebench.replay import kernels
+    if kernels.available():
+        return kernels
+    if compiled:
+        raise RuntimeError("the compiled replay kernels need numba (pip install numba)")
+    return None
+
+
+def compiled_available() -> bool:
+    """Whether the compiled kernels (numba) are there: `compiled=None` then uses them."""
+    return _kernels(None) is not None
+
+
 # ----------------------------------------------------------------------------------------------
 # global LRU
 # ----------------------------------------------------------------------------------------------
-def lru_global_hits(seq: GroupSeq, n_slots: int) -> np.ndarray:
+def lru_global_hits(seq: GroupSeq, n_slots: int, compiled: bool | None = None) -> np.ndarray:
     _check(seq, n_slots)
+    kern = _kernels(compiled)
+    if kern is not None:
+        return kern.lru_global(seq.ids, seq.offsets, seq.layer, seq.num_experts, seq.moe_layers,
+                               n_slots)
     kl, off = seq.keys.tolist(), seq.offsets.tolist()
     hits = [0] * seq.n_groups
     od: OrderedDict[int, None] = OrderedDict()
@@ -149,12 +208,15 @@ def _quotas(n_slots: int, L: int) -> list[int]:
     return [base + (1 if m < extra else 0) for m in range(L)]
 
 
-def lru_layer_hits(seq: GroupSeq, n_slots: int) -> np.ndarray:
+def lru_layer_hits(seq: GroupSeq, n_slots: int, compiled: bool | None = None) -> np.ndarray:
     _check(seq, n_slots)
     L = seq.moe_layers
     q = _quotas(n_slots, L)
-    vector = (seq.dense is not None and bool(seq.regular.all()) and bool((seq.dense >= 0).all())
-              and seq.dense.shape[2] <= min(q))
+    kern = _kernels(compiled)
+    if kern is not None:
+        return kern.lru_layer(seq.ids, seq.offsets, seq.layer, seq.num_experts,
+                              np.asarray(q, dtype=np.int64), n_slots)
+    vector = seq.full and seq.dense.shape[2] <= min(q)
     hits, t_steady = _lru_layer_exact(seq, n_slots, q, stop_when_steady=vector)
     if t_steady is not None:
         for m in range(L):
@@ -327,7 +389,7 @@ def _next_step(X: np.ndarray, E: int) -> np.ndarray:
 def next_use(seq: GroupSeq) -> np.ndarray:
     """[N] the group of each access's key's next access (`n_groups` when none)."""
     G, L = seq.n_groups, seq.moe_layers
-    if seq.dense is not None and seq.regular.all() and (seq.dense >= 0).all():
+    if seq.full:
         T, _, k = seq.dense.shape                     # layer by layer: small, cache-friendly sorts
         out = np.empty((T, L, k), dtype=np.int64)
         for m in range(L):
@@ -344,18 +406,23 @@ def next_use(seq: GroupSeq) -> np.ndarray:
     return nxt
 
 
-def belady_hits(seq: GroupSeq, n_slots: int) -> np.ndarray:
+def belady_hits(seq: GroupSeq, n_slots: int, compiled: bool | None = None) -> np.ndarray:
     _check(seq, n_slots)
     K = seq.num_experts * seq.moe_layers
     G = seq.n_groups
-    nxt = next_use(seq)                                             # [N] next group of each access
-    sizes = np.diff(seq.offsets)
-    grp = np.repeat(np.arange(G, dtype=np.int64), sizes)
     # A key used again within H groups is never MIN's victim before that use when the cache
     # holds more than k * H other experts (some resident is needed later than it): such an
     # access gets no heap entry.
     kmax = seq.max_group()
     H = max(0, (n_slots - kmax - 1) // max(1, kmax))
+    limit = 16 * n_slots + 1024
+    kern = _kernels(compiled)
+    if kern is not None:
+        return kern.belady(seq.ids, seq.offsets, seq.layer, seq.num_experts, seq.moe_layers,
+                           n_slots, H, limit)
+    nxt = next_use(seq)                                             # [N] next group of each access
+    sizes = np.diff(seq.offsets)
+    grp = np.repeat(np.arange(G, dtype=np.int64), sizes)
     keep = (nxt - grp) > H
     entries = (-(nxt[keep] * K + seq.keys[keep])).tolist()           # max-heap of (next use, key)
     eoff = np.zeros(G + 1, dtype=np.int64)
@@ -367,7 +434,6 @@ def belady_hits(seq: GroupSeq, n_slots: int) -> np.ndarray:
     add, discard = res.add, res.discard
     heap: list[int] = []
     push, pop = heapq.heappush, heapq.heappop
-    limit = 16 * n_slots + 1024
     for g in range(G):
         a, b = off[g], off[g + 1]
         S = kl[a:b]
@@ -400,23 +466,31 @@ FAST = {"lru": lru_layer_hits, "lru-layer": lru_layer_hits, "lru-global": lru_gl
         "belady": belady_hits}
 
 
-def group_hits(seq: GroupSeq, policy: str, n_slots: int, reset_per_request: bool = False) -> np.ndarray:
-    """[G] hits per group; `reset_per_request`: each request's groups from a cold cache."""
+def group_hits(seq: GroupSeq, policy: str, n_slots: int, reset_per_request: bool = False,
+               compiled: bool | None = None) -> np.ndarray:
+    """[G] hits per group; `reset_per_request`: each request's groups from a cold cache;
+    `compiled`: the numba kernels (None: when installed, True: required, False: plain paths)."""
     if not reset_per_request:
-        return FAST[policy](seq, n_slots)
+        return FAST[policy](seq, n_slots, compiled)
     _check(seq, n_slots)
-    parts = [FAST[policy](part, n_slots) for part in seq.segments()]
+    parts = [FAST[policy](part, n_slots, compiled) for part in seq.segments()]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
-def fast_hit_rates(seq: GroupSeq, policy: str, n_slots: int, reset_per_request: bool = False) -> dict:
+def fast_hit_rates(seq: GroupSeq, policy: str, n_slots: int, reset_per_request: bool = False,
+                   compiled: bool | None = None) -> dict:
     """`{"hits", "activations", "hit_rate", "layer_hits", "layer_acts"}` over counted groups."""
-    hits = group_hits(seq, policy, n_slots, reset_per_request)
-    acts = np.diff(seq.offsets)
+    hits = group_hits(seq, policy, n_slots, reset_per_request, compiled)
     c = seq.counted
     L = seq.moe_layers
-    layer_hits = np.bincount(seq.layer[c], weights=hits[c], minlength=L).astype(np.int64)
-    layer_acts = np.bincount(seq.layer[c], weights=acts[c], minlength=L).astype(np.int64)
+    if seq.full:                       # groups step by step, layer m at g % L, counted per step
+        cs = c.reshape(-1, L)[:, 0:1]
+        layer_hits = np.sum(hits.reshape(-1, L), axis=0, where=cs).astype(np.int64)
+        layer_acts = np.full(L, int(cs.sum()) * seq.dense.shape[2], dtype=np.int64)
+    else:
+        acts = np.diff(seq.offsets)
+        layer_hits = np.bincount(seq.layer[c], weights=hits[c], minlength=L).astype(np.int64)
+        layer_acts = np.bincount(seq.layer[c], weights=acts[c], minlength=L).astype(np.int64)
     H, A = int(layer_hits.sum()), int(layer_acts.sum())
     return {"hits": H, "activations": A, "hit_rate": H / A if A else None,
             "layer_hits": layer_hits.tolist(), "layer_acts": layer_acts.tolist()}
