@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from moebench.cli import calibrate, compare, export, gpu, replay, trace
+from moebench.cli import calibrate, compare, export, gpu, replay, sweep, trace
 from moebench.cli.common import console, handle_errors, split_overrides
 
 app = typer.Typer(no_args_is_help=False, add_completion=False, pretty_exceptions_enable=False,
@@ -196,6 +196,7 @@ def main() -> None:
 # The other command groups, registered in one fixed order (no discovery, no import-order effects).
 calibrate.register(app)
 compare.register(app)
+sweep.register(app)
 export.register(app)
 gpu.register(app, calibrate.calibrate_app)
 trace.register(app)

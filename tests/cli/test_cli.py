@@ -100,7 +100,7 @@ def test_the_command_surface_is_pinned() -> None:
     """Adding, renaming or losing a command is a deliberate change to this list (and the README)."""
     assert _commands(app) == {
         "run": [], "strategies": [], "models": [], "env": [], "compare": [], "gate": [],
-        "export": [], "validate-sim": [], "replay": [],
+        "export": [], "validate-sim": [], "replay": [], "sweep": [], "sweep-cell": [],
         "baseline": ["check", "update"],
         "calibrate": ["default-vectors", "pre-attention", "profile"],
         "trace": ["export", "import", "synth"],
