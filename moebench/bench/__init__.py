@@ -1,1 +1,1 @@
-"""Orchestration: `run` (prepare -> artifacts -> engine -> result -> accuracy -> folder), `compare` (strategies side by side, sweeps), `validate_sim` (the simulator against CUDA events)."""
+"""Orchestration: `run` (prepare -> artifacts -> engine -> result -> accuracy -> folder), `compare` (strategies side by side, one-axis sweeps), `sweep` (a plan's grid of comparisons on an executor, merged), `validate_sim` (the simulator against CUDA events)."""

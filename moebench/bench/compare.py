@@ -448,6 +448,9 @@ def plan_from_report(path: str | Path, *, plots: bool = True) -> ComparePlan:
     report = load_report(path)
     if report.plan is None:
         raise UserError(f"{path} records no comparison plan (it compared existing folders).")
+    if dict(report.plan).get("kind") == "sweep":
+        raise UserError(f"{path} is a sweep's merged report; rerun a sweep with `moebench sweep "
+                        "PLAN.yaml --resume --name NAME` (its plan is in the sweep folder's sweep.json).")
     return ComparePlan.from_dict(dict(report.plan), plots=plots)
 
 

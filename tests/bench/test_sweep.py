@@ -373,3 +373,11 @@ def test_the_slurm_executor_asks_for_what_the_plan_says(tmp_path: Path, monkeypa
                  "#SBATCH --cpus-per-task=8", "#SBATCH --account=proj", "module load cuda"):
         assert line in script, (line, script)
     assert isinstance(S.CellJob(str(tmp_path)), __import__("submitit").helpers.Checkpointable)
+
+
+def test_compare_plan_from_a_sweep_report_says_what_to_do_instead(grid):
+    from moebench.bench.compare import plan_from_report
+
+    d, _ = grid
+    with pytest.raises(UserError, match="sweep's merged report"):
+        plan_from_report(d)
