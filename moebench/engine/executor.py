@@ -304,7 +304,10 @@ class OffloadEngine:
         """On CPU, when every slot of the call is `base + expert id` (all-resident lays each
         layer out so): the pools from `base`, E wide, read with the routing's own expert ids,
         which is the unmodified model's call (same indices, same width, same row order at any
-        thread count) with no slot index to build. The views are kept (the pools never move)."""
+        thread count) with no slot index to build. The views are kept (the pools never move).
+        Not for one expert (an expert-granular call): its one-slot view is cheaper."""
+        if len(slots) < 2:
+            return None
         base = None
         for e, slot in slots.items():
             if base is None:
