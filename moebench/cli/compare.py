@@ -22,7 +22,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from moebench.cli.common import console, handle_errors
-from moebench.report.terminal import progress as progress_display
+from moebench.report.terminal import progress as progress_display, progress_callback
 
 BASELINE_DIR = Path("reports/baselines/smoke")
 
@@ -31,17 +31,7 @@ def _run_plan(plan: Any, out: Path, name: str | None, quiet: bool) -> Path:
     from moebench.bench.compare import run_compare
 
     with progress_display("runs", disable=quiet) as bar:
-        task = None
-
-        def progress(what: str, done: int, total: int) -> None:
-            nonlocal task
-            if bar is None:
-                return
-            if task is None:
-                task = bar.add_task(what, total=total)
-            bar.update(task, completed=done, description=what)
-
-        return run_compare(plan, out, name=name, progress=progress)
+        return run_compare(plan, out, name=name, progress=progress_callback(bar))
 
 
 def _show_report(d: Path, json_out: bool) -> None:

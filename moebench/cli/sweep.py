@@ -19,7 +19,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from moebench.cli.common import console, handle_errors
-from moebench.report.terminal import progress as progress_display
+from moebench.report.terminal import progress as progress_display, progress_callback
 
 
 def _show_cells(plan: Any, json_out: bool) -> None:
@@ -78,17 +78,7 @@ def sweep(
         _show_cells(plan, json_out)
         return
     with progress_display("cells", disable=json_out) as bar:
-        task = None
-
-        def progress(what: str, done: float, total: int) -> None:
-            nonlocal task
-            if bar is None:
-                return
-            if task is None:
-                task = bar.add_task(what, total=total)
-            bar.update(task, completed=done, description=what)
-
-        d = S.run_sweep(plan, out, name=name, resume=resume, progress=progress)
+        d = S.run_sweep(plan, out, name=name, resume=resume, progress=progress_callback(bar))
     from moebench.cli.compare import _show_report
 
     _show_report(d, json_out)

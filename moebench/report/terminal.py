@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 class _Bar:
@@ -37,6 +37,20 @@ def progress(unit: str, *, disable: bool = False) -> Any:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn(unit), TimeElapsedColumn(), console=Console(stderr=True),
                     transient=True)
+
+
+def progress_callback(bar: Any) -> Callable[[str, float, int], None]:
+    """`(what is running, done, total)` -> one task of `bar` (a `progress(...)`; None: nothing)."""
+    task = None
+
+    def update(what: str, done: float, total: int) -> None:
+        nonlocal task
+        if bar is None:
+            return
+        if task is None:
+            task = bar.add_task(what, total=total)
+        bar.update(task, completed=done, description=what)
+    return update
 
 
 @contextmanager
