@@ -221,8 +221,11 @@ class LayerProtocol:
         for bits in (set(low.values()) - set(self.sched.low_bytes)) if low else ():
             self.sched.low_bytes[bits] = costs.lowbit_bytes(self.shape, bits)
         whole = st.phase == "prefill" and self._whole_layer(layer, on_device)
-        fetch = on_device if not whole else \
-            list(on_device) + [e for e in range(self.shape.num_experts) if e not in set(on_device)]
+        if whole:                 # the whole layer: the prompt's experts, then every other one
+            used = set(on_device)
+            fetch = list(on_device) + [e for e in range(self.shape.num_experts) if e not in used]
+        else:
+            fetch = on_device
         out = self.sched.prepare(layer, fetch, prefetches,
                                  defer_waits=decode1 and (self.expert_waits or bool(host)), low=low,
                                  coalesce=whole)

@@ -37,16 +37,6 @@ def report(d: Path) -> dict:
     return json.loads((d / "report.json").read_text())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------------------------
 # plans and cells (nothing runs)
 # ----------------------------------------------------------------------------------------------

@@ -48,16 +48,6 @@ def normalised(doc):
     return doc
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def plan_file(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("plan") / "grid.yaml"
