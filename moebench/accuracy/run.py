@@ -36,7 +36,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from moebench.errors import UserError
-from moebench.offload.budget import resolve_budget
 
 # Legend: n scored positions of one item, V vocabulary, T prompt tokens.
 
@@ -145,16 +144,13 @@ def teacher_forced(prep: Any, strategy: dict, ref_tokens: dict) -> Forced:
     import torch
 
     from moebench.calibration.provision import artifacts_for
-    from moebench.engine.executor import OffloadEngine
-    from moebench.engine.timeline import make_timeline
+    from moebench.engine.session import make_engine
     from moebench.strategy import build_strategy
 
     strat = build_strategy(strategy["name"], strategy.get("params") or {})
-    provisioned = artifacts_for(prep, strat)
-    engine = OffloadEngine(prep.loaded, strat, n_slots=resolve_budget(prep.budget, prep.loaded.shape, strat).experts,
-                           timeline=make_timeline(prep.clock, prep.profile, prep.device),
-                           profile=prep.profile, device=prep.device, artifacts=provisioned.artifacts,
-                           record_trace=False, trace_source=provisioned.trace)
+    # the timed run's engine (budget, clock, prefill copies: residency decides what a lossy
+    # strategy computes, so its accuracy is measured on the same one)
+    engine = make_engine(prep, strat, artifacts_for(prep, strat), record=False)
     gen, text, choice_ll = {}, {}, {}
     task = prep.workload.task
     tok = prep.loaded.tokenizer

@@ -29,17 +29,19 @@ Every engine sees the calls a solo run makes, in the same order (its hooks fire 
 places, with the same tensors), so each `Piece` is the one `run_session` returns
 (tests/engine/test_lockstep.py checks every built-in lossless strategy, field by field, and a
 comparison's files with and without sharing). Not on the CUDA clock: there each strategy's
-kernels and copies are what is measured. This module mirrors `run_session`'s sequence of calls
-(prefill warm-up, warm-up decode, counters reset, requests, prediction, trace); a change there
-belongs here too (the tests above fail otherwise).
+kernels and copies are what is measured. This module only builds and attaches the group
+(`_attach_all`: each engine by `session.make_engine`, as alone) and checks it; the decode loop
+is `run_session`'s own (`session.run_engines`, which drives the group's engines through one
+forward per step), so the two cannot drift apart.
 """
 from __future__ import annotations
 
 import copy
-import logging
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from moebench.engine.session import make_engine, run_engines
 from moebench.offload.budget import resolve_budget
 from moebench.results.build import Piece
 
@@ -164,55 +166,31 @@ def _unused_host_kernel(engine: Any) -> Callable[..., Any]:
     return host_kernel
 
 
-class _Fanout:
-    """What `_decode` calls on an engine, on every engine of the group; `end_step` returns one
-    StepStats per engine."""
-
-    def __init__(self, engines: list):
-        self.engines = engines
-
-    def begin_request(self, request: int) -> None:
-        for e in self.engines:
-            e.begin_request(request)
-
-    def begin_step(self, *args: Any, **kwargs: Any) -> None:
-        for e in self.engines:
-            e.begin_step(*args, **kwargs)
-
-    def end_step(self) -> list:
-        return [e.end_step() for e in self.engines]
-
-
-def _attach_all(prep: Any, strategies: Sequence[Any], provisioned: Sequence[Any],
-                record: bool) -> tuple[list, list]:
-    """One engine per strategy, all attached to the one model: `(engines in group order, engines
-    in attach order)`. The first attached (the group's leader: the one with the fewest slots,
-    whose kernel reads the narrowest slot range) builds the host expert store from the model and
-    leaves placeholders there; the others share that store. Each one is attached with the
-    model's own experts implementation in place, so each finds the model's kernel as its
-    reference (`reference_impl`); detaching in reverse attach order restores the model."""
-    from moebench.engine.executor import OffloadEngine
-    from moebench.engine.timeline import make_timeline
-
-    budgets = [resolve_budget(prep.budget, prep.loaded.shape, s) for s in strategies]
-    lead = min(range(len(strategies)), key=lambda i: budgets[i].experts)
-    order = [lead] + [i for i in range(len(strategies)) if i != lead]
+def _attach_all(prep: Any, group: Sequence[tuple[Any, Any]],
+                record: bool) -> tuple[list, Callable[[], None]]:
+    """One engine per `(strategy, provisioned)` of `group` (each built by `make_engine`, as
+    alone), all attached to the one model: the engines in group order and the call that detaches
+    them. The first attached (the group's leader: the one with the fewest slots, whose kernel
+    reads the narrowest slot range) builds the host expert store from the model and leaves
+    placeholders there; the others share that store. Each one is attached with the model's own
+    experts implementation in place, so each finds the model's kernel as its reference
+    (`reference_impl`); detaching in reverse attach order restores the model."""
+    budgets = [resolve_budget(prep.budget, prep.loaded.shape, s) for s, _ in group]
+    lead = min(range(len(group)), key=lambda i: budgets[i].experts)
+    order = [lead] + [i for i in range(len(group)) if i != lead]
     engines: dict[int, Any] = {}
     attached: list = []
     try:
         for i in order:
-            loaded = prep.loaded
+            loaded = None
             if attached:
                 first = attached[0]
                 if first._prev_impl:
                     prep.loaded.model.set_experts_implementation(first._prev_impl)
                 loaded = copy.copy(prep.loaded)
                 loaded.expert_store = first.store
-            engine = OffloadEngine(loaded, strategies[i], n_slots=budgets[i].experts,
-                                   timeline=make_timeline(prep.clock, prep.profile, prep.device),
-                                   profile=prep.profile, device=prep.device,
-                                   artifacts=provisioned[i].artifacts, record_trace=record,
-                                   trace_source=provisioned[i].trace)
+            strategy, provisioned = group[i]
+            engine = make_engine(prep, strategy, provisioned, record, loaded=loaded)
             engine.attach()
             attached.append(engine)
             engines[i] = engine
@@ -227,7 +205,7 @@ def _attach_all(prep: Any, strategies: Sequence[Any], provisioned: Sequence[Any]
     shared = SharedExperts(attached)
     for v in attached[0].adapter.moe:
         v.experts._moebench = (shared, v.moe_index)
-    return [engines[i] for i in range(len(strategies))], attached
+    return [engines[i] for i in range(len(group))], functools.partial(_detach_all, attached)
 
 
 def _detach_all(attached: list) -> None:
@@ -246,73 +224,8 @@ def run_shared(prep: Any, group: Sequence[tuple[Any, Any]], *, repetition: int =
     """`run_session` for every `(strategy, provisioned)` of `group` at once, on one forward per
     step (see the module's docstring); returns their pieces in order. Raises `Disagreement`
     when a follower's slot fails its check (nothing is returned then)."""
-    import torch
-
-    from moebench.engine.session import _decode, _finish_batch, _pad_id, make_batches
-
-    strategies = [s for s, _ in group]
-    provisioned = [p for _, p in group]
-    if not can_share(prep, strategies):
+    if not can_share(prep, [s for s, _ in group]):
         raise ValueError("run_shared needs two or more lossless strategies on the simulated clock")
-    record = prep.cfg.record_trace if record_trace is None else record_trace
-    pieces = []
-    for strategy, prov in group:
-        piece = Piece(strategy=strategy.describe(), budget=resolve_budget(prep.budget, prep.loaded.shape,
-                                                                          strategy))
-        piece.notes.extend(prov.notes)
-        if prov.provenance:
-            piece.strategy["artifacts"] = list(prov.provenance)
-        pieces.append(piece)
-    engines, attached = _attach_all(prep, strategies, provisioned, record)
-    fan = _Fanout(engines)
-    n = len(engines)
-    tick = None if progress is None else (lambda k: progress(k * n))
-    try:
-        wl = prep.workload
-        for strategy, piece in zip(strategies, pieces):
-            if wl.batch_size > 1:
-                piece.notes.append(f"batch_size={wl.batch_size}: {strategy.name} {strategy.batching}")
-            for note in strategy.run_notes():
-                if note not in piece.notes:
-                    logging.getLogger("moebench").warning(note)
-                    piece.notes.append(note)
-        for engine in engines:
-            engine.prefill_warm()
-        model = prep.loaded.model
-        pad = _pad_id(prep.loaded)
-        with torch.inference_mode():
-            if wl.warmup_steps and prep.requests:
-                _decode(fan, model, [r.input_ids for r in make_batches(prep.requests, wl.batch_size)[0]],
-                        wl.warmup_steps + 1, prep.device, request=-1, record=None, pad_id=pad)
-            for engine, piece in zip(engines, pieces):
-                piece.warmup_trace = list(engine.trace)
-                engine.trace.clear()
-                engine.protocol.reset_counters()
-            try:
-                batches = make_batches(prep.requests, wl.batch_size)
-                for rep in range(wl.repetitions):
-                    for bi, batch in enumerate(batches):
-                        rid = rep * len(batches) + bi
-                        steps: list[list] = []
-                        logits: list | None = [] if keep_logits else None
-                        tokens = _decode(fan, model, [r.input_ids for r in batch], wl.max_new_tokens,
-                                         prep.device, request=rid, record=steps, logits=logits,
-                                         progress=tick, pad_id=pad)
-                        for i, piece in enumerate(pieces):
-                            _finish_batch(piece, [st[i] for st in steps], batch, tokens,
-                                          repetition * wl.repetitions + rep)
-                            if keep_logits:
-                                for j, req in enumerate(batch):
-                                    piece.logits[(rep, req.id)] = [row[j] for row in logits]
-            except KeyboardInterrupt:
-                for piece in pieces:
-                    piece.complete = False
-                    piece.notes.append("interrupted: only finished requests are kept")
-        for engine, piece in zip(engines, pieces):
-            piece.prediction = engine.protocol.prediction()
-            piece.trace = list(engine.trace)
-            piece.peak_expert_bytes = engine.cache.peak_resident * engine.cache.expert_bytes
-            piece.pool_bytes = engine.pools.allocated_bytes
-    finally:
-        _detach_all(attached)
-    return pieces
+    return run_engines(prep, group, attach=lambda record: _attach_all(prep, group, record),
+                       repetition=repetition, progress=progress, keep_logits=keep_logits,
+                       record_trace=record_trace)

@@ -7,11 +7,15 @@ clock), then attach the engine, warm up, decode every request, detach.
 Every request decodes exactly `max_new_tokens` greedy tokens (EOS ignored) so every strategy runs
 the same steps. Warm-up steps are run first and never counted. An interrupted run (Ctrl-C) keeps
 the requests that finished (`piece.complete` False).
+
+`run_session` is the one-engine case of `run_engines`, the one decode loop: it drives every
+engine a caller attaches (`moebench.engine.lockstep.run_shared`: several lossless strategies on
+one shared forward) through the same calls, and every engine of a run is built by `make_engine`.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,72 +129,137 @@ def request_notes(requests: list) -> list[str]:
             f"model's context less max_new_tokens (to {keep} tokens for the first): {names}{more}"]
 
 
-def run_session(prep: Prepared, strategy: Any, provisioned: Provisioned = NOTHING, *,
-                repetition: int = 0, progress: Callable[[int], None] | None = None,
-                keep_logits: bool = False, record_trace: bool | None = None) -> Piece:
-    """Attach the engine with `strategy`, run the workload once, detach."""
-    import torch
+# `attach(record_trace)`: the engines of a run, built and attached to the model, in group order,
+# and the call that detaches them all
+Attach = Callable[[bool], tuple[list, Callable[[], None]]]
 
+
+def make_engine(prep: Prepared, strategy: Any, provisioned: Provisioned, record: bool,
+                loaded: Any = None) -> Any:
+    """The engine of one run of `strategy` on `prep` (its budget, clock, profile, device and
+    `prefill_copies`), not attached yet; `loaded` stands in for `prep.loaded` (the same model,
+    with a host expert store to share)."""
     from moebench.engine.executor import OffloadEngine
     from moebench.engine.timeline import make_timeline
 
     budget = resolve_budget(prep.budget, prep.loaded.shape, strategy)
+    return OffloadEngine(prep.loaded if loaded is None else loaded, strategy,
+                         n_slots=budget.experts,
+                         timeline=make_timeline(prep.clock, prep.profile, prep.device),
+                         profile=prep.profile, device=prep.device,
+                         artifacts=provisioned.artifacts, record_trace=record,
+                         trace_source=provisioned.trace,
+                         prefill_copies=prep.workload.prefill_copies)
+
+
+def run_session(prep: Prepared, strategy: Any, provisioned: Provisioned = NOTHING, *,
+                repetition: int = 0, progress: Callable[[int], None] | None = None,
+                keep_logits: bool = False, record_trace: bool | None = None) -> Piece:
+    """Attach the engine with `strategy`, run the workload once, detach."""
+    def attach(record: bool) -> tuple[list, Callable[[], None]]:
+        engine = make_engine(prep, strategy, provisioned, record)
+        engine.attach()
+        return [engine], engine.detach
+
+    return run_engines(prep, [(strategy, provisioned)], attach=attach, repetition=repetition,
+                       progress=progress, keep_logits=keep_logits, record_trace=record_trace)[0]
+
+
+def run_engines(prep: Prepared, group: Sequence[tuple[Any, Provisioned]], *, attach: Attach,
+                repetition: int = 0, progress: Callable[[int], None] | None = None,
+                keep_logits: bool = False, record_trace: bool | None = None) -> list[Piece]:
+    """The run of every `(strategy, provisioned)` of `group` on the engines `attach` gives (one
+    per strategy, in group order), all driven by the same forwards; one Piece per strategy.
+
+    One engine is `run_session`; several sharing one forward are `lockstep.run_shared`. Every
+    engine sees the same calls in the same order: notes, prefill warm-up, the untimed warm-up
+    decode, counters reset, every batch of every repetition, then prediction, trace and bytes.
+    `progress` gets each step's tokens once per engine (`k` tokens on `n` engines: `k * n`)."""
+    import torch
+
+    strategies = [s for s, _ in group]
     record = prep.cfg.record_trace if record_trace is None else record_trace
-    timeline = make_timeline(prep.clock, prep.profile, prep.device)
-    engine = OffloadEngine(prep.loaded, strategy, n_slots=budget.experts, timeline=timeline,
-                           profile=prep.profile, device=prep.device,
-                           artifacts=provisioned.artifacts, record_trace=record,
-                           trace_source=provisioned.trace,
-                           prefill_copies=prep.workload.prefill_copies)
-    piece = Piece(strategy=strategy.describe(), budget=budget)
-    piece.notes.extend(provisioned.notes)        # what calibration did
-    if provisioned.provenance:                   # and which artifacts the strategy runs on
-        piece.strategy["artifacts"] = list(provisioned.provenance)
-    engine.attach()
+    pieces = []
+    for strategy, prov in group:
+        piece = Piece(strategy=strategy.describe(),
+                      budget=resolve_budget(prep.budget, prep.loaded.shape, strategy))
+        piece.notes.extend(prov.notes)           # what calibration did
+        if prov.provenance:                      # and which artifacts the strategy runs on
+            piece.strategy["artifacts"] = list(prov.provenance)
+        pieces.append(piece)
+    engines, detach = attach(record)
+    fan = _Fanout(engines)
+    n = len(engines)
+    tick = None if progress is None else (lambda k: progress(k * n))
     try:
-        if prep.workload.batch_size > 1:         # what the strategy does with a batch
-            piece.notes.append(f"batch_size={prep.workload.batch_size}: {strategy.name} "
-                               f"{strategy.batching}")
-        for note in strategy.run_notes():        # legal but degenerate parameters, said aloud
-            if note not in piece.notes:
-                logging.getLogger("moebench").warning(note)
-                piece.notes.append(note)
-        engine.prefill_warm()
-        model = prep.loaded.model
         wl = prep.workload
+        for strategy, piece in zip(strategies, pieces):
+            if wl.batch_size > 1:                # what the strategy does with a batch
+                piece.notes.append(f"batch_size={wl.batch_size}: {strategy.name} {strategy.batching}")
+            for note in strategy.run_notes():    # legal but degenerate parameters, said aloud
+                if note not in piece.notes:
+                    logging.getLogger("moebench").warning(note)
+                    piece.notes.append(note)
+        for engine in engines:
+            engine.prefill_warm()
+        model = prep.loaded.model
+        pad = _pad_id(prep.loaded)
         with torch.inference_mode():
             if wl.warmup_steps and prep.requests:
-                _decode(engine, model, [r.input_ids for r in make_batches(prep.requests, wl.batch_size)[0]],
-                        wl.warmup_steps + 1, prep.device, request=-1, record=None,
-                        pad_id=_pad_id(prep.loaded))
-            piece.warmup_trace = list(engine.trace)
-            engine.trace.clear()
-            engine.protocol.reset_counters()
+                _decode(fan, model, [r.input_ids for r in make_batches(prep.requests, wl.batch_size)[0]],
+                        wl.warmup_steps + 1, prep.device, request=-1, record=None, pad_id=pad)
+            for engine, piece in zip(engines, pieces):
+                piece.warmup_trace = list(engine.trace)
+                engine.trace.clear()
+                engine.protocol.reset_counters()
             try:
                 batches = make_batches(prep.requests, wl.batch_size)
                 for rep in range(wl.repetitions):
                     for bi, batch in enumerate(batches):
-                        rid = rep * len(batches) + bi        # the engine's request: one batch
-                        steps: list[StepStats] = []
+                        rid = rep * len(batches) + bi        # the engines' request: one batch
+                        steps: list[list[StepStats]] = []    # per step, one per engine
                         logits: list | None = [] if keep_logits else None
-                        tokens = _decode(engine, model, [r.input_ids for r in batch], wl.max_new_tokens,
+                        tokens = _decode(fan, model, [r.input_ids for r in batch], wl.max_new_tokens,
                                          prep.device, request=rid, record=steps, logits=logits,
-                                         progress=progress, pad_id=_pad_id(prep.loaded))
-                        _finish_batch(piece, steps, batch, tokens, repetition * wl.repetitions + rep)
-                        if keep_logits:
-                            for j, req in enumerate(batch):
-                                piece.logits[(rep, req.id)] = [row[j] for row in logits]
+                                         progress=tick, pad_id=pad)
+                        for i, piece in enumerate(pieces):
+                            _finish_batch(piece, [st[i] for st in steps], batch, tokens,
+                                          repetition * wl.repetitions + rep)
+                            if keep_logits:
+                                for j, req in enumerate(batch):
+                                    piece.logits[(rep, req.id)] = [row[j] for row in logits]
             except KeyboardInterrupt:
-                piece.complete = False
-                piece.notes.append("interrupted: only finished requests are kept")
-        piece.prediction = engine.protocol.prediction()
-        piece.notes.extend(n for n in engine.protocol.notes if n not in piece.notes)
-        piece.trace = list(engine.trace)
-        piece.peak_expert_bytes = engine.cache.peak_resident * engine.cache.expert_bytes
-        piece.pool_bytes = engine.pools.allocated_bytes
+                for piece in pieces:
+                    piece.complete = False
+                    piece.notes.append("interrupted: only finished requests are kept")
+        for engine, piece in zip(engines, pieces):
+            piece.prediction = engine.protocol.prediction()
+            piece.notes.extend(note for note in engine.protocol.notes if note not in piece.notes)
+            piece.trace = list(engine.trace)
+            piece.peak_expert_bytes = engine.cache.peak_resident * engine.cache.expert_bytes
+            piece.pool_bytes = engine.pools.allocated_bytes
     finally:
-        engine.detach()
-    return piece
+        detach()
+    return pieces
+
+
+class _Fanout:
+    """What `_decode` calls on an engine, on every engine of a run; `end_step` returns one
+    StepStats per engine."""
+
+    def __init__(self, engines: list):
+        self.engines = engines
+
+    def begin_request(self, request: int) -> None:
+        for e in self.engines:
+            e.begin_request(request)
+
+    def begin_step(self, *args: Any, **kwargs: Any) -> None:
+        for e in self.engines:
+            e.begin_step(*args, **kwargs)
+
+    def end_step(self) -> list[StepStats]:
+        return [e.end_step() for e in self.engines]
 
 
 def make_batches(requests: list, batch_size: int) -> list[list]:
@@ -213,6 +282,8 @@ def _decode(engine: Any, model: Any, prompts: list[tuple[int, ...]], n_new: int,
     """Greedy decode exactly `n_new` tokens of every prompt (EOS ignored, so every request of the
     batch stops after the same steps) with a KV cache; one engine step per forward, over the
     whole batch. Returns each prompt's tokens; `logits` gets one `[B, V]` row block per step.
+    `engine` is what begins and ends every step (`run_engines`' `_Fanout` over a run's engines),
+    and `record` gets what its `end_step` returns.
 
     Every forward computes the logits of the last position only (`logits_to_keep=1`, as
     `generate` does: generation reads one row). One prompt needs no mask (positions come from the

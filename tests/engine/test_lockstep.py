@@ -159,3 +159,47 @@ def test_a_failed_shared_run_falls_back_to_runs_one_by_one(tmp_path, monkeypatch
     monkeypatch.setenv("MOEBENCH_SHARED_FORWARD", "0")
     b = C.run_compare(plan, tmp_path / "b", name="r")
     assert _files(a) == _files(b)
+
+
+def _prep_with(prep, budget: str, **workload):
+    """The fixture's model with another budget and workload fields (no reload)."""
+    cfg = dataclasses.replace(CFG, cache_budget=budget,
+                              workload_overrides={**CFG.workload_overrides, **workload})
+    return prepare(cfg, loaded=prep.loaded)
+
+
+def _shared_and_solo(prep, names):
+    """Each strategy's piece on a shared forward and alone, asserted equal field by field."""
+    provisioned = [artifacts_for(prep, build_strategy(n)) for n in names]
+    shared = lockstep.run_shared(prep, [(build_strategy(n), p) for n, p in zip(names, provisioned)],
+                                 keep_logits=True, record_trace=True)
+    solo = [run_session(prep, build_strategy(n), p, keep_logits=True, record_trace=True)
+            for n, p in zip(names, provisioned)]
+    for name, a, b in zip(names, shared, solo):
+        assert _piece_fields(a) == _piece_fields(b), name
+    return shared, solo
+
+
+def _prefill_h2d(piece) -> list[int]:
+    """Each request's prefill step's host-to-device bytes."""
+    return [s["prefill_h2d_bytes"] for s in piece.samples if s.get("kind") == "request"]
+
+
+def test_a_shared_forward_copies_prefills_as_the_workload_says(prep):
+    names = ("sync", "lru", "lfu")
+    whole = _prep_with(prep, "0.5", prefill_copies="whole-layer")
+    shared, solo = _shared_and_solo(whole, names)
+    per_expert = [run_session(_prep_with(prep, "0.5"), build_strategy(n)) for n in names]
+    for name, a, b in zip(names, shared, per_expert):      # whole layers really crossed the link
+        assert _prefill_h2d(a) != _prefill_h2d(b), name
+        assert all(w >= p for w, p in zip(_prefill_h2d(a), _prefill_h2d(b))), name
+
+
+def test_the_protocols_notes_reach_the_pieces_of_a_shared_forward(prep):
+    # 16 slots, no whole layer (32 experts); prompts of 2 tokens touch at most 16 experts a layer
+    auto = _prep_with(prep, "0.125", prefill_copies="auto", max_prompt_tokens=2)
+    shared, solo = _shared_and_solo(auto, ("sync", "lru"))
+    note = ("prefill_copies=auto: the cache budget (16 experts) holds no whole layer (32): "
+            "prefills copied per expert")
+    for piece in (*shared, *solo):
+        assert note in piece.notes, piece.notes
