@@ -60,6 +60,14 @@ READS = frozenset({"routing", "hidden", "residual", "trace"})
 LEGACY_READS = frozenset({"routing", "hidden", "residual"})   # a plugin that declares nothing
 
 
+def _default_decision(fn: Any) -> Any:
+    """Marks a base-class decision that decides nothing (`default_decision`): the protocol does
+    not call one a strategy leaves as it is (`moebench.offload.protocol.decides`), which keeps the
+    engine's per-layer host work small. Any override, or an instance attribute, is called."""
+    fn.default_decision = True
+    return fn
+
+
 @dataclass(frozen=True)
 class NoParams:
     def validate(self, where: str) -> None:
@@ -167,10 +175,12 @@ class Strategy:
         """A new prompt starts (its KV cache is empty; the expert cache is the engine's business)."""
 
     # -- decisions ---------------------------------------------------------------------------
+    @_default_decision
     def before_attention(self, ev: LayerEvent, h: Any) -> Sequence[Prefetch]:
         """At norm1 of MoE layer `ev.layer`: prefetches to issue during its attention."""
         return ()
 
+    @_default_decision
     def uses_router(self, ev: LayerEvent) -> bool:
         """Whether the true router is part of the strategy at this layer (charged on the simulated
         clock); by default whether the strategy reads `routing`."""
@@ -186,6 +196,7 @@ class Strategy:
         layer's residency is prepared. Default: none."""
         return ()
 
+    @_default_decision
     def miss_precision(self, ev: LayerEvent, experts: list[int]) -> dict[int, int]:
         """Of a decode step's experts, those to copy at low precision if they miss
         (expert -> bits per weight; HOBBIT). Default: none (every copy is full precision)."""
@@ -202,10 +213,12 @@ class Strategy:
         Default False: layer-granular waits, one kernel call per layer."""
         return False
 
+    @_default_decision
     def choose(self, ev: LayerEvent, true: Routing, s: Any, u: Any) -> Routing:
         """The experts to execute (lossless strategies: the router's own choice)."""
         return true
 
+    @_default_decision
     def after_routing(self, ev: LayerEvent, executed: Routing, s: Any, u: Any) -> Sequence[Prefetch]:
         """After the layer's routing, before its waits: prefetches for later layers."""
         return ()

@@ -102,6 +102,9 @@ class OffloadEngine:
         self._hooks: list[Any] = []
         self._s: dict[int, torch.Tensor] = {}
         self.protocol: LayerProtocol | None = None
+        self._norm1_hook = True
+        self._cpu_plain = False           # CPU pools of plain tensors (not packed): set at attach
+        self._layout_views: dict = {}     # (experts module, base slot) -> its E-wide pool views
 
     # ------------------------------------------------------------------------------------------
     # attach / detach
@@ -134,6 +137,8 @@ class OffloadEngine:
     def _attach_rest(self, model: Any, views: list) -> OffloadEngine:
         model.to(self.device)
         self.pools = self.store.make_pools(self.n_slots, self.device)
+        self._layout_views = {}
+        self._cpu_plain = self.device.type == "cpu" and not self.pools.packed
         self.cache = ExpertCache(self.n_slots, self.store.expert_bytes, mover=self.pools)
         self.protocol = LayerProtocol(self.strategy, shape=self.shape, profile=self.profile,
                                       timeline=self.timeline, cache=self.cache, charge=self.sim,
@@ -144,9 +149,13 @@ class OffloadEngine:
         _register_impl()
         self._prev_impl = getattr(model.config, "_experts_implementation", None)
         model.set_experts_implementation(IMPL_NAME)
+        # h = norm1(x_i) only for a strategy whose before_attention decides something (for the
+        # others `route` charges the attention)
+        self._norm1_hook = self.protocol.hidden_hook
         for v in views:
             v.experts._moebench = (self, v.moe_index)
-            self._hooks.append(v.norm1.register_forward_hook(self._make_norm1_hook(v.moe_index)))
+            if self._norm1_hook:
+                self._hooks.append(v.norm1.register_forward_hook(self._make_norm1_hook(v.moe_index)))
             if "residual" in self.strategy.traits.reads:   # s_i only for those that read it
                 self._hooks.append(v.norm2.register_forward_pre_hook(self._make_norm2_hook(v.moe_index)))
         moe_ids = {v.index for v in views}
@@ -201,17 +210,17 @@ class OffloadEngine:
         if proto.step is None:
             raise RuntimeError("the engine ran a forward outside begin_step/end_step")
         true = Routing(top_k_index, top_k_weights)
-        ev, chosen, experts, prefetches = proto.route(moe_index, true, self._s.get(moe_index), u)
+        chosen, experts, prefetches = proto.route(moe_index, true, self._s.get(moe_index) if self._s else None, u)
         # Instrumentation reads routing ids on the host: do it before `prepare` queues the waits
         # for this layer's copies, or on CUDA that D2H read would block the host until they land.
         if self.record_trace:
             self._record_trace(moe_index, true, chosen, experts)
         out = proto.prepare(moe_index, experts, prefetches, true.target)
         if not out.pending and not out.host:    # layer-granular: one kernel call over the layer
-            done = proto.compute_experts(moe_index, out, experts, lambda group: self._kernel(
-                module, u, chosen.ids, chosen.weights, out.slots))
+            y = self._kernel(module, u, chosen.ids, chosen.weights, out.slots)
+            proto.compute_experts(moe_index, out, experts)   # its charges (nothing to wait for)
             proto.after_experts(moe_index)
-            return done[0][1]
+            return y
         # Expert-granular waits (decode, one token): each expert is its own kernel call as its
         # copy lands; the partial outputs are then reduced the way the one-call kernel reduces
         # them: the eager kernel adds them from zero in ascending slot order, the grouped and
@@ -275,12 +284,12 @@ class OffloadEngine:
         routing `ids`, `weights` [T, k]: expert ids become slot ids, the pools are narrowed (a
         view, no copy) to the slot range this call touches (grouped kernels' cost grows with the
         number of groups; an all-resident layer is then exactly E wide)."""
-        lo, hi = min(slots.values()), max(slots.values())
-        dev = ids.device
-        if dev.type == "cpu" and not self.pools.packed:
+        if self._cpu_plain:
             same = self._model_layout(module, slots)
             if same is not None:          # slot = base + expert id: the model's own indices
                 return self._impl(same, u, ids, weights)
+        dev = ids.device
+        lo, hi = min(slots.values()), max(slots.values())
         if dev.type == "cuda":   # a pageable H2D copy would block the host on the queued waits
             lut = torch.full((self.shape.num_experts,), -1, dtype=ids.dtype)
             for e, slot in slots.items():
@@ -308,19 +317,18 @@ class OffloadEngine:
         Not for one expert (an expert-granular call): its one-slot view is cheaper."""
         if len(slots) < 2:
             return None
-        base = None
-        for e, slot in slots.items():
-            if base is None:
-                base = slot - e
-            elif slot - e != base:
+        it = iter(slots.items())
+        e, slot = next(it)
+        base = slot - e
+        for e, slot in it:
+            if slot - e != base:
                 return None
-        E = self.shape.num_experts
-        if base is None or base < 0 or base + E > self.n_slots:
-            return None
-        views = self.__dict__.setdefault("_layout_views", {})
-        view = views.get((module, base))
+        view = self._layout_views.get((module, base))
         if view is None:
-            view = views[(module, base)] = SlotExperts(
+            E = self.shape.num_experts
+            if base < 0 or base + E > self.n_slots:
+                return None
+            view = self._layout_views[(module, base)] = SlotExperts(
                 module, {n: p[base:base + E] for n, p in self.pools.pools.items()})
         return view
 

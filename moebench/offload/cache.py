@@ -25,9 +25,10 @@ from moebench.errors import UserError
 ExpertKey = tuple[int, int]
 
 
-@dataclass
+@dataclass(slots=True)
 class LayerOutcome:
-    """What happened to one layer's experts (counted per step, per layer)."""
+    """What happened to one layer's experts (counted per step, per layer). One per layer of
+    every step: `pending` and `host` are replaced, never appended to (empty: a shared tuple)."""
 
     slots: dict[int, int] = field(default_factory=dict)   # expert id -> slot
     hits: int = 0
@@ -35,8 +36,8 @@ class LayerOutcome:
     misses: int = 0        # not resident when needed: demand fetches
     stall_s: float = 0.0   # simulated; the clock's step record splits it into late and miss
     # expert-granular waits: (expert, ticket, late) not yet waited for, late ones first
-    pending: list[tuple[int, Any, bool]] = field(default_factory=list)
-    host: list[int] = field(default_factory=list)   # experts computed on the host, not fetched
+    pending: Sequence[tuple[int, Any, bool]] = ()
+    host: Sequence[int] = ()   # experts computed on the host, not fetched
     demand_bytes: int = 0
     prefetch_bytes: int = 0
     dropped_prefetches: int = 0
@@ -211,33 +212,37 @@ class SlotScheduler:
         (expert -> bits) is copied as its low-precision version. `coalesce`: the misses cross
         the link as one transfer (one latency, their bytes together; a whole-layer prefill copy)."""
         low = low or {}
-        out = LayerOutcome()
         keys = [(layer, int(e)) for e in experts]
         if len(keys) > self.cache.n_slots:
             raise UserError(
                 f"the cache budget holds {self.cache.n_slots} experts, but layer {layer} needs "
                 f"{len(keys)} at once (prefill touches many experts); raise --cache-budget.")
-        locked = set(keys)
-        if pre_locked:
-            locked |= pre_locked
+        slots: dict[int, int] = {}
+        out = LayerOutcome(slots)
+        locked: set[ExpertKey] | None = None      # the layer's experts (+ pre_locked), when needed
         waits: list[tuple[int, Any, bool]] = []   # (expert, ticket, late: a prefetch in flight)
         group: list[tuple[ExpertKey, int]] = []   # coalesced misses: (key, slot)
-        slot_of, tickets, prefetched = self.cache.slot_of, self.cache.ticket, self.cache.prefetched
+        cache, timeline = self.cache, self.timeline
+        slot_of, tickets, prefetched = cache.slot_of, cache.ticket, cache.prefetched
+        on_access = self.strategy.on_access
         for key in keys:
-            if key in slot_of:                    # resident
-                t = tickets.get(key)
-                if key in prefetched:
+            slot = slot_of.get(key)
+            if slot is not None:                  # resident
+                t = tickets.get(key) if tickets else None
+                if prefetched and key in prefetched:
                     self.prefetch_used += 1
                     self._count(layer, "used")
-                    self.cache.prefetched.discard(key)
-                if t is None or self.timeline.ready(t):
+                    prefetched.discard(key)
+                if t is None or timeline.ready(t):
                     out.hits += 1
-                    self.strategy.on_access(key, True)
+                    on_access(key, True)
                 else:
                     out.late += 1
                     waits.append((key[1], t, True))
-                    self.strategy.on_access(key, False)
+                    on_access(key, False)
             else:
+                if locked is None:
+                    locked = set(keys) | pre_locked if pre_locked else set(keys)
                 slot = self.insert(key, locked)
                 if slot is None:  # cannot happen: len(keys) <= n_slots and only keys are locked
                     raise RuntimeError("no slot for a demanded expert")
@@ -247,27 +252,29 @@ class SlotScheduler:
                 else:
                     waits.append((key[1], self._copy(key, slot, bits), False))
                 out.misses += 1
-                out.demand_bytes += self.cache.expert_bytes if bits is None else self.low_bytes[bits]
-                self.strategy.on_access(key, False)
+                out.demand_bytes += cache.expert_bytes if bits is None else self.low_bytes[bits]
+                on_access(key, False)
+            slots[key[1]] = slot        # final: nothing evicts a locked expert of this layer
         if group:
-            mover = self.cache.mover
+            mover = cache.mover
             do = (lambda: [mover.load(k, s) for k, s in group]) if mover is not None else None
-            t = self.timeline.copy(len(group) * self.cache.expert_bytes, do)
+            t = timeline.copy(len(group) * cache.expert_bytes, do)
             for k, _ in group:
-                self.cache.low.pop(k, None)
-                self.cache.ticket[k] = t
+                cache.low.pop(k, None)
+                tickets[k] = t
             waits.append((group[0][0][1], t, False))
         if prefetches:
+            if locked is None:
+                locked = set(keys) | pre_locked if pre_locked else set(keys)
             out.prefetch_bytes, out.dropped_prefetches = self.prefetch(prefetches, locked)
         if defer_waits:       # late prefetches were issued before this layer's misses: first
             out.pending = [w for w in waits if w[2]] + [w for w in waits if not w[2]]
-        else:
+        elif waits:
             for _, t, late in waits:
-                out.stall_s += self.timeline.wait(t, late=late)
-        slots = out.slots
-        for key in keys:
-            tickets.pop(key, None)
-            slots[key[1]] = slot_of[key]
+                out.stall_s += timeline.wait(t, late=late)
+        if tickets:           # waited for (or handed to the caller, `pending`)
+            for key in keys:
+                tickets.pop(key, None)
         return out
 
     def release(self, layer: int, experts: Sequence[int]) -> None:

@@ -8,13 +8,15 @@ it. `ids` and `weights` are tensors on a live run and numpy arrays in replay; bo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 ExpertKey = tuple[int, int]   # (moe layer index, expert id)
 
 
-@dataclass(frozen=True)
-class LayerEvent:
+class LayerEvent(NamedTuple):
+    """Where the protocol is: immutable (a tuple; built once per layer and step when a strategy
+    method is called, so cheaply: a frozen dataclass costs three times as much per layer)."""
+
     step: int                           # decode step counter within the request (0 = prefill)
     layer: int                          # MoE layer index (0..moe_layers-1)
     phase: Literal["prefill", "decode"]
@@ -22,9 +24,9 @@ class LayerEvent:
     request: int = 0                    # -1 during the untimed warm-up
 
 
-@dataclass(frozen=True)
-class Routing:
-    """Top-k routing of a layer. `ids [T, k]` (int64) and `weights [T, k]`.
+class Routing(NamedTuple):
+    """Top-k routing of a layer. `ids [T, k]` (int64) and `weights [T, k]`. Immutable (a tuple,
+    built once per layer of every step: as cheap to build as a tuple).
 
     Live, one row per token of the step (a prefill has T = prompt length). In replay a decode
     step is the same `[1, k]` with the recorded router weights (uniform when the trace has
@@ -36,7 +38,10 @@ class Routing:
 
     def experts(self) -> list[int]:
         """Distinct expert ids, in first-use order (deterministic)."""
-        return list(dict.fromkeys(map(int, self.ids.reshape(-1).tolist())))
+        rows = self.ids.tolist()          # Python ints, from a tensor or an array alike
+        if len(rows) == 1:
+            return list(dict.fromkeys(rows[0]))
+        return list(dict.fromkeys(e for r in rows for e in r))
 
     def target(self) -> tuple[list[int], list[float]]:
         """What a prediction of this layer is scored against: the true top-k of the token (a

@@ -10,14 +10,18 @@ Per forward step (a prefill or one decode token):
     for each decoder layer:
       dense layer:  dense_layer()                    attention + dense MLP charge
       MoE layer m:  before_attention(m, h)           strategy.before_attention -> prediction charge
-                                                     -> prefetch -> attention charge
+                                                     -> prefetch -> attention charge (nothing for
+                                                     a strategy whose before_attention decides
+                                                     nothing: then route charges the attention)
                     route(m, true, s, u)             router charge (if the strategy uses it)
                                                      -> strategy.choose -> strategy.after_routing
                                                      -> prediction charge
                     prepare(layer, ...)              prediction scoring (decode) -> demand fetches,
                                                      then prefetches, then waits -> accounting
                     compute_experts(layer, ...)      per group of experts: its waits, the kernel
-                                                     (live engine), its compute charge
+                                                     (live engine; or the engine runs its one
+                                                     kernel call itself when nothing is waited
+                                                     for), its compute charge
                     after_experts(layer)             release (keep-nothing strategies)
 
 Waits are layer-granular by default: every copy of the layer lands before any expert runs, one
@@ -44,6 +48,14 @@ from moebench.offload.events import LayerEvent, Prefetch, Routing, StrategyConte
 LastToken = Callable[[], tuple[list[int], list[float]]]   # the true router's target: `Routing.target`
 # How a prefill's demand copies cross the link (a run setting, `prefill_copies`; default per-expert)
 PREFILL_COPIES = ("per-expert", "whole-layer", "auto")
+
+
+def decides(strategy: Any, name: str) -> bool:
+    """Whether `strategy.<name>` is a decision of its own, not the base class's default that
+    decides nothing (marked `default_decision` in `moebench.strategy`): the protocol calls only
+    those, so a strategy pays per layer for what it does. An override, or a callable set on the
+    instance, decides; a strategy class that does not derive from `Strategy` decides everything."""
+    return not getattr(getattr(strategy, name, None), "default_decision", False)
 
 
 class LayerProtocol:
@@ -74,6 +86,8 @@ class LayerProtocol:
         self._costs: dict = {}
         self._events: dict[int, LayerEvent] = {}   # this step's events, by layer
         self.notes: list[str] = []
+        self._attn_s = self._router_s = 0.0   # this step's per-layer charges (begin_step)
+        self._read_decisions()
         if prefill_copies not in PREFILL_COPIES:
             raise UserError(f"prefill_copies '{prefill_copies}': choose one of {', '.join(PREFILL_COPIES)}.")
         if prefill_copies == "whole-layer" and cache.n_slots < shape.num_experts:
@@ -84,6 +98,18 @@ class LayerProtocol:
 
     def setup(self) -> None:
         self.strategy.setup(self.ctx)
+        self._read_decisions()        # again: a strategy's setup may set a method of its own
+
+    def _read_decisions(self) -> None:
+        """What this strategy decides (the per-layer path calls nothing else). `choose` is looked
+        up per layer (`route`): a shared forward wraps an instance's after setup."""
+        s = self.strategy
+        self.hidden_hook = decides(s, "before_attention")   # the engine's norm1 hook, h for it
+        self._after = decides(s, "after_routing")
+        self._low = decides(s, "miss_precision")
+        self._router = None if decides(s, "uses_router") else "routing" in s.traits.reads
+        self._keeps = bool(s.traits.keeps_experts)
+        self._shared = bool(getattr(self.shape, "shared_expert_bytes", 0))
 
     # -- costs --------------------------------------------------------------------------------
     def cost(self, fn: Any, *args: Any) -> float:
@@ -146,6 +172,9 @@ class LayerProtocol:
         self.step = StepStats.begin(phase, position, m)
         self._predicted = {}
         self._events = {}
+        if self.charge:          # the same for every layer of the step: looked up once
+            self._attn_s = self._attention()
+            self._router_s = self.cost(costs.router_seconds, n_tokens)
         self.timeline.step_begin()
 
     def end_step(self) -> StepStats:
@@ -174,7 +203,7 @@ class LayerProtocol:
     # -- layers -------------------------------------------------------------------------------
     def dense_layer(self) -> None:
         if self.charge:
-            self.timeline.compute(self._attention() + self.cost(costs.dense_mlp_seconds, self.n_tokens))
+            self.timeline.compute(self._attn_s + self.cost(costs.dense_mlp_seconds, self.n_tokens))
 
     def _attention(self) -> float:
         per = self.n_tokens // self.sequences
@@ -183,55 +212,77 @@ class LayerProtocol:
         return self.cost(costs.attention_seconds, per, self.context, self.sequences)
 
     def before_attention(self, layer: int, h: Any) -> None:
-        """At norm1 of MoE layer `layer`: `h = norm1(x_i)` [T, H] (None in replay)."""
+        """At norm1 of MoE layer `layer`: `h = norm1(x_i)` [T, H] (None in replay): the strategy's
+        prefetches before attention, then attention. Nothing, when the strategy's
+        `before_attention` decides nothing (`hidden_hook` False: the live engine then has no
+        norm1 hook, and `route` charges the attention first; no call comes in between, so the
+        clock is the same)."""
+        if not self.hidden_hook:
+            return
         ev = self.event(layer)
         req = self.strategy.before_attention(ev, h)
-        self._charge_prediction(ev, req)
         if req:
+            self._charge_prediction(ev, req)
             self._issue_prefetch(req, set())
         if self.charge:
-            self.timeline.compute(self._attention())
+            self.timeline.compute(self._attn_s)
 
     def route(self, layer: int, true: Routing, s: Any, u: Any
-              ) -> tuple[LayerEvent, Routing, list[int], Sequence[Prefetch]]:
-        """The experts to execute and the prefetches issued after routing."""
-        ev = self.event(layer)
-        if self.charge and self.strategy.uses_router(ev):
-            self.timeline.compute(self.cost(costs.router_seconds, ev.n_tokens))
-        chosen = self.strategy.choose(ev, true, s, u)
+              ) -> tuple[Routing, list[int], Sequence[Prefetch]]:
+        """The experts to execute, their distinct ids, and the prefetches issued after routing."""
+        strategy = self.strategy
+        if self.charge:
+            if not self.hidden_hook:               # (see before_attention)
+                self.timeline.compute(self._attn_s)
+            uses = self._router
+            if uses is None:
+                uses = strategy.uses_router(self.event(layer))
+            if uses:
+                self.timeline.compute(self._router_s)
+        choose = strategy.choose
+        chosen = true if getattr(choose, "default_decision", False) else choose(self.event(layer), true, s, u)
         experts = chosen.experts()
-        prefetches = self.strategy.after_routing(ev, chosen, s, u) or ()
+        if not self._after:
+            return chosen, experts, ()
+        ev = self.event(layer)
+        prefetches = strategy.after_routing(ev, chosen, s, u) or ()
         if prefetches:
             self._charge_prediction(ev, prefetches)
             self._note_predictions(prefetches)
-        return ev, chosen, experts, prefetches
+        return chosen, experts, prefetches
 
     def prepare(self, layer: int, experts: list[int], prefetches: Sequence[Prefetch],
                 last_token: LastToken) -> LayerOutcome:
         """Make `experts` resident (demand fetches first, then `prefetches`), wait, account."""
         st = self.step
-        if st.phase == "decode":
+        decode = st.phase == "decode"
+        if decode and self._predicted:
             self._score_predictions(layer, last_token)
-        decode1 = st.phase == "decode" and self.n_tokens == 1
-        host: set[int] = set()
+        decode1 = decode and self.n_tokens == 1
+        host: set[int] | tuple = ()
         if self.uses_host and decode1:       # host compute is a decode-time choice (one token)
             host = {int(e) for e in self.strategy.host_experts(self.event(layer), list(experts))}
-        on_device = [e for e in experts if int(e) not in host] if host else list(experts)
-        low = self.strategy.miss_precision(self.event(layer), list(on_device)) if decode1 else {}
+        on_device = [e for e in experts if int(e) not in host] if host else experts
+        low = (self.strategy.miss_precision(self.event(layer), list(on_device))
+               if decode1 and self._low else {})
         for bits in (set(low.values()) - set(self.sched.low_bytes)) if low else ():
             self.sched.low_bytes[bits] = costs.lowbit_bytes(self.shape, bits)
-        whole = st.phase == "prefill" and self._whole_layer(layer, on_device)
+        whole = not decode and self.prefill_copies != "per-expert" and self._whole_layer(layer, on_device)
         if whole:                 # the whole layer: the prompt's experts, then every other one
             used = set(on_device)
             fetch = list(on_device) + [e for e in range(self.shape.num_experts) if e not in used]
         else:
             fetch = on_device
-        out = self.sched.prepare(layer, fetch, prefetches,
-                                 defer_waits=decode1 and (self.expert_waits or bool(host)), low=low,
-                                 coalesce=whole)
-        out.host = [e for e in experts if int(e) in host] if host else []
+        defer = decode1 and (self.expert_waits or bool(host))
+        if defer or low or whole:
+            out = self.sched.prepare(layer, fetch, prefetches, defer_waits=defer, low=low, coalesce=whole)
+        else:                     # (keywords cost a layer more than its arithmetic)
+            out = self.sched.prepare(layer, fetch, prefetches)
+        if host:
+            out.host = [e for e in experts if int(e) in host]
         st.account(layer, out, len(experts))
-        self._predicted.pop(layer, None)
+        if self._predicted:
+            self._predicted.pop(layer, None)
         return out
 
     def _whole_layer(self, layer: int, experts: list[int]) -> bool:
@@ -278,12 +329,19 @@ class LayerProtocol:
         Experts computed on the host go first: each one's activation leaves for the host as
         soon as routing is known (`host_kernel(expert)` computes it there on a live engine), the
         device computes its own experts meanwhile, and waits for the host's results last."""
-        tickets = {e: (t, late) for e, t, late in out.pending} if out.pending else {}
         n = len(experts)
         each = 0.0
         if self.charge:
             tokens_per_expert = max(1, (self.n_tokens * self.shape.top_k) // max(1, n))
             each = self.cost(costs.expert_seconds, tokens_per_expert)
+        if not out.pending and not out.host:        # layer-granular: one group, nothing to wait for
+            done = [(experts, kernel(experts) if kernel is not None else None)]
+            if self.charge:
+                self.timeline.compute(n * each)
+                if self._shared:
+                    self.timeline.compute(self.cost(costs.shared_expert_seconds, self.n_tokens))
+            return done
+        tickets = {e: (t, late) for e, t, late in out.pending} if out.pending else {}
         done = []
         host_tickets = []
         for e in out.host:
@@ -300,7 +358,7 @@ class LayerProtocol:
             done.append((group, kernel(group) if kernel is not None else None))
             if self.charge:
                 self.timeline.compute(len(group) * each)
-        if self.charge and getattr(self.shape, "shared_expert_bytes", 0):
+        if self.charge and self._shared:
             # shared experts (DeepSeek, Qwen2-MoE): resident, run on every token of the layer
             self.timeline.compute(self.cost(costs.shared_expert_seconds, self.n_tokens))
         for t in host_tickets:
@@ -309,13 +367,13 @@ class LayerProtocol:
         return done
 
     def after_experts(self, layer: int) -> None:
-        low = [k for k in self.cache.low if k[0] == layer]
-        if low and self.strategy.traits.keeps_experts and self.strategy.refresh_low_precision():
+        low = [k for k in self.cache.low if k[0] == layer] if self.cache.low else ()
+        if low and self._keeps and self.strategy.refresh_low_precision():
             nbytes = sum(self.sched.refresh(k) for k in low)   # full precision, off the path
             if self.step is not None:
                 self.step.h2d_bytes += nbytes
                 self.step.prefetch_bytes += nbytes
-        if not self.strategy.traits.keeps_experts:
+        if not self._keeps:
             # Drop everything of this layer, prefetched-but-unused experts included: nothing may
             # survive to serve a later token (that would be a cross-token cache).
             self.sched.release(layer, [e for (m, e) in self.cache.resident() if m == layer])

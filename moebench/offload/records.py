@@ -55,21 +55,26 @@ class StepStats:
 
     def account(self, layer: int, out: Any, n_experts: int) -> None:
         """Add one MoE layer's `LayerOutcome`: bytes always, accesses in decode."""
-        self.h2d_bytes += out.demand_bytes + out.prefetch_bytes
-        self.demand_bytes += out.demand_bytes
-        self.prefetch_bytes += out.prefetch_bytes
+        demand, prefetch = out.demand_bytes, out.prefetch_bytes
+        if demand or prefetch:
+            self.h2d_bytes += demand + prefetch
+            self.demand_bytes += demand
+            self.prefetch_bytes += prefetch
         if self.phase == "decode":
-            host = len(out.host)
-            assert out.hits + out.late + out.misses + host == n_experts
+            hits, late, misses, host = out.hits, out.late, out.misses, len(out.host)
+            assert hits + late + misses + host == n_experts
             self.activations += n_experts
-            self.hits += out.hits
-            self.late += out.late
-            self.misses += out.misses
-            self.host += host
-            self.layer_hits[layer] += out.hits
-            self.layer_late[layer] += out.late
-            self.layer_misses[layer] += out.misses
-            self.layer_host[layer] += host
+            self.hits += hits
+            self.layer_hits[layer] += hits
+            if late:                 # (one layer of every step: only what is there is added)
+                self.late += late
+                self.layer_late[layer] += late
+            if misses:
+                self.misses += misses
+                self.layer_misses[layer] += misses
+            if host:
+                self.host += host
+                self.layer_host[layer] += host
 
     def row(self) -> dict:
         """The step's row of samples.jsonl (times in ms)."""

@@ -146,7 +146,7 @@ class ReplayEngine:
                 continue
             p.before_attention(m, None)
             true = self._routing(s, m, phase)
-            _, _, experts, prefetches = p.route(m, true, None, None)
+            _, experts, prefetches = p.route(m, true, None, None)
             out = p.prepare(m, experts, prefetches, true.target)
             p.compute_experts(m, out, experts)
             p.after_experts(m)

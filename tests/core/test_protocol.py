@@ -146,7 +146,7 @@ def run_step(p, shape, phase, position, routes, *, n_tokens=1, weights=None, bet
             continue
         p.before_attention(m, None)
         true = routing(routes[m], weights.get(m))
-        _, _, experts, prefetches = p.route(m, true, None, None)
+        _, experts, prefetches = p.route(m, true, None, None)
         ids, w = list(routes[m]), list(weights.get(m) or [1.0 / len(routes[m])] * len(routes[m]))
         outs[m] = p.prepare(m, experts, prefetches, lambda ids=ids, w=w: (ids, w))
         p.compute_experts(m, outs[m], experts)
