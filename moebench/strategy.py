@@ -237,6 +237,8 @@ class Strategy:
         """`key` is executed; `hit`: it was resident with its copy complete."""
         self.policy.on_access(key, hit)
 
+    on_access.delegates_to_policy = True   # the protocol then calls `policy.on_access` itself
+
     def on_insert(self, key: ExpertKey) -> None:
         self.policy.on_insert(key)
 

@@ -96,7 +96,10 @@ def save(key: ArtifactKey, tensors: dict[str, Any], meta: dict | None = None) ->
 
     from moebench import __version__
 
+    import torch
+
     tpath, spath = key.paths()
+    devices = sorted({t.device.type for t in tensors.values()})
     clean = {n: t.detach().to("cpu").contiguous() for n, t in tensors.items()}
     try:
         tpath.parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +122,11 @@ def save(key: ArtifactKey, tensors: dict[str, Any], meta: dict | None = None) ->
                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "tensors": {n: {"shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
                            for n, t in clean.items()},
-               "sha256": _sha256_file(tpath), "meta": meta or {}}
+               "sha256": _sha256_file(tpath), "meta": meta or {},
+               # what a rebuild elsewhere may round differently (CPU GEMMs depend on the thread
+               # count): said next to the artifact in every result that runs on it
+               "built_with": {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                              "device": ",".join(devices) or "cpu"}}
     from moebench.results.folders import write_json
 
     write_json(spath, sidecar)

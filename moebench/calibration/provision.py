@@ -538,5 +538,7 @@ def artifacts_for(prep: Any, strategy: Any) -> Provisioned:
         else:
             raise UserError(f"strategy '{strategy.name}' needs '{need}', which moebench cannot provide.")
         about = {} if need == "trace" else cal_about     # the oracle replays this run's own routing
-        provenance.append({**art.key.describe(), "path": str(art.path), **about})
+        built = art.meta.get("built_with") if isinstance(art.meta, dict) else None
+        provenance.append({**art.key.describe(), "path": str(art.path), **about,
+                           **({"built_with": built} if built else {})})
     return Provisioned(out, trace, tuple(notes), tuple(provenance))

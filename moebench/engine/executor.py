@@ -209,6 +209,13 @@ class OffloadEngine:
         proto = self.protocol
         if proto.step is None:
             raise RuntimeError("the engine ran a forward outside begin_step/end_step")
+        hit = proto.hit_layer(moe_index, top_k_index)
+        if hit is not None:                      # every expert resident: the layer's one call
+            experts, slots = hit
+            if self.record_trace:
+                true = Routing(top_k_index, top_k_weights)
+                self._record_trace(moe_index, true, true, experts)
+            return self._kernel(module, u, top_k_index, top_k_weights, slots)
         true = Routing(top_k_index, top_k_weights)
         chosen, experts, prefetches = proto.route(moe_index, true, self._s.get(moe_index) if self._s else None, u)
         # Instrumentation reads routing ids on the host: do it before `prepare` queues the waits

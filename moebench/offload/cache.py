@@ -132,6 +132,16 @@ class ExpertCache:
             self.evict(key)
 
 
+def access_hook(strategy: Any) -> Callable[[ExpertKey, bool], None]:
+    """What to call per executed expert: `strategy.on_access`, or its policy's when the strategy
+    keeps the base method, which only hands it on (`delegates_to_policy`): one call less per
+    expert of every layer."""
+    f = strategy.on_access
+    if getattr(f, "delegates_to_policy", False):
+        return strategy.policy.on_access
+    return f
+
+
 class SlotScheduler:
     """Runs the per-layer residency protocol against a timeline and a strategy."""
 
@@ -224,7 +234,7 @@ class SlotScheduler:
         group: list[tuple[ExpertKey, int]] = []   # coalesced misses: (key, slot)
         cache, timeline = self.cache, self.timeline
         slot_of, tickets, prefetched = cache.slot_of, cache.ticket, cache.prefetched
-        on_access = self.strategy.on_access
+        on_access = access_hook(self.strategy)
         for key in keys:
             slot = slot_of.get(key)
             if slot is not None:                  # resident

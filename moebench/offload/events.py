@@ -38,10 +38,7 @@ class Routing(NamedTuple):
 
     def experts(self) -> list[int]:
         """Distinct expert ids, in first-use order (deterministic)."""
-        rows = self.ids.tolist()          # Python ints, from a tensor or an array alike
-        if len(rows) == 1:
-            return list(dict.fromkeys(rows[0]))
-        return list(dict.fromkeys(e for r in rows for e in r))
+        return distinct(self.ids)
 
     def target(self) -> tuple[list[int], list[float]]:
         """What a prediction of this layer is scored against: the true top-k of the token (a
@@ -58,6 +55,15 @@ class Routing(NamedTuple):
                 tot[int(e)] = tot.get(int(e), 0.0) + float(x)
         ids = sorted(tot, key=lambda e: (-tot[e], e))
         return ids, [tot[e] for e in ids]
+
+
+def distinct(ids: Any) -> list[int]:
+    """The distinct expert ids of routing `ids` [T, k] (a tensor or an array), in first-use
+    order (row by row): `Routing.experts`."""
+    rows = ids.tolist()               # Python ints, from a tensor or an array alike
+    if len(rows) == 1:
+        return list(dict.fromkeys(rows[0]))
+    return list(dict.fromkeys(e for r in rows for e in r))
 
 
 @dataclass(frozen=True)

@@ -60,8 +60,10 @@ class LRUPolicy(CachePolicy):
         self.quota = {layer: base + (1 if layer < extra else 0) for layer in range(moe_layers)}
 
     def on_access(self, key: ExpertKey, hit: bool = True) -> None:
-        if key in self.order:
+        try:
             self.order.move_to_end(key)
+        except KeyError:      # not tracked (a strategy that keeps some keys out of the order)
+            pass
 
     def on_insert(self, key: ExpertKey) -> None:
         self.order[key] = None

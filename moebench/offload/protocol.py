@@ -30,6 +30,18 @@ mixtral-offloading runs resident experts while misses load) waits per expert in 
 experts already resident run first, then each late or missed one as its copy lands.
     end_step() -> StepStats                          LM-head charge, the step's clock
 
+**An all-hit decode layer in one call.** Both engines first offer each decode layer to
+`hit_layer(m, ids)`: when the strategy decides nothing after routing but the router's own
+experts and every expert is resident with no copy in flight, it does what `route` ... `after_experts`
+would (charges, `on_access` per expert, the hits counted) in one call, and the engine runs the
+kernel over the slots it returns; otherwise it does nothing and the sequence above runs. The
+per-layer host work is what the engine adds to a forward (benchmarks/engine_overhead.py);
+`fast_hits = False` turns it off, and tests check that no strategy's result changes.
+
+A strategy pays per layer only for what it decides: a decision it leaves at the base class's
+default (`default_decision`; `decides(strategy, name)`) is not called, and the live engine
+hooks `norm1` only for a strategy whose `before_attention` decides something.
+
 `charge=False` (the CUDA clock) skips every simulated charge: the kernels really ran and the
 events measured them. A simulated timeline is a pure function of this call sequence, so a live
 `--clock sim` run and the replay of its trace give the same numbers bit for bit.
@@ -41,9 +53,9 @@ from typing import Any
 
 from moebench.errors import UserError
 from moebench.offload import costs
-from moebench.offload.cache import ExpertCache, LayerOutcome, SlotScheduler
+from moebench.offload.cache import ExpertCache, LayerOutcome, SlotScheduler, access_hook
 from moebench.offload.records import StepStats, prediction_metrics, prediction_seconds
-from moebench.offload.events import LayerEvent, Prefetch, Routing, StrategyContext
+from moebench.offload.events import LayerEvent, Prefetch, Routing, StrategyContext, distinct
 
 LastToken = Callable[[], tuple[list[int], list[float]]]   # the true router's target: `Routing.target`
 # How a prefill's demand copies cross the link (a run setting, `prefill_copies`; default per-expert)
@@ -60,6 +72,8 @@ def decides(strategy: Any, name: str) -> bool:
 
 class LayerProtocol:
     """One strategy, one cache, one clock: the protocol above, with its counters."""
+
+    fast_hits = True      # False: every layer takes the general sequence (`hit_layer`; tests compare)
 
     def __init__(self, strategy: Any, *, shape: Any, profile: Any, timeline: Any,
                  cache: ExpertCache, charge: bool, adapter: Any = None, artifacts: dict | None = None,
@@ -87,6 +101,7 @@ class LayerProtocol:
         self._events: dict[int, LayerEvent] = {}   # this step's events, by layer
         self.notes: list[str] = []
         self._attn_s = self._router_s = 0.0   # this step's per-layer charges (begin_step)
+        self._hits_step = False
         self._read_decisions()
         if prefill_copies not in PREFILL_COPIES:
             raise UserError(f"prefill_copies '{prefill_copies}': choose one of {', '.join(PREFILL_COPIES)}.")
@@ -110,6 +125,10 @@ class LayerProtocol:
         self._router = None if decides(s, "uses_router") else "routing" in s.traits.reads
         self._keeps = bool(s.traits.keeps_experts)
         self._shared = bool(getattr(self.shape, "shared_expert_bytes", 0))
+        # `hit_layer` may stand for the sequence: after routing, the strategy decides nothing
+        # but `choose` (checked per layer), and it keeps its experts
+        self._hits_ok = (not self._after and not self._low and not self.uses_host
+                         and self._router is not None and self._keeps)
 
     # -- costs --------------------------------------------------------------------------------
     def cost(self, fn: Any, *args: Any) -> float:
@@ -175,6 +194,10 @@ class LayerProtocol:
         if self.charge:          # the same for every layer of the step: looked up once
             self._attn_s = self._attention()
             self._router_s = self.cost(costs.router_seconds, n_tokens)
+        # whether `hit_layer` may stand for this step's layers (`choose` is read here: a shared
+        # forward wraps an instance's after setup, before any step)
+        self._hits_step = (self._hits_ok and self.fast_hits and phase == "decode"
+                           and getattr(self.strategy.choose, "default_decision", False))
         self.timeline.step_begin()
 
     def end_step(self) -> StepStats:
@@ -201,6 +224,53 @@ class LayerProtocol:
                           n_tokens=self.n_tokens, request=self.request)
 
     # -- layers -------------------------------------------------------------------------------
+    def hit_layer(self, layer: int, ids: Any) -> tuple[list[int], dict[int, int]] | None:
+        """A decode layer whose experts are all hits, in one call: what `route`, `prepare`,
+        `compute_experts` and `after_experts` do for it, or nothing (None: take them).
+
+        It stands for them when the strategy decides nothing after routing but the router's
+        own experts (`_hits_ok`, and `choose` the default), no prediction waits to be scored,
+        no low-precision copy is resident, and every expert of `ids` [T, k] is resident with no
+        copy in flight and not an unused prefetch. Then that sequence is: the attention and
+        router charges, `on_access(key, True)` per expert in first-use order, the hits counted,
+        the experts' compute charge; nothing else (no copy, wait, prefetch, release, refresh).
+        Returns the distinct experts and their slots (expert -> slot). The same effects in one
+        place: most layers of a warm cache take it, and the general sequence costs the live
+        engine several times more host time per layer (tests/core/test_hit_layer.py: every
+        registered strategy gives the same results with `fast_hits` off)."""
+        cache = self.cache
+        if not self._hits_step or self._predicted or cache.low:
+            return None
+        experts = distinct(ids)
+        slot_of, tickets, prefetched = cache.slot_of, cache.ticket, cache.prefetched
+        slots: dict[int, int] = {}
+        for e in experts:
+            key = (layer, e)
+            slot = slot_of.get(key)
+            if slot is None or (tickets and key in tickets) or (prefetched and key in prefetched):
+                return None
+            slots[e] = slot
+        n = len(experts)
+        st = self.step
+        if self.charge:
+            tl = self.timeline
+            if not self.hidden_hook:
+                tl.compute(self._attn_s)
+            if self._router:
+                tl.compute(self._router_s)
+        on_access = access_hook(self.strategy)
+        for e in experts:
+            on_access((layer, e), True)
+        st.activations += n
+        st.hits += n
+        st.layer_hits[layer] += n
+        if self.charge:
+            each = self.cost(costs.expert_seconds, max(1, (self.n_tokens * self.shape.top_k) // max(1, n)))
+            tl.compute(n * each)
+            if self._shared:
+                tl.compute(self.cost(costs.shared_expert_seconds, self.n_tokens))
+        return experts, slots
+
     def dense_layer(self) -> None:
         if self.charge:
             self.timeline.compute(self._attn_s + self.cost(costs.dense_mlp_seconds, self.n_tokens))

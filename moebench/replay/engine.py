@@ -146,6 +146,8 @@ class ReplayEngine:
                 continue
             p.before_attention(m, None)
             true = self._routing(s, m, phase)
+            if phase == "decode" and p.hit_layer(m, true.ids) is not None:
+                continue                            # all hits: the layer's sequence in one call
             _, experts, prefetches = p.route(m, true, None, None)
             out = p.prepare(m, experts, prefetches, true.target)
             p.compute_experts(m, out, experts)

@@ -106,6 +106,10 @@ def test_a_default_run_is_calibrated_on_a_set_disjoint_from_its_workload(tmp_pat
     assert art["calibration_workload_sha256"] != result["workload"]["sha256"]
     assert art["calibration_shared_prompts"] == 0 and art["calibration_shared_ids"] == []
     assert art["in_sample"] is False
+    import torch                                  # where it was built (conftest: one thread)
+
+    assert art["built_with"] == {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                                 "device": "cpu"}
 
 
 def _one_error_line(output: str) -> str:

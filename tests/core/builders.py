@@ -42,3 +42,21 @@ def replay(trace: Any, policy: str, shape: ModelShape, n_slots: int, profile: st
     return {"tpot": tpot, "hits": sum(r["hits"] for r in rows), "acts": sum(r["activations"] for r in rows),
             "rows": rows, "ends": ends, "engine": engine}
 
+
+
+def hit_layers_counted(monkeypatch: Any, fast: bool) -> list[bool]:
+    """Turn `LayerProtocol.hit_layer` on or off (`fast_hits`) for this test and count its calls:
+    the returned list gets, per call, whether it stood for the layer's sequence."""
+    from moebench.offload.protocol import LayerProtocol
+
+    taken: list[bool] = []
+    real = LayerProtocol.hit_layer
+
+    def counted(self: Any, layer: int, ids: Any) -> Any:
+        out = real(self, layer, ids)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(LayerProtocol, "fast_hits", fast)
+    monkeypatch.setattr(LayerProtocol, "hit_layer", counted)
+    return taken
