@@ -61,10 +61,12 @@ LEGACY_READS = frozenset({"routing", "hidden", "residual"})   # a plugin that de
 
 
 def _default_decision(fn: Any) -> Any:
-    """Marks a base-class decision that decides nothing (`default_decision`): the protocol does
-    not call one a strategy leaves as it is (`moebench.offload.protocol.decides`), which keeps the
-    engine's per-layer host work small. Any override, or an instance attribute, is called."""
-    fn.default_decision = True
+    """Marks a base-class decision that decides nothing (`default_decision`, the function itself:
+    `moebench.offload.events.marked` tests identity, so a wrapper is not taken for it): the
+    protocol does not call one a strategy leaves as it is (`moebench.offload.protocol.decides`),
+    which keeps the engine's per-layer host work small. Any override, or an instance attribute
+    (a `functools.wraps` wrapper of the default included), is called."""
+    fn.default_decision = fn
     return fn
 
 
@@ -237,7 +239,7 @@ class Strategy:
         """`key` is executed; `hit`: it was resident with its copy complete."""
         self.policy.on_access(key, hit)
 
-    on_access.delegates_to_policy = True   # the protocol then calls `policy.on_access` itself
+    on_access.delegates_to_policy = on_access   # the protocol calls `policy.on_access` itself
 
     def on_insert(self, key: ExpertKey) -> None:
         self.policy.on_insert(key)

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from moebench.errors import UserError
 from moebench.weights.store import HostExpertStore, SlotExperts
 from moebench.models.adapters import adapter_for
 from moebench.offload.cache import ExpertCache
@@ -173,6 +174,10 @@ class OffloadEngine:
     # ------------------------------------------------------------------------------------------
     def begin_request(self, request: int) -> None:
         self.protocol.begin_request(request)
+        if self.protocol.hidden_hook and not self._norm1_hook:
+            raise UserError(f"strategy '{self.strategy.name}' took on a before_attention of its own "
+                            "after setup, but the engine hooks norm1 for it only when it has one at "
+                            "setup: define before_attention on the class or set it in setup().")
 
     def begin_step(self, phase: str, position: int, n_tokens: int, sequences: int = 1) -> None:
         self.protocol.begin_step(phase, position, n_tokens, sequences)
@@ -271,7 +276,6 @@ class OffloadEngine:
         import time
 
         if self.pools.packed:
-            from moebench.errors import UserError
             raise UserError("host compute of packed (MXFP4) experts is not supported; use a "
                             "strategy that copies them.")
         t0 = time.perf_counter()

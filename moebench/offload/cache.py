@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moebench.errors import UserError
+from moebench.offload.events import marked
 
 ExpertKey = tuple[int, int]
 
@@ -137,9 +138,7 @@ def access_hook(strategy: Any) -> Callable[[ExpertKey, bool], None]:
     keeps the base method, which only hands it on (`delegates_to_policy`): one call less per
     expert of every layer."""
     f = strategy.on_access
-    if getattr(f, "delegates_to_policy", False):
-        return strategy.policy.on_access
-    return f
+    return strategy.policy.on_access if marked(f, "delegates_to_policy") else f
 
 
 class SlotScheduler:

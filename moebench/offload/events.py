@@ -58,12 +58,22 @@ class Routing(NamedTuple):
 
 
 def distinct(ids: Any) -> list[int]:
-    """The distinct expert ids of routing `ids` [T, k] (a tensor or an array), in first-use
-    order (row by row): `Routing.experts`."""
+    """The distinct expert ids of routing `ids` [T, k] (a tensor or an array; any other shape is
+    read flat), in first-use order (row by row): `Routing.experts`."""
+    if getattr(ids, "ndim", 2) != 2:
+        return list(dict.fromkeys(ids.reshape(-1).tolist()))
     rows = ids.tolist()               # Python ints, from a tensor or an array alike
     if len(rows) == 1:
         return list(dict.fromkeys(rows[0]))
     return list(dict.fromkeys(e for r in rows for e in r))
+
+
+def marked(method: Any, mark: str) -> bool:
+    """Whether `method` (bound or not) is the very function that carries `mark` (set to itself
+    in `moebench.strategy`: `default_decision`, `delegates_to_policy`). By identity: a wrapper
+    made with `functools.wraps` copies the mark but is another function, so it is not marked."""
+    f = getattr(method, "__func__", method)
+    return f is not None and getattr(f, mark, None) is f
 
 
 @dataclass(frozen=True)

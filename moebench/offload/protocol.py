@@ -55,7 +55,7 @@ from moebench.errors import UserError
 from moebench.offload import costs
 from moebench.offload.cache import ExpertCache, LayerOutcome, SlotScheduler, access_hook
 from moebench.offload.records import StepStats, prediction_metrics, prediction_seconds
-from moebench.offload.events import LayerEvent, Prefetch, Routing, StrategyContext, distinct
+from moebench.offload.events import LayerEvent, Prefetch, Routing, StrategyContext, distinct, marked
 
 LastToken = Callable[[], tuple[list[int], list[float]]]   # the true router's target: `Routing.target`
 # How a prefill's demand copies cross the link (a run setting, `prefill_copies`; default per-expert)
@@ -66,8 +66,9 @@ def decides(strategy: Any, name: str) -> bool:
     """Whether `strategy.<name>` is a decision of its own, not the base class's default that
     decides nothing (marked `default_decision` in `moebench.strategy`): the protocol calls only
     those, so a strategy pays per layer for what it does. An override, or a callable set on the
-    instance, decides; a strategy class that does not derive from `Strategy` decides everything."""
-    return not getattr(getattr(strategy, name, None), "default_decision", False)
+    instance, decides (a wrapper of the default too); a strategy class that does not derive from
+    `Strategy` decides everything."""
+    return not marked(getattr(strategy, name, None), "default_decision")
 
 
 class LayerProtocol:
@@ -102,6 +103,7 @@ class LayerProtocol:
         self.notes: list[str] = []
         self._attn_s = self._router_s = 0.0   # this step's per-layer charges (begin_step)
         self._hits_step = False
+        self._access: Callable[[Any, bool], None] | None = None
         self._read_decisions()
         if prefill_copies not in PREFILL_COPIES:
             raise UserError(f"prefill_copies '{prefill_copies}': choose one of {', '.join(PREFILL_COPIES)}.")
@@ -116,8 +118,9 @@ class LayerProtocol:
         self._read_decisions()        # again: a strategy's setup may set a method of its own
 
     def _read_decisions(self) -> None:
-        """What this strategy decides (the per-layer path calls nothing else). `choose` is looked
-        up per layer (`route`): a shared forward wraps an instance's after setup."""
+        """What this strategy decides (the per-layer path calls nothing else), read at setup and
+        at every request; `choose` at every step too (a shared forward wraps an instance's after
+        setup), and per layer in `route`."""
         s = self.strategy
         self.hidden_hook = decides(s, "before_attention")   # the engine's norm1 hook, h for it
         self._after = decides(s, "after_routing")
@@ -181,6 +184,7 @@ class LayerProtocol:
         self.request = request
         self.context = 0
         self.strategy.begin_request(request)
+        self._read_decisions()        # a strategy may take on a decision per prompt
 
     # -- step ---------------------------------------------------------------------------------
     def begin_step(self, phase: str, position: int, n_tokens: int, sequences: int = 1) -> None:
@@ -197,7 +201,9 @@ class LayerProtocol:
         # whether `hit_layer` may stand for this step's layers (`choose` is read here: a shared
         # forward wraps an instance's after setup, before any step)
         self._hits_step = (self._hits_ok and self.fast_hits and phase == "decode"
-                           and getattr(self.strategy.choose, "default_decision", False))
+                           and not decides(self.strategy, "choose"))
+        if self._hits_step:
+            self._access = access_hook(self.strategy)   # (its policy is replaced between requests only)
         self.timeline.step_begin()
 
     def end_step(self) -> StepStats:
@@ -258,7 +264,7 @@ class LayerProtocol:
                 tl.compute(self._attn_s)
             if self._router:
                 tl.compute(self._router_s)
-        on_access = access_hook(self.strategy)
+        on_access = self._access
         for e in experts:
             on_access((layer, e), True)
         st.activations += n
@@ -310,7 +316,7 @@ class LayerProtocol:
             if uses:
                 self.timeline.compute(self._router_s)
         choose = strategy.choose
-        chosen = true if getattr(choose, "default_decision", False) else choose(self.event(layer), true, s, u)
+        chosen = true if marked(choose, "default_decision") else choose(self.event(layer), true, s, u)
         experts = chosen.experts()
         if not self._after:
             return chosen, experts, ()

@@ -1,7 +1,10 @@
 """On the live engine, `LayerProtocol.hit_layer` (an all-hit decode layer in one call) changes
-nothing: every registered strategy, lossy and hidden-state readers included, gives the same
-piece (samples, outputs, logits, trace, prediction, notes) with it turned off, at a budget where
-it is taken for some layers and one where it is taken for most. (Replay: tests/core.)"""
+nothing: every registered strategy gives the same piece (samples, outputs, logits, trace,
+prediction, notes) with it turned off, at two budgets, and batched. It is taken by the caching
+strategies that decide nothing after routing (lru, lfu, lfru, least-stale, all-resident: checked
+not vacuous); the others (prefetchers, host compute, low-bit, keep-nothing sync, pre-attention
+with its predictions pending) never take it, and the test shows their pieces unchanged too.
+(Replay, every policy: tests/core/test_hit_layer.py.)"""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +15,8 @@ import pytest
 from moebench.calibration.provision import artifacts_for
 from moebench.config import RunConfig
 from moebench.engine.session import prepare, run_session
-from moebench.strategy import REGISTRY, build_strategy
+from moebench.errors import UserError
+from moebench.strategy import REGISTRY, Strategy, build_strategy
 from tests.core.builders import hit_layers_counted
 
 CFG = RunConfig(model="tiny-qwen3-moe", workload="smoke", cache_budget="0.5", clock="sim",
@@ -22,7 +26,10 @@ CFG = RunConfig(model="tiny-qwen3-moe", workload="smoke", cache_budget="0.5", cl
 @pytest.fixture(scope="module")
 def preps():
     first = prepare(CFG)
-    return {"0.5": first, "0.875": prepare(dataclasses.replace(CFG, cache_budget="0.875"), loaded=first.loaded)}
+    batched = dataclasses.replace(CFG, cache_budget="0.875",
+                                  workload_overrides={**CFG.workload_overrides, "limit": 4, "batch_size": 2})
+    return {"0.5": first, "0.875": prepare(dataclasses.replace(CFG, cache_budget="0.875"), loaded=first.loaded),
+            "0.875 batch 2": prepare(batched, loaded=first.loaded)}
 
 
 def _fields(piece) -> str:
@@ -47,5 +54,22 @@ def test_every_strategy_gives_the_same_piece_with_and_without_hit_layer(preps, n
         assert off == 0
         assert fast == slow, (name, prep.cfg.cache_budget)
         taken += on
-    if name in ("lru", "lfu", "all-resident"):
+    if name in ("lru", "lfu", "lfru", "least-stale", "all-resident"):
         assert taken > 0, name       # the comparison is not vacuous where hits are expected
+
+
+class LateHidden(Strategy):
+    """Takes on a `before_attention` only when its first prompt begins: after the engine decided
+    it needs no norm1 hook."""
+
+    name = "late-hidden"
+    reads = frozenset({"routing", "hidden"})
+
+    def begin_request(self, request):
+        self.before_attention = lambda ev, h: ()
+
+
+def test_a_before_attention_taken_on_after_setup_is_refused_in_one_sentence(preps):
+    with REGISTRY.registered("late-hidden", LateHidden):
+        with pytest.raises(UserError, match="took on a before_attention of its own after setup"):
+            run_session(preps["0.5"], build_strategy("late-hidden"))
