@@ -103,6 +103,7 @@ class LayerProtocol:
         self.notes: list[str] = []
         self._attn_s = self._router_s = 0.0   # this step's per-layer charges (begin_step)
         self._hits_step = False
+        self._read: tuple[Any, list[int]] | None = None   # ids hit_layer read, and their experts
         self._access: Callable[[Any, bool], None] | None = None
         self._read_decisions()
         if prefill_copies not in PREFILL_COPIES:
@@ -195,6 +196,7 @@ class LayerProtocol:
         self.step = StepStats.begin(phase, position, m)
         self._predicted = {}
         self._events = {}
+        self._read = None
         if self.charge:          # the same for every layer of the step: looked up once
             self._attn_s = self._attention()
             self._router_s = self.cost(costs.router_seconds, n_tokens)
@@ -254,6 +256,9 @@ class LayerProtocol:
             key = (layer, e)
             slot = slot_of.get(key)
             if slot is None or (tickets and key in tickets) or (prefetched and key in prefetched):
+                # `route` reads these ids again: hand it what was read (on CUDA each read of
+                # routing ids is a device-to-host copy in the measured path)
+                self._read = (ids, experts)
                 return None
             slots[e] = slot
         n = len(experts)
@@ -317,7 +322,8 @@ class LayerProtocol:
                 self.timeline.compute(self._router_s)
         choose = strategy.choose
         chosen = true if marked(choose, "default_decision") else choose(self.event(layer), true, s, u)
-        experts = chosen.experts()
+        read, self._read = self._read, None
+        experts = read[1] if read is not None and chosen is true and read[0] is true.ids else chosen.experts()
         if not self._after:
             return chosen, experts, ()
         ev = self.event(layer)

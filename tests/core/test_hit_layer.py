@@ -162,3 +162,24 @@ def test_decisions_taken_on_after_setup_or_wrapped_are_called(monkeypatch):
 def test_one_dimensional_routing_ids_are_read_flat():
     assert Routing(np.array([3, 1, 3]), np.array([0.5, 0.3, 0.2])).experts() == [3, 1]
     assert distinct(np.array([[3, 1], [1, 4]])) == [3, 1, 4]
+
+
+def test_routing_ids_are_read_once_per_layer_when_hit_layer_declines(monkeypatch):
+    """On CUDA each read of routing ids is a device-to-host copy in the measured path: a layer
+    `hit_layer` looks at and declines (a miss) hands `route` what it read."""
+    from moebench.offload import events, protocol
+
+    reads = []
+    real = events.distinct
+
+    def counting(ids):
+        reads.append(1)
+        return real(ids)
+
+    monkeypatch.setattr(events, "distinct", counting)
+    monkeypatch.setattr(protocol, "distinct", counting)
+    trace = _trace()
+    taken = hit_layers_counted(monkeypatch, True)
+    replay_one(trace, "lru", shape=SHAPE, profile=PROFILE, budget="0.25")
+    assert 0 < sum(taken) < len(taken)                  # some layers taken, some declined
+    assert len(reads) == trace.n_steps * SHAPE.moe_layers
