@@ -47,6 +47,45 @@ def _jit(fn):
 
 
 # ----------------------------------------------------------------------------------------------
+# recency lists: circular doubly linked lists over `nxt`/`prv`, one sentinel node `s` per list
+# (`nxt[s]` the least recent, `prv[s]` the most); jitted below, so numba inlines them
+# ----------------------------------------------------------------------------------------------
+def _push_recent(nxt, prv, s, x):
+    """Append node `x` at the most recent end of list `s`."""
+    t = prv[s]
+    nxt[t] = x
+    prv[x] = t
+    nxt[x] = s
+    prv[s] = x
+
+
+def _to_recent(nxt, prv, s, x):
+    """Move node `x` (in list `s`) to its most recent end."""
+    p, n = prv[x], nxt[x]
+    nxt[p] = n
+    prv[n] = p
+    _push_recent(nxt, prv, s, x)
+
+
+def _pop_least(nxt, prv, s):
+    """Take the least recent node out of list `s` and return it."""
+    y = nxt[s]
+    n = nxt[y]
+    nxt[s] = n
+    prv[n] = s
+    return y
+
+
+def _resident(res, ids, a, b, base):
+    """How many keys of the group `ids[a:b]` (of the layer at `base`) are resident."""
+    h = 0
+    for i in range(a, b):
+        if res[base + ids[i]]:
+            h += 1
+    return h
+
+
+# ----------------------------------------------------------------------------------------------
 # global LRU
 # ----------------------------------------------------------------------------------------------
 def _lru_global(ids, offsets, layer, E, L, n_slots):
@@ -63,22 +102,12 @@ def _lru_global(ids, offsets, layer, E, L, n_slots):
         a = offsets[g]
         b = offsets[g + 1]
         base = layer[g] * E
-        h = 0
-        for i in range(a, b):
-            if res[base + ids[i]]:
-                h += 1
+        h = _resident(res, ids, a, b, base)
         if h:
             for i in range(a, b):
                 x = base + ids[i]
                 if res[x]:                             # move to the most recent end
-                    p, n = prv[x], nxt[x]
-                    nxt[p] = n
-                    prv[n] = p
-                    t = prv[K]
-                    nxt[t] = x
-                    prv[x] = t
-                    nxt[x] = K
-                    prv[K] = x
+                    _to_recent(nxt, prv, K, x)
         miss = (b - a) - h
         if miss:
             for i in range(a, b):
@@ -86,30 +115,14 @@ def _lru_global(ids, offsets, layer, E, L, n_slots):
                 if res[x]:
                     continue
                 if size >= n_slots:                    # the front is never locked
-                    y = nxt[K]
-                    n = nxt[y]
-                    nxt[K] = n
-                    prv[n] = K
-                    res[y] = False
+                    res[_pop_least(nxt, prv, K)] = False
                     size -= 1
-                t = prv[K]
-                nxt[t] = x
-                prv[x] = t
-                nxt[x] = K
-                prv[K] = x
+                _push_recent(nxt, prv, K, x)
                 res[x] = True
                 size += 1
             if h:                                      # recency among the group's keys: loop order
                 for i in range(a, b):
-                    x = base + ids[i]
-                    p, n = prv[x], nxt[x]
-                    nxt[p] = n
-                    prv[n] = p
-                    t = prv[K]
-                    nxt[t] = x
-                    prv[x] = t
-                    nxt[x] = K
-                    prv[K] = x
+                    _to_recent(nxt, prv, K, base + ids[i])
         hits[g] = h
     return hits
 
@@ -143,14 +156,7 @@ def _lru_layer(ids, offsets, layer, E, q, n_slots):
         for i in range(a, b):
             x = base + ids[i]
             if res[x]:                                 # move to the most recent end
-                p, n = prv[x], nxt[x]
-                nxt[p] = n
-                prv[n] = p
-                t = prv[s]
-                nxt[t] = x
-                prv[x] = t
-                nxt[x] = s
-                prv[s] = x
+                _to_recent(nxt, prv, s, x)
                 h += 1
         inserted = 0
         if h < b - a:
@@ -181,21 +187,12 @@ def _lru_layer(ids, offsets, layer, E, q, n_slots):
                                     if v < 0 or st < best:
                                         v = l2
                                         best = st
-                    sv = K + v
-                    y = nxt[sv]
-                    n = nxt[y]
-                    nxt[sv] = n
-                    prv[n] = sv
-                    res[y] = False
+                    res[_pop_least(nxt, prv, K + v)] = False
                     cnt[v] -= 1
                     if cnt[v] <= q[v] and over[v]:
                         over[v] = False
                         n_over -= 1
-                t = prv[s]
-                nxt[t] = x
-                prv[x] = t
-                nxt[x] = s
-                prv[s] = x
+                _push_recent(nxt, prv, s, x)
                 res[x] = True
                 inserted += 1
                 cnt[m] += 1
@@ -205,14 +202,7 @@ def _lru_layer(ids, offsets, layer, E, q, n_slots):
         for i in range(a, b):                          # recency = loop order, stamped globally
             x = base + ids[i]
             if h and inserted:                         # else already in loop order
-                p, n = prv[x], nxt[x]
-                nxt[p] = n
-                prv[n] = p
-                t = prv[s]
-                nxt[t] = x
-                prv[x] = t
-                nxt[x] = s
-                prv[s] = x
+                _to_recent(nxt, prv, s, x)
             stamp[x] = i
         hits[g] = h
     return hits
@@ -283,10 +273,7 @@ def _belady(ids, offsets, layer, E, L, n_slots, H, limit):
         a = offsets[g]
         b = offsets[g + 1]
         base = layer[g] * E
-        h = 0
-        for i in range(a, b):
-            if res[base + ids[i]]:
-                h += 1
+        h = _resident(res, ids, a, b, base)
         hits[g] = h
         if h < b - a:
             for i in range(a, b):
@@ -320,6 +307,10 @@ def _belady(ids, offsets, layer, E, L, n_slots, H, limit):
     return hits
 
 
+_resident = _jit(_resident)
+_push_recent = _jit(_push_recent)
+_to_recent = _jit(_to_recent)
+_pop_least = _jit(_pop_least)
 lru_global = _jit(_lru_global)
 lru_layer = _jit(_lru_layer)
 _next_use = _jit(_next_use)
